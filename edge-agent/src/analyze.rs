@@ -1,0 +1,175 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pleura_inference::{InferencePool, ScanReport};
+use pleura_shared::LungClass;
+
+use crate::cli::EngineArgs;
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Scan files, or folders searched recursively.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Files under `inputs`, folders walked recursively, in a stable order. Hidden files skipped.
+pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        if meta.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(dir) = stack.pop() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .with_context(|| format!("reading folder {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        !p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    })
+                    .collect();
+                entries.sort();
+                for e in entries.into_iter().rev() {
+                    if e.is_dir() {
+                        stack.push(e);
+                    } else {
+                        out.push(e);
+                    }
+                }
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Analyses `files` on the pool, several at once, and returns results in input order.
+pub fn analyze_files(
+    pool: &InferencePool,
+    files: &[PathBuf],
+    parallel: usize,
+) -> Vec<Result<ScanReport>> {
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<ScanReport>>> = (0..files.len()).map(|_| None).collect();
+    let slots: Vec<std::sync::Mutex<&mut Option<Result<ScanReport>>>> =
+        results.iter_mut().map(std::sync::Mutex::new).collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = files.get(i) else { break };
+                let r = analyze_one(pool, path);
+                if let Ok(mut slot) = slots[i].lock() {
+                    **slot = Some(r);
+                }
+            });
+        }
+    });
+    drop(slots);
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("not analysed"))))
+        .collect()
+}
+
+fn analyze_one(pool: &InferencePool, path: &Path) -> Result<ScanReport> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(pool.analyze(bytes)?)
+}
+
+pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
+    crate::engine::init_backend(&args.engine)?;
+    let model = crate::engine::load_model(&args.engine)?;
+    let pool = crate::engine::start_pool(&args.engine, &model)?;
+    let files = collect_files(&args.inputs)?;
+    let mut failed = 0;
+    for (path, result) in files
+        .iter()
+        .zip(analyze_files(&pool, &files, args.engine.workers))
+    {
+        match result {
+            Ok(report) if args.json => {
+                let mut v = serde_json::to_value(&report)?;
+                v["file"] = path.display().to_string().into();
+                println!("{v}");
+            }
+            Ok(report) => print_text(path, &report),
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": path.display().to_string(), "error": format!("{e:#}")})
+                    );
+                } else {
+                    println!("{}\n  ERROR: {e:#}\n", path.display());
+                }
+            }
+        }
+    }
+    if !args.json {
+        println!(
+            "{} scan(s) analysed, {failed} failed. Model {} supports triage only; it does not make diagnoses.",
+            files.len() - failed,
+            model.info.label()
+        );
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_text(path: &Path, r: &ScanReport) {
+    let a = &r.analysis;
+    let p = a.class_probs;
+    println!(
+        "{}  [{} {}x{}, {} of {} frames]",
+        path.display(),
+        r.format,
+        r.width,
+        r.height,
+        a.frames_analysed,
+        a.frames_total
+    );
+    println!(
+        "  covid {:.2}  other pneumonia {:.2}  normal {:.2}  -> most likely {}",
+        p.covid,
+        p.other_pneumonia,
+        p.normal,
+        match p.most_likely() {
+            LungClass::Covid => "covid-19",
+            LungClass::OtherPneumonia => "other pneumonia",
+            LungClass::Normal => "normal",
+        }
+    );
+    let sp = a.severity_probs;
+    println!(
+        "  severity {} (p0 {:.2} p1 {:.2} p2 {:.2} p3 {:.2})  uncertainty {:.2}",
+        a.severity.score(),
+        sp[0],
+        sp[1],
+        sp[2],
+        sp[3],
+        a.uncertainty
+    );
+    if a.flagged {
+        let why: Vec<&str> = a.flag_reasons.iter().map(|r| r.describe()).collect();
+        println!("  FLAGGED for specialist review: {}\n", why.join("; "));
+    } else {
+        println!(
+            "  not flagged: no pathology above threshold, severity below 2, model confident\n"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
+use dicom_object::OpenFileOptions;
+use dicom_pixeldata::{ConvertOptions, PixelDecoder};
+
+use super::{DecodeError, Format, FrameSink};
+use crate::preprocess::GrayFrame;
+
+const F: Format = Format::Dicom;
+
+/// DICOM single- or multi-frame (ultrasound multi-frame is the common case). Colour
+/// frames go through the same BT.601 luma as images; monochrome is scaled to 8 bits.
+pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeError> {
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(std::io::Cursor::new(bytes))
+        .map_err(|e| DecodeError::corrupt(F, e))?;
+    if obj.element(tags::PIXEL_DATA).is_err() {
+        return Err(DecodeError::unsupported(
+            F,
+            "no pixel data (not an image object)",
+        ));
+    }
+    let int = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u32>().ok());
+    let rows = int(tags::ROWS).ok_or_else(|| DecodeError::corrupt(F, "missing Rows"))? as usize;
+    let cols =
+        int(tags::COLUMNS).ok_or_else(|| DecodeError::corrupt(F, "missing Columns"))? as usize;
+    sink.check_size(cols, rows)?;
+    let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
+    sink.expect_frames(frames)?;
+    let opts = ConvertOptions::new().force_8bit();
+    for i in 0..frames {
+        if !sink.wants_next() {
+            sink.skip();
+            continue;
+        }
+        let px = obj
+            .decode_pixel_data_frame(i as u32)
+            .map_err(|e| DecodeError::unsupported(F, format!("frame {i}: {e}")))?;
+        let (w, h) = (px.columns() as usize, px.rows() as usize);
+        let data: Vec<u8> = px
+            .to_vec_frame_with_options(0, &opts)
+            .map_err(|e| DecodeError::unsupported(F, format!("frame {i}: {e}")))?;
+        let pi = px.photometric_interpretation().as_str().to_string();
+        let frame = match (px.samples_per_pixel(), pi.as_str()) {
+            (1, "MONOCHROME1") => {
+                let inv: Vec<u8> = data.iter().map(|v| 255 - v).collect();
+                GrayFrame::from_plane(w, h, w, &inv)
+            }
+            (1, _) => GrayFrame::from_plane(w, h, w, &data),
+            (3, "RGB") => GrayFrame::from_rgb8(w, h, &data),
+            // uncompressed YBR: the first sample is already luma
+            (3, p) if p.starts_with("YBR") => {
+                let y: Vec<u8> = data.chunks_exact(3).map(|c| c[0]).collect();
+                GrayFrame::from_plane(w, h, w, &y)
+            }
+            (n, p) => {
+                return Err(DecodeError::unsupported(
+                    F,
+                    format!("{n} samples per pixel with {p}"),
+                ))
+            }
+        };
+        if frame.pixels.len() != w * h {
+            return Err(DecodeError::corrupt(
+                F,
+                format!(
+                    "frame {i} holds {} pixels, expected {}",
+                    frame.pixels.len(),
+                    w * h
+                ),
+            ));
+        }
+        sink.push(frame)?;
+    }
+    Ok(())
+}

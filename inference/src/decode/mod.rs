@@ -1,0 +1,318 @@
+//! Decoding untrusted scan files into sampled, resized grayscale frames.
+//!
+//! The container is recognised from its bytes, never from the file name: a device that
+//! exports a JPEG as `.dcm` still gets the right decoder, and anything unknown gets an
+//! error that names what was found and what is supported.
+
+mod dicom;
+mod gif;
+mod mp4;
+mod still;
+
+use std::fmt;
+
+use crate::preprocess::{resize_area, sample_indices, GrayFrame, INPUT_SIZE};
+
+/// Largest frame accepted, in pixels (a 4K frame is 8.3 M); guards against decompression bombs.
+pub const MAX_FRAME_PIXELS: usize = 4096 * 4096;
+/// Longest video accepted, in frames (~11 min at 30 fps).
+pub const MAX_VIDEO_FRAMES: usize = 20_000;
+
+pub const SUPPORTED: &str = "PNG, JPEG, BMP, GIF, MP4/MOV (H.264), DICOM";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Png,
+    Jpeg,
+    Bmp,
+    Gif,
+    Mp4,
+    Dicom,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Png => "PNG",
+            Format::Jpeg => "JPEG",
+            Format::Bmp => "BMP",
+            Format::Gif => "GIF",
+            Format::Mp4 => "MP4/MOV",
+            Format::Dicom => "DICOM",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported file format: {found}; supported formats: {SUPPORTED}")]
+    UnsupportedFormat { found: String },
+    #[error("{format} file uses something this decoder does not support: {reason}")]
+    UnsupportedContent { format: Format, reason: String },
+    #[error("corrupt or truncated {format} file: {reason}")]
+    Corrupt { format: Format, reason: String },
+    #[error("{format} file contains no frames")]
+    NoFrames { format: Format },
+    #[error("{format} frame of {width}x{height} exceeds the limit of {MAX_FRAME_PIXELS} pixels")]
+    TooLarge {
+        format: Format,
+        width: usize,
+        height: usize,
+    },
+}
+
+impl DecodeError {
+    pub(crate) fn corrupt(format: Format, reason: impl fmt::Display) -> Self {
+        DecodeError::Corrupt {
+            format,
+            reason: reason.to_string(),
+        }
+    }
+    pub(crate) fn unsupported(format: Format, reason: impl fmt::Display) -> Self {
+        DecodeError::UnsupportedContent {
+            format,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Frames ready for the model: `frames.len() / (INPUT_SIZE²)` frames of 0..255 floats.
+#[derive(Debug, Clone)]
+pub struct DecodedScan {
+    pub format: Format,
+    pub width: usize,
+    pub height: usize,
+    pub frames_total: usize,
+    pub frames: Vec<f32>,
+}
+
+impl DecodedScan {
+    pub fn frames_analysed(&self) -> usize {
+        self.frames.len() / (INPUT_SIZE * INPUT_SIZE)
+    }
+}
+
+/// Recognises the container from magic bytes.
+pub fn detect(bytes: &[u8]) -> Result<Format, DecodeError> {
+    let at = |off: usize, magic: &[u8]| {
+        bytes.len() >= off + magic.len() && &bytes[off..off + magic.len()] == magic
+    };
+    if at(0, b"\x89PNG\r\n\x1a\n") {
+        return Ok(Format::Png);
+    }
+    if at(0, b"\xFF\xD8\xFF") {
+        return Ok(Format::Jpeg);
+    }
+    if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        return Ok(Format::Gif);
+    }
+    if at(128, b"DICM") {
+        return Ok(Format::Dicom);
+    }
+    if [
+        &b"ftyp"[..],
+        b"moov",
+        b"mdat",
+        b"wide",
+        b"free",
+        b"skip",
+        b"pnot",
+    ]
+    .iter()
+    .any(|m| at(4, m))
+    {
+        return Ok(Format::Mp4);
+    }
+    if at(0, b"BM") && bytes.len() >= 26 {
+        return Ok(Format::Bmp);
+    }
+    let found = if at(0, b"RIFF") && at(8, b"AVI ") {
+        "AVI video"
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        "WebP image"
+    } else if at(0, b"\x00\x00\x01\xBA") || at(0, b"\x00\x00\x01\xB3") {
+        "MPEG-1/2 video"
+    } else if at(0, b"\x1A\x45\xDF\xA3") {
+        "Matroska/WebM video"
+    } else if at(0, b"II*\x00") || at(0, b"MM\x00*") {
+        "TIFF image"
+    } else if at(0, b"%PDF") {
+        "PDF document"
+    } else if at(0, b"PK\x03\x04") {
+        "ZIP archive"
+    } else if bytes.is_empty() {
+        "empty file"
+    } else {
+        "unrecognised data"
+    };
+    Err(DecodeError::UnsupportedFormat {
+        found: found.to_string(),
+    })
+}
+
+/// Decodes a scan and keeps at most `max_frames` uniformly sampled frames, resized.
+pub fn decode_scan(bytes: &[u8], max_frames: usize) -> Result<DecodedScan, DecodeError> {
+    let format = detect(bytes)?;
+    let mut sink = FrameSink::new(format, max_frames);
+    match format {
+        Format::Png | Format::Jpeg | Format::Bmp => still::decode(bytes, format, &mut sink)?,
+        Format::Gif => gif::decode(bytes, &mut sink)?,
+        Format::Mp4 => mp4::decode(bytes, &mut sink)?,
+        Format::Dicom => dicom::decode(bytes, &mut sink)?,
+    }
+    sink.finish()
+}
+
+/// Receives decoded frames in display order and keeps only the sampled ones, resized, so
+/// a long clip never holds more than `max_frames` small frames in memory.
+pub(crate) struct FrameSink {
+    format: Format,
+    max_frames: usize,
+    /// Set when the frame count is known before decoding (MP4, DICOM).
+    wanted: Option<Vec<usize>>,
+    seen: usize,
+    kept: Vec<(usize, Vec<f32>)>,
+    size: (usize, usize),
+}
+
+impl FrameSink {
+    fn new(format: Format, max_frames: usize) -> Self {
+        Self {
+            format,
+            max_frames,
+            wanted: None,
+            seen: 0,
+            kept: Vec::new(),
+            size: (0, 0),
+        }
+    }
+
+    /// Declares the number of frames up front; only sampled frames will be resized.
+    pub(crate) fn expect_frames(&mut self, n: usize) -> Result<(), DecodeError> {
+        if n > MAX_VIDEO_FRAMES {
+            return Err(DecodeError::unsupported(
+                self.format,
+                format!("{n} frames, limit {MAX_VIDEO_FRAMES}"),
+            ));
+        }
+        self.wanted = Some(sample_indices(n, self.max_frames));
+        Ok(())
+    }
+
+    pub(crate) fn check_size(&self, width: usize, height: usize) -> Result<(), DecodeError> {
+        if width == 0 || height == 0 {
+            return Err(DecodeError::corrupt(
+                self.format,
+                format!("frame of {width}x{height}"),
+            ));
+        }
+        if width.saturating_mul(height) > MAX_FRAME_PIXELS {
+            return Err(DecodeError::TooLarge {
+                format: self.format,
+                width,
+                height,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the next frame will be kept (lets decoders skip colour conversion).
+    pub(crate) fn wants_next(&self) -> bool {
+        match &self.wanted {
+            Some(w) => w.binary_search(&self.seen).is_ok(),
+            None => true,
+        }
+    }
+
+    pub(crate) fn push(&mut self, frame: GrayFrame) -> Result<(), DecodeError> {
+        self.check_size(frame.width, frame.height)?;
+        if self.seen >= MAX_VIDEO_FRAMES {
+            return Err(DecodeError::unsupported(
+                self.format,
+                format!("more than {MAX_VIDEO_FRAMES} frames"),
+            ));
+        }
+        if self.wants_next() {
+            self.size = (frame.width, frame.height);
+            self.kept.push((self.seen, resize_area(&frame, INPUT_SIZE)));
+        }
+        self.seen += 1;
+        Ok(())
+    }
+
+    /// Counts a frame that was decoded but is not sampled.
+    pub(crate) fn skip(&mut self) {
+        self.seen += 1;
+    }
+
+    fn finish(self) -> Result<DecodedScan, DecodeError> {
+        if self.kept.is_empty() {
+            return Err(DecodeError::NoFrames {
+                format: self.format,
+            });
+        }
+        // Without a known count every frame was kept; sample now. With one, `kept` already
+        // holds just the sampled frames (fewer if the container over-promised).
+        let keep = self
+            .wanted
+            .is_none()
+            .then(|| sample_indices(self.seen, self.max_frames));
+        let mut frames = Vec::new();
+        for (idx, f) in &self.kept {
+            if keep.as_ref().is_none_or(|k| k.binary_search(idx).is_ok()) {
+                frames.extend_from_slice(f);
+            }
+        }
+        Ok(DecodedScan {
+            format: self.format,
+            width: self.size.0,
+            height: self.size.1,
+            frames_total: self.seen,
+            frames,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_formats_are_named() {
+        let mut avi = b"RIFF\0\0\0\0AVI LIST".to_vec();
+        avi.resize(64, 0);
+        let err = decode_scan(&avi, 32).unwrap_err().to_string();
+        assert!(
+            err.contains("AVI video") && err.contains("supported formats: PNG"),
+            "{err}"
+        );
+        let err = decode_scan(b"hello world, not a scan", 32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unrecognised data"), "{err}");
+        assert!(decode_scan(b"", 32)
+            .unwrap_err()
+            .to_string()
+            .contains("empty file"));
+    }
+
+    #[test]
+    fn truncated_files_are_corrupt_not_panics() {
+        for magic in [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            b"\xFF\xD8\xFF\xE0",
+            b"GIF89a",
+            b"\0\0\0\x18ftypisom",
+        ] {
+            let err = decode_scan(magic, 32).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DecodeError::Corrupt { .. } | DecodeError::NoFrames { .. }
+                ),
+                "{err:?}"
+            );
+        }
+    }
+}

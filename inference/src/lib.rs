@@ -1,0 +1,17 @@
+//! Pleura's lung-ultrasound reader: decode a scan, preprocess it exactly as in training,
+//! run the ONNX model (tract or ONNX Runtime) on a bounded thread pool, and aggregate
+//! frames to a video reading and videos to a patient summary.
+
+pub mod aggregate;
+pub mod backend;
+pub mod decode;
+pub mod metrics;
+pub mod model;
+pub mod pool;
+pub mod preprocess;
+pub mod vgg;
+
+pub use backend::{BackendConfig, BackendKind};
+pub use decode::{decode_scan, DecodeError, DecodedScan, Format};
+pub use model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
+pub use pool::{AnalyzeError, InferencePool, PoolConfig, ScanReport};
