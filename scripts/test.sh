@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test, with both inference backends. Installs what the tests need:
+# ONNX Runtime's shared library from PyPI's onnxruntime wheel (into .venv-test/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+venv=.venv-test
+if ! "$venv/bin/python" -c "import onnxruntime" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION"
+fi
+ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
+export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1
+echo "ONNX Runtime library: $ORT_DYLIB_PATH"
+
+cargo test --workspace --release "$@"
