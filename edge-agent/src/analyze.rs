@@ -21,31 +21,32 @@ pub struct AnalyzeArgs {
     pub engine: EngineArgs,
 }
 
-/// Files under `inputs`, folders walked recursively, in a stable order. Hidden files skipped.
+/// Files under `inputs`, folders walked recursively in name order. Hidden files skipped.
 pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        for e in entries {
+            if e.is_dir() {
+                walk(&e, out)?;
+            } else {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
     let mut out = Vec::new();
     for p in inputs {
         let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
         if meta.is_dir() {
-            let mut stack = vec![p.clone()];
-            while let Some(dir) = stack.pop() {
-                let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .with_context(|| format!("reading folder {}", dir.display()))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        !p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                    })
-                    .collect();
-                entries.sort();
-                for e in entries.into_iter().rev() {
-                    if e.is_dir() {
-                        stack.push(e);
-                    } else {
-                        out.push(e);
-                    }
-                }
-            }
+            walk(p, &mut out)?;
         } else {
             out.push(p.clone());
         }

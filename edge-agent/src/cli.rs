@@ -27,6 +27,29 @@ pub enum Command {
     Eval(crate::eval::EvalArgs),
     /// Measure inference speed against the VGG baseline, as ratios from one run.
     Bench(crate::bench::BenchArgs),
+    /// Run the clinic daemon: watch the inbox, analyse, queue, sync to the hub.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show queue depth, oldest unsynced result, last sync, model, hub reachability.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a commented default configuration.
+    PrintConfig,
+    /// Queue synthetic results (benchmarks and fault tests; marked model "synthetic").
+    #[command(hide = true)]
+    OutboxFill {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 /// Which model and engine, shared by every command.
@@ -74,5 +97,98 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Analyze(a) => crate::analyze::run(a),
         Command::Eval(a) => crate::eval::run(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Run { config } => {
+            let cfg = match crate::config::EdgeConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(64));
+                }
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let sd = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutdown requested");
+                    sd.cancel();
+                });
+                crate::daemon::run(cfg, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => status(&config, json),
+        Command::PrintConfig => {
+            print!("{}", crate::config::EdgeConfig::example());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::OutboxFill { config, count } => {
+            let cfg = crate::config::EdgeConfig::load(&config)?;
+            let outbox = crate::daemon::open_outbox(&cfg)?;
+            let now = crate::status::now_ms();
+            for i in 0..count {
+                let mut r = pleura_shared::record::sample_record(
+                    &cfg.clinic,
+                    &cfg.device,
+                    (i % 4) as u8,
+                    i % 3 == 0,
+                );
+                r.analysed_at_ms = now + i as u64;
+                r.analysis.model_version = "synthetic".into();
+                crate::outbox::Outbox::put(&outbox, &r)?;
+            }
+            println!("queued {count} synthetic results");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads the running agent's status file; if the agent is not running, reads the
+/// outbox itself so the queue is still visible.
+fn status(config: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let cfg = crate::config::EdgeConfig::load(config)?;
+    let path = cfg.status_file();
+    let mut st: crate::status::Status = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => Default::default(),
+    };
+    let fresh = crate::status::now_ms().saturating_sub(st.updated_ms) < 5_000;
+    let running = fresh && process_alive(st.pid);
+    if !running {
+        // The daemon holds the outbox lock while it runs; it is free now.
+        if let Ok(ob) = crate::daemon::open_outbox(&cfg) {
+            if let Ok(stats) = crate::outbox::Outbox::stats(&ob) {
+                st.outbox = stats;
+            }
+        }
+        st.clinic = cfg.clinic.clone();
+        st.device = cfg.device.clone();
+        st.sync.mqtt_connected = false;
+        st.sync.state = "stopped".into();
+    }
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        v["running"] = running.into();
+        println!("{v}");
+    } else {
+        print!("{}", crate::status::render(&st, running));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn process_alive(pid: u32) -> bool {
+    // Signal 0 checks existence without touching the process.
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
 }

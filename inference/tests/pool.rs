@@ -11,16 +11,37 @@ fn root() -> PathBuf {
 fn pool(workers: usize) -> InferencePool {
     backend::init(&BackendConfig::default()).unwrap();
     let model = ModelFile::load(&root().join("models/lusnet-s.onnx")).unwrap();
-    InferencePool::start(&model, PoolConfig { workers, ..PoolConfig::default() }).unwrap()
+    InferencePool::start(
+        &model,
+        PoolConfig {
+            workers,
+            ..PoolConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn async_callers_get_the_same_answers_as_blocking_ones() {
     let pool = pool(2);
-    let files = ["cb_patient29_L2.mp4", "pocus_cov_atlas45.gif", "cb_multiframe.dcm", "pocus_pneu_emdocs1.png"];
-    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(root().join("fixtures/scans").join(f)).unwrap()).collect();
-    let blocking: Vec<_> = bytes.iter().map(|b| pool.analyze(b.clone()).unwrap()).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let files = [
+        "cb_patient29_L2.mp4",
+        "pocus_cov_atlas45.gif",
+        "cb_multiframe.dcm",
+        "pocus_pneu_emdocs1.png",
+    ];
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(root().join("fixtures/scans").join(f)).unwrap())
+        .collect();
+    let blocking: Vec<_> = bytes
+        .iter()
+        .map(|b| pool.analyze(b.clone()).unwrap())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // on a single-threaded runtime, a blocking call inside would stall every other task
     let asynced = rt.block_on(async {
         let futs = bytes.iter().map(|b| pool.analyze_async(b.clone()));

@@ -1,8 +1,16 @@
 //! Domain types shared by the Pleura edge agent and hub: what a lung-ultrasound
-//! analysis says, independent of how it was computed or carried.
+//! analysis says, how a result is identified, pseudonymised and carried.
 
 pub mod analysis;
+pub mod ids;
+pub mod pseudonym;
+pub mod record;
+pub mod topics;
 
 pub use analysis::{
     ClassProbs, FlagReason, LungClass, PatientSummary, ScanAnalysis, Severity, SeverityError,
 };
+pub use ids::{validate_name, IdError, ResultId};
+pub use pleura_proto::{v1 as wire, SCHEMA_VERSION};
+pub use pseudonym::PseudonymKey;
+pub use record::{RecordError, ScanRecord};

@@ -1,0 +1,248 @@
+//! Agent configuration (`edge.toml`), validated before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pleura_inference::BackendKind;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This clinic and this device; they scope every topic and record.
+    pub clinic: String,
+    pub device: String,
+    /// Where the ultrasound device exports scans. A subfolder names the patient.
+    pub inbox: PathBuf,
+    /// Outbox, processed/ and rejected/ scans, status file.
+    pub data_dir: PathBuf,
+    /// Most bytes of unsynced results kept; beyond it new scans wait in the inbox.
+    #[serde(default = "default_quota")]
+    pub quota_bytes: u64,
+    /// Secret for patient pseudonyms; created (mode 0600) if missing. Never leaves the clinic.
+    pub pseudonym_key_file: PathBuf,
+    #[serde(default)]
+    pub hub: HubLink,
+    #[serde(default)]
+    pub sync: SyncSettings,
+    #[serde(default)]
+    pub inference: InferenceSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// `mqtt://host:port` of the hub's broker.
+    pub mqtt_url: String,
+    /// `http://host:port` of the hub's gRPC API, the fallback when MQTT is blocked.
+    #[serde(default)]
+    pub grpc_url: Option<String>,
+}
+
+impl Default for HubLink {
+    fn default() -> Self {
+        Self {
+            mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            grpc_url: Some("http://127.0.0.1:7443".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Results per MQTT message / gRPC call.
+    pub batch_size: usize,
+    /// Results sent but not yet acknowledged by the hub, at most.
+    pub max_in_flight: usize,
+    /// Resend a result the hub has not acknowledged after this long.
+    pub ack_timeout_ms: u64,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Try gRPC after this many failed MQTT connection attempts in a row.
+    pub grpc_fallback_after: u32,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 50,
+            max_in_flight: 1000,
+            ack_timeout_ms: 15_000,
+            backoff_min_ms: 250,
+            backoff_max_ms: 60_000,
+            grpc_fallback_after: 4,
+        }
+    }
+}
+
+impl SyncSettings {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceSettings {
+    pub model: PathBuf,
+    pub backend: BackendKind,
+    pub onnxruntime_library: Option<PathBuf>,
+    pub workers: usize,
+    /// How often the inbox is looked at.
+    pub poll_ms: u64,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        Self {
+            model: crate::cli::default_model(),
+            backend: BackendKind::Tract,
+            onnxruntime_library: None,
+            workers: 1,
+            poll_ms: 500,
+        }
+    }
+}
+
+fn default_quota() -> u64 {
+    256 * 1024 * 1024
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl EdgeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = |m: String| Err(ConfigError::Invalid(m));
+        pleura_shared::validate_name("clinic", &self.clinic)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        pleura_shared::validate_name("device", &self.device)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        parse_mqtt_url(&self.hub.mqtt_url)?;
+        if let Some(g) = &self.hub.grpc_url {
+            if !g.starts_with("http://") && !g.starts_with("https://") {
+                return inv(format!(
+                    "hub.grpc_url {g:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let s = &self.sync;
+        if s.batch_size == 0 || s.batch_size > 500 {
+            return inv("sync.batch_size must be 1-500".into());
+        }
+        if s.max_in_flight < s.batch_size {
+            return inv("sync.max_in_flight must be at least sync.batch_size".into());
+        }
+        if s.backoff_min_ms == 0 || s.backoff_min_ms > s.backoff_max_ms {
+            return inv("sync.backoff_min_ms must be > 0 and <= sync.backoff_max_ms".into());
+        }
+        if s.ack_timeout_ms < 100 {
+            return inv("sync.ack_timeout_ms must be at least 100".into());
+        }
+        if self.quota_bytes < 64 * 1024 {
+            return inv("quota_bytes must be at least 64 KiB".into());
+        }
+        if self.inference.workers == 0 || self.inference.poll_ms == 0 {
+            return inv("inference.workers and inference.poll_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn processed_dir(&self) -> PathBuf {
+        self.data_dir.join("processed")
+    }
+
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.data_dir.join("rejected")
+    }
+
+    pub fn status_file(&self) -> PathBuf {
+        self.data_dir.join("status.json")
+    }
+
+    pub fn example() -> String {
+        "# Pleura edge agent configuration.\n\
+         clinic = \"clinic-a\"\n\
+         device = \"pi-1\"\n\
+         # The ultrasound device exports scans here (inbox/<patient-id>/<zone>.mp4 links a patient).\n\
+         inbox = \"/var/lib/pleura/inbox\"\n\
+         data_dir = \"/var/lib/pleura\"\n\
+         # Unsynced results kept at most; beyond it new scans wait in the inbox and status alarms.\n\
+         quota_bytes = 268435456\n\
+         # Secret for patient pseudonyms, created if missing; never copy it off the clinic.\n\
+         pseudonym_key_file = \"/var/lib/pleura/pseudonym.key\"\n\n\
+         [hub]\n\
+         mqtt_url = \"mqtt://127.0.0.1:1883\"\n\
+         grpc_url = \"http://127.0.0.1:7443\"\n\n\
+         [sync]\n\
+         batch_size = 50\n\
+         max_in_flight = 1000\n\
+         ack_timeout_ms = 15000\n\
+         backoff_min_ms = 250\n\
+         backoff_max_ms = 60000\n\
+         grpc_fallback_after = 4\n\n\
+         [inference]\n\
+         model = \"models/lusnet-s.onnx\"\n\
+         backend = \"tract\"   # or \"onnxruntime\" with onnxruntime_library = \"/path/libonnxruntime.so\"\n\
+         workers = 1\n\
+         poll_ms = 500\n"
+            .to_string()
+    }
+}
+
+/// `mqtt://host:port` (port defaults to 1883).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "hub.mqtt_url {url:?} must look like mqtt://host:port"
+        ))
+    };
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(bad)?
+        .trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
+        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_bad_values_are_named() {
+        let cfg: EdgeConfig = toml::from_str(&EdgeConfig::example()).unwrap();
+        cfg.validate().unwrap();
+        let mut bad = cfg.clone();
+        bad.clinic = "Clinic A".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("clinic"));
+        let mut bad = cfg.clone();
+        bad.hub.mqtt_url = "tcp//x".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("mqtt_url"));
+        let mut bad = cfg;
+        bad.sync.batch_size = 0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
+    }
+}

@@ -1,0 +1,76 @@
+//! The test suite every `Outbox` backend must pass. `open(quota)` reopens the same store.
+
+use pleura_shared::record::sample_record;
+use pleura_shared::ResultId;
+
+use super::{Outbox, OutboxError, Put};
+
+pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
+    let ob = open(10_000);
+    let mut old_mild = sample_record("c", "d", 1, false);
+    old_mild.analysed_at_ms = 1_000;
+    let mut new_mild = sample_record("c", "d", 1, false);
+    new_mild.analysed_at_ms = 2_000;
+    let mut severe = sample_record("c", "d", 3, true);
+    severe.analysed_at_ms = 3_000;
+    let mut normal = sample_record("c", "d", 0, false);
+    normal.analysed_at_ms = 500;
+    for r in [&new_mild, &normal, &severe, &old_mild] {
+        assert_eq!(ob.put(r).unwrap(), Put::Stored);
+    }
+    assert_eq!(
+        ob.put(&severe).unwrap(),
+        Put::AlreadyQueued,
+        "idempotent on id"
+    );
+
+    // Most urgent first, then oldest.
+    let ids = |v: Vec<pleura_shared::ScanRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ob.next_batch(10, &|_| false).unwrap()),
+        vec![severe.id, old_mild.id, new_mild.id, normal.id]
+    );
+    let in_flight = [severe.id, old_mild.id];
+    assert_eq!(
+        ids(ob
+            .next_batch(1, &|id: &ResultId| in_flight.contains(id))
+            .unwrap()),
+        vec![new_mild.id]
+    );
+
+    let s = ob.stats().unwrap();
+    assert_eq!(s.pending, 4);
+    assert_eq!(s.oldest_pending_ms, Some(500));
+
+    assert_eq!(ob.remove(&[severe.id, ResultId::random()]).unwrap(), 1);
+    assert_eq!(
+        ob.remove(&[severe.id]).unwrap(),
+        0,
+        "a second ack is harmless"
+    );
+    ob.park(&normal.id, "severity out of range").unwrap();
+    let s = ob.stats().unwrap();
+    assert_eq!((s.pending, s.parked), (2, 1));
+
+    // Survives a reopen, byte accounting included.
+    let before = ob.stats().unwrap();
+    drop(ob);
+    let ob = open(10_000);
+    assert_eq!(ob.stats().unwrap(), before);
+    assert_eq!(
+        ids(ob.next_batch(10, &|_| false).unwrap()),
+        vec![old_mild.id, new_mild.id]
+    );
+
+    // At the quota new results are refused, not dropped; acks free room again.
+    drop(ob);
+    let ob = open(before.pending_bytes + 10);
+    let extra = sample_record("c", "d", 2, true);
+    match ob.put(&extra) {
+        Err(OutboxError::QuotaExceeded { .. }) => {}
+        other => panic!("expected quota refusal, got {other:?}"),
+    }
+    assert_eq!(ob.stats().unwrap().pending, 2);
+    ob.remove(&[old_mild.id]).unwrap();
+    assert_eq!(ob.put(&extra).unwrap(), Put::Stored);
+}

@@ -1,0 +1,129 @@
+//! What the agent is doing, shared by its workers, written to `status.json` every
+//! second and shown by `edge-agent status`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::outbox::OutboxStats;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub updated_ms: u64,
+    pub clinic: String,
+    pub device: String,
+    pub model_version: String,
+    pub outbox: OutboxStats,
+    pub sync: SyncStatus,
+    pub intake: IntakeStatus,
+    /// Conditions a person should act on.
+    pub alarms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// idle, sending, backing-off, disconnected
+    pub state: String,
+    pub mqtt_connected: bool,
+    pub transport: String,
+    pub last_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub in_flight: usize,
+    pub synced_total: u64,
+    pub batches_sent: u64,
+    pub bytes_sent: u64,
+    pub resends: u64,
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IntakeStatus {
+    pub analysed: u64,
+    pub rejected: u64,
+    pub waiting_for_quota: u64,
+}
+
+#[derive(Default)]
+pub struct Shared(Mutex<Status>);
+
+impl Shared {
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn snapshot(&self) -> Status {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Writes atomically (temp file + rename) so a reader never sees half a file.
+pub fn write_file(path: &Path, status: &Status) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(tmp, path)
+}
+
+pub fn render(s: &Status, running: bool) -> String {
+    let age = |ms: Option<u64>| match ms {
+        Some(t) => format!("{}s ago", now_ms().saturating_sub(t) / 1000),
+        None => "never".into(),
+    };
+    let mut out = format!(
+        "agent      {} (clinic {}, device {})\nmodel      {}\nqueue      {} unsynced result(s), {} of {} bytes; oldest analysed {}\n",
+        if running { format!("running, pid {}", s.pid) } else { "NOT RUNNING (last known state below)".into() },
+        s.clinic,
+        s.device,
+        s.model_version,
+        s.outbox.pending,
+        s.outbox.pending_bytes,
+        s.outbox.quota_bytes,
+        age(s.outbox.oldest_pending_ms),
+    );
+    out += &format!(
+        "hub        {} via {}; state {}; last sync {}; {} synced in total\n",
+        if s.sync.mqtt_connected {
+            "reachable"
+        } else {
+            "unreachable"
+        },
+        if s.sync.transport.is_empty() {
+            "-"
+        } else {
+            &s.sync.transport
+        },
+        s.sync.state,
+        age(s.sync.last_sync_ms),
+        s.sync.synced_total,
+    );
+    if let Some(e) = &s.sync.last_error {
+        out += &format!("last error {e}\n");
+    }
+    out += &format!(
+        "intake     {} analysed, {} rejected, {} waiting for queue space; {} parked, {} corrupt\n",
+        s.intake.analysed,
+        s.intake.rejected,
+        s.intake.waiting_for_quota,
+        s.outbox.parked,
+        s.outbox.corrupt
+    );
+    if s.alarms.is_empty() {
+        out += "alarms     none\n";
+    } else {
+        for a in &s.alarms {
+            out += &format!("ALARM      {a}\n");
+        }
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! Turning an MQTT message or gRPC upload into committed results and an ack. No I/O
+//! here except through the store, so every rejection path has a plain unit test.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pleura_shared::wire::{Rejection, ResultAck, ResultBatch};
+use pleura_shared::{topics, ScanRecord, SCHEMA_VERSION};
+use prost::Message;
+
+use crate::metrics::Metrics;
+use crate::store::{Commit, HubStore, StoreError};
+
+/// Why a whole message was refused. `label` is the metrics reason.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("message on unexpected topic: {0}")]
+    Topic(String),
+    #[error("payload of {0} bytes exceeds the limit of {1}")]
+    TooLarge(usize, usize),
+    #[error("payload is not a ResultBatch: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("unknown schema version {0} (this hub speaks {SCHEMA_VERSION})")]
+    Schema(u32),
+    #[error("batch claims {claimed} but arrived on the topic of {topic}")]
+    Mismatch { claimed: String, topic: String },
+    #[error("empty batch")]
+    Empty,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IngestError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            IngestError::Topic(_) => "topic",
+            IngestError::TooLarge(..) => "too_large",
+            IngestError::Decode(_) => "malformed",
+            IngestError::Schema(_) => "schema_version",
+            IngestError::Mismatch { .. } => "identity_mismatch",
+            IngestError::Empty => "empty",
+            IngestError::Store(_) => "store",
+        }
+    }
+}
+
+pub struct Ingest {
+    pub store: Arc<dyn HubStore>,
+    pub metrics: Arc<Metrics>,
+    pub max_payload: usize,
+}
+
+/// A committed batch: the ack to send and to which device.
+pub struct Outcome {
+    pub clinic: String,
+    pub device: String,
+    pub ack: ResultAck,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Ingest {
+    /// An MQTT message: the topic names the sender's clinic and device.
+    pub fn mqtt_message(&self, topic: &str, payload: &[u8]) -> Result<Outcome, IngestError> {
+        let (clinic, device) =
+            topics::parse_results(topic).map_err(|e| IngestError::Topic(e.to_string()))?;
+        self.batch(payload, Some((clinic, device)))
+    }
+
+    /// A batch from MQTT (with the topic's identity) or gRPC.
+    pub fn batch(
+        &self,
+        payload: &[u8],
+        sender: Option<(String, String)>,
+    ) -> Result<Outcome, IngestError> {
+        if payload.len() > self.max_payload {
+            return Err(IngestError::TooLarge(payload.len(), self.max_payload));
+        }
+        let batch = ResultBatch::decode(payload)?;
+        self.decoded(batch, sender)
+    }
+
+    pub fn decoded(
+        &self,
+        batch: ResultBatch,
+        sender: Option<(String, String)>,
+    ) -> Result<Outcome, IngestError> {
+        if batch.schema_version != SCHEMA_VERSION {
+            return Err(IngestError::Schema(batch.schema_version));
+        }
+        let (clinic, device) = sender.unwrap_or((batch.clinic_id.clone(), batch.device_id.clone()));
+        if batch.clinic_id != clinic || batch.device_id != device {
+            return Err(IngestError::Mismatch {
+                claimed: format!("{}/{}", batch.clinic_id, batch.device_id),
+                topic: format!("{clinic}/{device}"),
+            });
+        }
+        if batch.results.is_empty() {
+            return Err(IngestError::Empty);
+        }
+        let mut good = Vec::with_capacity(batch.results.len());
+        let mut rejected = Vec::new();
+        for w in batch.results {
+            let id = w.result_id.clone();
+            match ScanRecord::from_wire(w) {
+                Ok(r) if r.clinic == clinic && r.device == device => good.push(r),
+                Ok(r) => rejected.push(Rejection {
+                    result_id: id,
+                    reason: format!(
+                        "record claims {}/{}, sender is {clinic}/{device}",
+                        r.clinic, r.device
+                    ),
+                }),
+                Err(e) => rejected.push(Rejection {
+                    result_id: id,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        let started = Instant::now();
+        let outcome = if good.is_empty() {
+            vec![]
+        } else {
+            self.store.commit(&good, now_ms())?
+        };
+        Metrics::inc(&self.metrics.commit_batches, 1);
+        Metrics::inc(
+            &self.metrics.commit_micros,
+            started.elapsed().as_micros() as u64,
+        );
+        let new = outcome.iter().filter(|c| **c == Commit::New).count() as u64;
+        Metrics::inc(&self.metrics.results_committed, new);
+        Metrics::inc(&self.metrics.results_duplicate, outcome.len() as u64 - new);
+        Metrics::inc(&self.metrics.results_rejected, rejected.len() as u64);
+        for r in &rejected {
+            tracing::warn!(clinic, device, reason = %r.reason, "result rejected");
+        }
+        Ok(Outcome {
+            ack: ResultAck {
+                schema_version: SCHEMA_VERSION,
+                committed: good.iter().map(|r| r.id.0.to_vec()).collect(),
+                rejected,
+            },
+            clinic,
+            device,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+    use pleura_shared::record::sample_record;
+
+    fn ingest(dir: &std::path::Path) -> Ingest {
+        Ingest {
+            store: Arc::new(SledStore::open(dir).unwrap()),
+            metrics: Arc::new(Metrics::default()),
+            max_payload: 4096,
+        }
+    }
+
+    fn batch(clinic: &str, device: &str, recs: &[ScanRecord]) -> ResultBatch {
+        ResultBatch {
+            schema_version: SCHEMA_VERSION,
+            clinic_id: clinic.into(),
+            device_id: device.into(),
+            results: recs.iter().map(|r| r.to_wire()).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = ingest(dir.path());
+        let topic = topics::results("c1", "d1");
+        let r = sample_record("c1", "d1", 2, true);
+        let label = |res: Result<Outcome, IngestError>| res.err().map(|e| e.label());
+        assert_eq!(
+            label(ing.mqtt_message(&topic, b"\xff\xff garbage")),
+            Some("malformed")
+        );
+        assert_eq!(
+            label(ing.mqtt_message(&topic, &vec![0; 5000])),
+            Some("too_large")
+        );
+        assert_eq!(
+            label(ing.mqtt_message("pleura/v1/other", b"")),
+            Some("topic")
+        );
+        let mut b = batch("c1", "d1", &[r.clone()]);
+        b.schema_version = 99;
+        assert_eq!(
+            label(ing.mqtt_message(&topic, &b.encode_to_vec())),
+            Some("schema_version")
+        );
+        let b = batch("c2", "d1", &[r.clone()]);
+        assert_eq!(
+            label(ing.mqtt_message(&topic, &b.encode_to_vec())),
+            Some("identity_mismatch")
+        );
+        assert_eq!(ing.store.count().unwrap(), 0);
+
+        // A valid message afterwards still goes through.
+        let out = ing
+            .mqtt_message(&topic, &batch("c1", "d1", &[r.clone()]).encode_to_vec())
+            .unwrap();
+        assert_eq!(out.ack.committed, vec![r.id.0.to_vec()]);
+        assert_eq!(ing.store.count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_bad_record_is_rejected_alone_and_duplicates_are_acked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ing = ingest(dir.path());
+        let good = sample_record("c1", "d1", 1, false);
+        let foreign = sample_record("c9", "d1", 1, false);
+        let mut b = batch("c1", "d1", &[good.clone(), foreign.clone()]);
+        b.results.push({
+            let mut w = good.to_wire();
+            w.result_id = vec![1; 16];
+            w.severity = 7;
+            w
+        });
+        let out = ing.batch(&b.encode_to_vec(), None).unwrap();
+        assert_eq!(out.ack.committed.len(), 1);
+        assert_eq!(out.ack.rejected.len(), 2);
+        assert!(out.ack.rejected[0].reason.contains("c9/d1"));
+        assert!(out.ack.rejected[1].reason.contains("severity"));
+        let again = ing
+            .batch(&batch("c1", "d1", &[good.clone()]).encode_to_vec(), None)
+            .unwrap();
+        assert_eq!(again.ack.committed, vec![good.id.0.to_vec()]);
+        assert_eq!(
+            ing.metrics
+                .results_duplicate
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(ing.store.count().unwrap(), 1);
+    }
+}

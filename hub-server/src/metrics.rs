@@ -1,0 +1,110 @@
+//! Hub counters, rendered in the Prometheus text format on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub mqtt_messages: AtomicU64,
+    pub results_committed: AtomicU64,
+    pub results_duplicate: AtomicU64,
+    pub results_rejected: AtomicU64,
+    pub acks_published: AtomicU64,
+    pub grpc_uploads: AtomicU64,
+    pub commit_batches: AtomicU64,
+    pub commit_micros: AtomicU64,
+    pub mqtt_connected: AtomicU64,
+    /// Rejected messages by reason (a short, fixed label).
+    rejected_messages: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub fn reject_message(&self, reason: &'static str) {
+        if let Ok(mut m) = self.rejected_messages.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn rejected_messages(&self, reason: &str) -> u64 {
+        self.rejected_messages
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn render(&self, stored_cases: u64) -> String {
+        let mut s = String::new();
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "pleura_hub_mqtt_messages_total",
+            "MQTT result messages received.",
+            g(&self.mqtt_messages),
+        );
+        counter(
+            "pleura_hub_results_committed_total",
+            "Results newly committed to the store.",
+            g(&self.results_committed),
+        );
+        counter(
+            "pleura_hub_results_duplicate_total",
+            "Redelivered results already in the store (acked again, not stored again).",
+            g(&self.results_duplicate),
+        );
+        counter(
+            "pleura_hub_results_rejected_total",
+            "Individual results refused as invalid.",
+            g(&self.results_rejected),
+        );
+        counter(
+            "pleura_hub_acks_published_total",
+            "Acknowledgements published to devices.",
+            g(&self.acks_published),
+        );
+        counter(
+            "pleura_hub_grpc_uploads_total",
+            "Batches uploaded over the gRPC fallback.",
+            g(&self.grpc_uploads),
+        );
+        counter(
+            "pleura_hub_commit_batches_total",
+            "Durable commits (one flush each).",
+            g(&self.commit_batches),
+        );
+        counter(
+            "pleura_hub_commit_seconds_total",
+            "Time spent in durable commits, seconds (integer micros / 1e6 below).",
+            g(&self.commit_micros) / 1_000_000,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_rejected_messages_total Whole messages refused, by reason.\n# TYPE pleura_hub_rejected_messages_total counter"
+        );
+        if let Ok(m) = self.rejected_messages.lock() {
+            for (reason, v) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "pleura_hub_rejected_messages_total{{reason=\"{reason}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_mqtt_connected 1 while the hub's MQTT session is up.\n# TYPE pleura_hub_mqtt_connected gauge\npleura_hub_mqtt_connected {}",
+            g(&self.mqtt_connected)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_stored_cases Cases in the store.\n# TYPE pleura_hub_stored_cases gauge\npleura_hub_stored_cases {stored_cases}"
+        );
+        s
+    }
+}

@@ -1,0 +1,118 @@
+//! The hub's MQTT side: one task polls the event loop without pause; received result
+//! messages go to the ingest task over a channel; acks are published from there.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pleura_shared::topics;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub share_group: Option<String>,
+    pub max_payload: usize,
+}
+
+pub async fn run(
+    settings: MqttSettings,
+    ingest: Arc<Ingest>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    opts.set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(false)
+        // Let oversized messages through to our own check, which counts and logs them.
+        .set_max_packet_size(
+            settings.max_payload * 4 + 1024,
+            settings.max_payload * 4 + 1024,
+        );
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (tx, rx) = mpsc::channel::<(String, bytes::Bytes)>(1024);
+    let metrics = ingest.metrics.clone();
+    let worker = tokio::spawn(ingest_loop(rx, client.clone(), ingest));
+    let filter = topics::results_subscription(settings.share_group.as_deref());
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                tracing::info!(host = %settings.host, port = settings.port, "hub connected to the broker");
+                // Subscribe on every connect: a restarted broker has forgotten us.
+                let c = client.clone();
+                let f = filter.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = c.subscribe(f, QoS::AtLeastOnce).await {
+                        tracing::warn!(error = %e, "subscribe failed");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                metrics.mqtt_connected.store(1, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                Metrics::inc(&metrics.mqtt_messages, 1);
+                if tx.send((p.topic, p.payload)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.mqtt_connected.store(0, Ordering::Relaxed);
+                failures += 1;
+                let delay = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+                tracing::warn!(error = %e, retry_in = ?delay, "broker connection lost");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    drop(tx);
+    let _ = worker.await;
+    Ok(())
+}
+
+async fn ingest_loop(
+    mut rx: mpsc::Receiver<(String, bytes::Bytes)>,
+    client: AsyncClient,
+    ingest: Arc<Ingest>,
+) {
+    while let Some((topic, payload)) = rx.recv().await {
+        let ing = ingest.clone();
+        let t = topic.clone();
+        // sled commit + fsync blocks: keep it off the async workers.
+        let res = tokio::task::spawn_blocking(move || ing.mqtt_message(&t, &payload)).await;
+        match res {
+            Ok(Ok(out)) => {
+                let ack_topic = topics::acks(&out.clinic, &out.device);
+                match client
+                    .publish(ack_topic, QoS::AtLeastOnce, false, out.ack.encode_to_vec())
+                    .await
+                {
+                    Ok(()) => Metrics::inc(&ingest.metrics.acks_published, 1),
+                    Err(e) => tracing::warn!(error = %e, "could not queue ack"),
+                }
+            }
+            Ok(Err(e)) => {
+                ingest.metrics.reject_message(e.label());
+                tracing::warn!(topic = %topic.chars().take(128).collect::<String>(), reason = %e, "message rejected");
+            }
+            Err(e) => tracing::error!(error = %e, "ingest task failed"),
+        }
+    }
+}

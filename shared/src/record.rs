@@ -1,0 +1,310 @@
+//! A scan result as it leaves the clinic: de-identified, self-describing, and
+//! convertible to and from the wire (`pleura.v1.ScanResult`) with validation.
+
+use pleura_proto::v1 as pb;
+use prost::Message;
+use serde::Serialize;
+
+use crate::analysis::{ClassProbs, FlagReason, ScanAnalysis, Severity};
+use crate::ids::{validate_name, IdError, ResultId};
+use crate::pseudonym::PSEUDONYM_LEN;
+
+/// Largest encoded result we accept (a real one is ~250 bytes).
+pub const MAX_RECORD_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScanRecord {
+    pub id: ResultId,
+    pub clinic: String,
+    pub device: String,
+    /// Keyed pseudonym of the patient, if the scan named one.
+    pub patient_key: Option<[u8; PSEUDONYM_LEN]>,
+    pub zone: Option<String>,
+    /// Days since 1970-01-01.
+    pub scan_day: u32,
+    pub analysed_at_ms: u64,
+    pub format: String,
+    pub analysis: ScanAnalysis,
+    /// Quantised localisation map (0..=255), `localisation_size`² cells.
+    pub localisation: Vec<u8>,
+    pub localisation_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("field {field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("undecodable protobuf: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("record of {0} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> RecordError {
+    RecordError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl ScanRecord {
+    /// Quantises a 0..1 localisation map to bytes.
+    pub fn quantise_map(map: &[f32]) -> Vec<u8> {
+        map.iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    }
+
+    /// Severity-first queue priority: flagged and severe results sync first.
+    /// Higher is more urgent (0..=7).
+    pub fn priority(&self) -> u8 {
+        (u8::from(self.analysis.flagged) << 2) | self.analysis.severity.score().min(3)
+    }
+
+    pub fn to_wire(&self) -> pb::ScanResult {
+        let a = &self.analysis;
+        pb::ScanResult {
+            result_id: self.id.0.to_vec(),
+            clinic_id: self.clinic.clone(),
+            device_id: self.device.clone(),
+            patient_key: self.patient_key.map(|k| k.to_vec()).unwrap_or_default(),
+            zone: self.zone.clone().unwrap_or_default(),
+            scan_day: self.scan_day,
+            analysed_at_ms: self.analysed_at_ms,
+            format: self.format.clone(),
+            class_probs: a.class_probs.as_array().to_vec(),
+            severity: a.severity.score().into(),
+            severity_probs: a.severity_probs.to_vec(),
+            uncertainty: a.uncertainty,
+            flagged: a.flagged,
+            flag_reasons: a
+                .flag_reasons
+                .iter()
+                .map(|r| flag_to_wire(*r) as i32)
+                .collect(),
+            frames_analysed: a.frames_analysed,
+            frames_total: a.frames_total,
+            model_version: a.model_version.clone(),
+            localisation: self.localisation.clone(),
+            localisation_size: self.localisation_size,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_wire().encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge(bytes.len()));
+        }
+        Self::from_wire(pb::ScanResult::decode(bytes)?)
+    }
+
+    /// Validates everything a rogue or buggy sender could get wrong.
+    pub fn from_wire(w: pb::ScanResult) -> Result<Self, RecordError> {
+        let id = ResultId::from_slice(&w.result_id)?;
+        validate_name("clinic", &w.clinic_id)?;
+        validate_name("device", &w.device_id)?;
+        let patient_key = match w.patient_key.len() {
+            0 => None,
+            PSEUDONYM_LEN => Some(w.patient_key.as_slice().try_into().expect("length checked")),
+            n => return Err(invalid("patient_key", format!("{n} bytes, expected 16"))),
+        };
+        let zone = match w.zone.as_str() {
+            "" => None,
+            z if is_zone(z) => Some(z.to_string()),
+            z => {
+                return Err(invalid(
+                    "zone",
+                    format!(
+                        "{:?} is not L1-L6/R1-R6",
+                        z.chars().take(16).collect::<String>()
+                    ),
+                ))
+            }
+        };
+        let probs = probabilities("class_probs", &w.class_probs, 3)?;
+        let sev_probs = probabilities("severity_probs", &w.severity_probs, 4)?;
+        let severity = u8::try_from(w.severity)
+            .ok()
+            .and_then(|s| Severity::new(s).ok())
+            .ok_or_else(|| invalid("severity", format!("{} is outside 0-3", w.severity)))?;
+        if !(0.0..=1.0).contains(&w.uncertainty) {
+            return Err(invalid(
+                "uncertainty",
+                format!("{} outside 0..1", w.uncertainty),
+            ));
+        }
+        let flag_reasons = w
+            .flag_reasons
+            .iter()
+            .map(|r| flag_from_wire(*r))
+            .collect::<Result<Vec<_>, _>>()?;
+        if w.localisation.len() as u64 != u64::from(w.localisation_size).pow(2)
+            || w.localisation_size > 32
+        {
+            return Err(invalid(
+                "localisation",
+                format!(
+                    "{} cells for a {}x{} map",
+                    w.localisation.len(),
+                    w.localisation_size,
+                    w.localisation_size
+                ),
+            ));
+        }
+        if w.format.len() > 16 || w.model_version.len() > 64 {
+            return Err(invalid("format/model_version", "too long"));
+        }
+        Ok(Self {
+            id,
+            clinic: w.clinic_id,
+            device: w.device_id,
+            patient_key,
+            zone,
+            scan_day: w.scan_day,
+            analysed_at_ms: w.analysed_at_ms,
+            format: w.format,
+            analysis: ScanAnalysis {
+                class_probs: ClassProbs::from_slice(&[probs[0], probs[1], probs[2]]),
+                severity,
+                severity_probs: [sev_probs[0], sev_probs[1], sev_probs[2], sev_probs[3]],
+                uncertainty: w.uncertainty,
+                flagged: w.flagged,
+                flag_reasons,
+                frames_total: w.frames_total,
+                frames_analysed: w.frames_analysed,
+                model_version: w.model_version,
+            },
+            localisation: w.localisation,
+            localisation_size: w.localisation_size,
+        })
+    }
+}
+
+/// "L1".."L6" or "R1".."R6": the 12-zone Soldati protocol.
+pub fn is_zone(z: &str) -> bool {
+    let b = z.as_bytes();
+    b.len() == 2 && (b[0] == b'L' || b[0] == b'R') && (b'1'..=b'6').contains(&b[1])
+}
+
+fn probabilities(field: &'static str, p: &[f32], n: usize) -> Result<Vec<f32>, RecordError> {
+    if p.len() != n {
+        return Err(invalid(field, format!("{} values, expected {n}", p.len())));
+    }
+    if p.iter().any(|v| !(0.0..=1.0).contains(v)) {
+        return Err(invalid(field, "value outside 0..1"));
+    }
+    let sum: f32 = p.iter().sum();
+    if (sum - 1.0).abs() > 0.01 {
+        return Err(invalid(field, format!("sums to {sum}, not 1")));
+    }
+    Ok(p.to_vec())
+}
+
+fn flag_to_wire(r: FlagReason) -> pb::FlagReason {
+    match r {
+        FlagReason::CovidSuspected => pb::FlagReason::CovidSuspected,
+        FlagReason::PneumoniaSuspected => pb::FlagReason::PneumoniaSuspected,
+        FlagReason::HighSeverity => pb::FlagReason::HighSeverity,
+        FlagReason::Uncertain => pb::FlagReason::Uncertain,
+    }
+}
+
+fn flag_from_wire(v: i32) -> Result<FlagReason, RecordError> {
+    match pb::FlagReason::try_from(v) {
+        Ok(pb::FlagReason::CovidSuspected) => Ok(FlagReason::CovidSuspected),
+        Ok(pb::FlagReason::PneumoniaSuspected) => Ok(FlagReason::PneumoniaSuspected),
+        Ok(pb::FlagReason::HighSeverity) => Ok(FlagReason::HighSeverity),
+        Ok(pb::FlagReason::Uncertain) => Ok(FlagReason::Uncertain),
+        _ => Err(invalid("flag_reasons", format!("unknown reason {v}"))),
+    }
+}
+
+/// A plausible record for tests, fixtures and benchmarks (not from a real scan).
+pub fn sample_record(clinic: &str, device: &str, severity: u8, flagged: bool) -> ScanRecord {
+    let sev = Severity::new(severity.min(3)).expect("clamped");
+    let mut severity_probs = [0.1f32; 4];
+    severity_probs[usize::from(sev.score())] = 0.7;
+    ScanRecord {
+        id: ResultId::random(),
+        clinic: clinic.into(),
+        device: device.into(),
+        patient_key: Some(rand::random()),
+        zone: Some("R2".into()),
+        scan_day: 20_000,
+        analysed_at_ms: 1_730_000_000_000,
+        format: "mp4".into(),
+        analysis: ScanAnalysis {
+            class_probs: ClassProbs::from_slice(&[0.2, 0.1, 0.7]),
+            severity: sev,
+            severity_probs,
+            uncertainty: 0.4,
+            flagged,
+            flag_reasons: if flagged {
+                vec![FlagReason::HighSeverity]
+            } else {
+                vec![]
+            },
+            frames_total: 60,
+            frames_analysed: 32,
+            model_version: "lusnet-s@2026.11.24".into(),
+        },
+        localisation: vec![128; 49],
+        localisation_size: 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_stay_small() {
+        let r = sample_record("clinic-a", "pi-1", 3, true);
+        let bytes = r.encode();
+        assert!(bytes.len() < 300, "{} bytes", bytes.len());
+        assert_eq!(ScanRecord::decode(&bytes).unwrap(), r);
+        assert_eq!(r.priority(), 7);
+        assert_eq!(sample_record("c", "d", 0, false).priority(), 0);
+    }
+
+    #[test]
+    fn invalid_wire_records_name_the_field() {
+        let good = sample_record("c", "d", 1, false).to_wire();
+        let cases: Vec<(fn(&mut pb::ScanResult), &str)> = vec![
+            (|w| w.result_id.truncate(3), "16 bytes"),
+            (|w| w.clinic_id = "a/#".into(), "clinic"),
+            (|w| w.severity = 9, "severity"),
+            (|w| w.class_probs = vec![0.9, 0.9, 0.9], "class_probs"),
+            (
+                |w| w.severity_probs.pop().map(drop).unwrap_or(()),
+                "severity_probs",
+            ),
+            (|w| w.zone = "Z9".into(), "zone"),
+            (|w| w.flag_reasons = vec![42], "flag_reasons"),
+            (|w| w.localisation.push(1), "localisation"),
+            (|w| w.uncertainty = f32::NAN, "uncertainty"),
+        ];
+        for (mutate, expect) in cases {
+            let mut w = good.clone();
+            mutate(&mut w);
+            let err = ScanRecord::from_wire(w).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err} should mention {expect}");
+        }
+        assert!(matches!(
+            ScanRecord::decode(&[0xff; 10]),
+            Err(RecordError::Decode(_))
+        ));
+        assert!(matches!(
+            ScanRecord::decode(&vec![0; MAX_RECORD_BYTES + 1]),
+            Err(RecordError::TooLarge(_))
+        ));
+    }
+}

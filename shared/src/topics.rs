@@ -1,0 +1,71 @@
+//! MQTT topic layout. Every topic is scoped to one clinic and one device, so that a
+//! broker ACL (`.../clinic/<clinic>/device/<device>/...`) can confine each device.
+
+use crate::ids::{validate_name, IdError};
+
+pub const PREFIX: &str = "pleura/v1/clinic";
+
+/// Where a device publishes its result batches.
+pub fn results(clinic: &str, device: &str) -> String {
+    format!("{PREFIX}/{clinic}/device/{device}/results")
+}
+
+/// Where the hub publishes its acknowledgements for that device.
+pub fn acks(clinic: &str, device: &str) -> String {
+    format!("{PREFIX}/{clinic}/device/{device}/acks")
+}
+
+/// The hub's subscription to every device's results, shared between hubs in `group`
+/// (MQTT 5 / Mosquitto / rumqttd shared subscription) so several hubs split the load.
+pub fn results_subscription(group: Option<&str>) -> String {
+    let filter = format!("{PREFIX}/+/device/+/results");
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter,
+    }
+}
+
+/// Clinic and device named by a results topic.
+pub fn parse_results(topic: &str) -> Result<(String, String), TopicError> {
+    let rest = topic
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| TopicError(topic.chars().take(128).collect()))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [clinic, "device", device, "results"] => {
+            validate_name("clinic", clinic)?;
+            validate_name("device", device)?;
+            Ok((clinic.to_string(), device.to_string()))
+        }
+        _ => Err(TopicError(topic.chars().take(128).collect())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a results topic: {0:?}")]
+pub struct TopicError(String);
+
+impl From<IdError> for TopicError {
+    fn from(e: IdError) -> Self {
+        TopicError(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_topics_parse_back() {
+        let t = results("c1", "d-2");
+        assert_eq!(parse_results(&t).unwrap(), ("c1".into(), "d-2".into()));
+        assert!(parse_results("pleura/v1/clinic/c1/device/d2/acks").is_err());
+        assert!(parse_results("other/c1/device/d2/results").is_err());
+        assert!(parse_results("pleura/v1/clinic/C!/device/d2/results").is_err());
+        assert_eq!(
+            results_subscription(Some("hubs")),
+            "$share/hubs/pleura/v1/clinic/+/device/+/results"
+        );
+    }
+}
