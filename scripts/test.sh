@@ -14,4 +14,6 @@ ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/lib
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1
 echo "ONNX Runtime library: $ORT_DYLIB_PATH"
 
+# The end-to-end tests launch the real binaries: build them all first.
+cargo build --workspace --release --bins
 cargo test --workspace --release "$@"

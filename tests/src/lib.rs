@@ -1,1 +1,431 @@
-//! Harness for the end-to-end tests: spawns the real binaries and brokers.
+//! Harness for the end-to-end tests: spawns the real `hub-server` and `edge-agent`
+//! binaries (and Mosquitto) as processes on ports chosen at runtime, kills them
+//! with SIGKILL, restarts them, and waits for conditions with deadlines.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pleura_proto::v1::hub_client::HubClient;
+use pleura_proto::v1::{ListCasesRequest, SyncStatusRequest};
+
+/// `target/<profile>/<name>`, built by `cargo build --bins` (scripts/test.sh does).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --release --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A loopback port nothing listens on now, never handed out twice in this process
+/// (tests run in parallel and some bind their port only later).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// The last lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(cmd
+        .stdout(Stdio::from(f.try_clone()?))
+        .stderr(Stdio::from(f))
+        .spawn()?)
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+    }
+}
+
+/// Minimal HTTP GET (the hub's metrics port); returns status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((code, body))
+}
+
+pub enum Broker {
+    Embedded,
+    External(u16),
+}
+
+pub struct Hub {
+    pub dir: PathBuf,
+    pub mqtt_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Hub {
+    pub fn new(dir: &Path, broker: Broker) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (mqtt_port, broker_cfg) = match broker {
+            Broker::Embedded => {
+                let p = free_port();
+                (
+                    p,
+                    format!("broker = \"embedded\"\nlisten = \"127.0.0.1:{p}\"\n"),
+                )
+            }
+            Broker::External(p) => (
+                p,
+                format!("broker = \"external\"\nurl = \"mqtt://127.0.0.1:{p}\"\n"),
+            ),
+        };
+        let (grpc_port, metrics_port) = (free_port(), free_port());
+        let config = dir.join("hub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[mqtt]\n{broker_cfg}",
+                dir.join("data").display()
+            ),
+        )?;
+        Ok(Self {
+            dir: dir.into(),
+            mqtt_port,
+            grpc_port,
+            metrics_port,
+            config,
+            child: None,
+        })
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let c = spawn(
+            Command::new(bin("hub-server"))
+                .args(["serve", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info,rumqttd=warn"),
+            &self.dir.join("hub.log"),
+        )?;
+        self.child = Some(c);
+        let port = self.metrics_port;
+        eventually("hub ready", Duration::from_secs(30), || {
+            matches!(http_get(port, "/healthz"), Some((200, _))).then_some(())
+        });
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let (_, body) = http_get(self.metrics_port, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Result ids (hex) of every stored case, via the gRPC API.
+    pub fn case_ids(&self) -> Result<Vec<String>> {
+        let url = self.grpc_url();
+        block_on(async move {
+            let mut c = HubClient::new(
+                tonic::transport::Endpoint::from_shared(url)?
+                    .connect()
+                    .await?,
+            );
+            let r = c
+                .list_cases(ListCasesRequest {
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(r.cases
+                .into_iter()
+                .filter_map(|c| c.result.map(|r| hex(&r.result_id)))
+                .collect())
+        })
+    }
+
+    /// (results, duplicates) the hub has seen from each device.
+    pub fn devices(&self) -> Result<Vec<(String, u64, u64)>> {
+        let url = self.grpc_url();
+        block_on(async move {
+            let mut c = HubClient::new(
+                tonic::transport::Endpoint::from_shared(url)?
+                    .connect()
+                    .await?,
+            );
+            let r = c.sync_status(SyncStatusRequest {}).await?.into_inner();
+            Ok(r.devices
+                .into_iter()
+                .map(|d| {
+                    (
+                        format!("{}/{}", d.clinic_id, d.device_id),
+                        d.results,
+                        d.duplicates,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+pub struct Agent {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub inbox: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct AgentOptions {
+    pub clinic: String,
+    pub device: String,
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub grpc_url: Option<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            clinic: "clinic-a".into(),
+            device: format!("pi-{}", rand::random::<u32>()),
+            batch_size: 50,
+            max_in_flight: 500,
+            grpc_url: None,
+        }
+    }
+}
+
+impl Agent {
+    pub fn new(dir: &Path, mqtt_port: u16, o: AgentOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let inbox = dir.join("inbox");
+        let config = dir.join("edge.toml");
+        let grpc = o
+            .grpc_url
+            .map(|u| format!("grpc_url = \"{u}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "clinic = \"{}\"\ndevice = \"{}\"\ninbox = \"{}\"\ndata_dir = \"{}\"\npseudonym_key_file = \"{}\"\n\
+                 [hub]\nmqtt_url = \"mqtt://127.0.0.1:{mqtt_port}\"\n{grpc}\
+                 [sync]\nbatch_size = {}\nmax_in_flight = {}\nack_timeout_ms = 3000\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\ngrpc_fallback_after = 3\n\
+                 [inference]\nmodel = \"{}\"\npoll_ms = 200\n",
+                o.clinic,
+                o.device,
+                inbox.display(),
+                dir.join("data").display(),
+                dir.join("data/pseudonym.key").display(),
+                o.batch_size,
+                o.max_in_flight,
+                repo_root().join("models/lusnet-s.onnx").display()
+            ),
+        )?;
+        std::fs::create_dir_all(&inbox)?;
+        Ok(Self {
+            dir: dir.into(),
+            config,
+            inbox,
+            child: None,
+        })
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let c = spawn(
+            Command::new(bin("edge-agent"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info"),
+            &self.dir.join("agent.log"),
+        )?;
+        self.child = Some(c);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Queues `n` synthetic results (agent must be stopped: sled holds a lock).
+    pub fn fill(&self, n: usize) -> Result<()> {
+        let out = Command::new(bin("edge-agent"))
+            .args(["outbox-fill", "--count", &n.to_string(), "--config"])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!("outbox-fill: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `edge-agent status --json`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = Command::new(bin("edge-agent"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("status JSON")
+    }
+
+    /// Copies a scan into the inbox atomically (write elsewhere, then rename).
+    pub fn drop_scan(&self, src: &Path, name: &str) -> Result<()> {
+        let tmp = self.inbox.join(format!(".{name}.part"));
+        std::fs::copy(src, &tmp)?;
+        std::fs::rename(tmp, self.inbox.join(name))?;
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Mosquitto from Debian's packages, with persistence on, on a runtime port.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// None when mosquitto is not installed (unless PLEURA_REQUIRE_MOSQUITTO=1: then panic).
+    pub fn find() -> Option<PathBuf> {
+        let p = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        if p.is_none() && std::env::var_os("PLEURA_REQUIRE_MOSQUITTO").is_some() {
+            panic!("mosquitto is required (PLEURA_REQUIRE_MOSQUITTO=1) but not installed");
+        }
+        p
+    }
+
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 autosave_interval 1\nmax_queued_messages 100000\nmessage_size_limit 1048576\n",
+                dir.display()
+            ),
+        )?;
+        Ok(Self {
+            port,
+            dir: dir.into(),
+            child: None,
+        })
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let exe = Self::find().context("mosquitto not installed")?;
+        let c = spawn(
+            Command::new(exe)
+                .arg("-c")
+                .arg(self.dir.join("mosquitto.conf")),
+            &self.dir.join("mosquitto.log"),
+        )?;
+        self.child = Some(c);
+        let port = self.port;
+        eventually("mosquitto listening", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+        });
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

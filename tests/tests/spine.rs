@@ -1,0 +1,255 @@
+//! End-to-end and fault tests of the edge → hub spine, with real processes, real
+//! brokers and real sled files. Each test uses its own ports and folders.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pleura_e2e::*;
+use rand::Rng;
+
+const FIXTURES: [&str; 6] = [
+    "pocus_pneu_emdocs1.png",
+    "pocus_cov_oliviera_fig4a.jpg",
+    "pocus_cov_atlas45.gif",
+    "cb_frame.bmp",
+    "cb_single_rgb.dcm",
+    "cb_patient16_R1.mp4",
+];
+
+fn pending(agent: &Agent) -> Option<u64> {
+    agent.status().ok()?["outbox"]["pending"].as_u64()
+}
+
+/// All `n` results at the hub, each once, and the agent's queue empty.
+fn assert_all_arrived_once(hub: &Hub, agent: &Agent, n: usize, within: Duration) {
+    eventually("every result at the hub", within, || {
+        (hub.case_ids().ok()?.len() >= n).then_some(())
+    });
+    eventually("agent queue drained", Duration::from_secs(30), || {
+        (pending(agent)? == 0).then_some(())
+    });
+    let ids = hub.case_ids().unwrap();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), n, "hub holds exactly the results sent");
+    assert_eq!(unique.len(), n, "no result stored twice");
+}
+
+#[test]
+fn hub_down_during_analysis_then_every_scan_arrives_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    let mut agent = Agent::new(
+        &tmp.path().join("a"),
+        hub.mqtt_port,
+        AgentOptions::default(),
+    )
+    .unwrap();
+    agent.start().unwrap();
+    for (i, f) in FIXTURES.iter().enumerate() {
+        let src = repo_root().join("fixtures/scans").join(f);
+        agent.drop_scan(&src, &format!("{i}_{f}")).unwrap();
+    }
+    agent
+        .drop_scan(&repo_root().join("Cargo.toml"), "notes.txt")
+        .unwrap();
+    // Everything analysed and queued while the hub is down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let st = loop {
+        let s = agent.status().unwrap();
+        if s["intake"]["analysed"].as_u64() == Some(FIXTURES.len() as u64) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scans not analysed offline; status {s}\nlog:\n{}",
+            log_tail(&agent.dir.join("agent.log"), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st["outbox"]["pending"], FIXTURES.len() as u64);
+    assert_eq!(st["sync"]["mqtt_connected"], false);
+    assert_eq!(
+        st["intake"]["rejected"], 1,
+        "the text file is rejected, not lost"
+    );
+    assert!(agent
+        .dir
+        .join("data/rejected/notes.txt.reason.txt")
+        .exists());
+    assert_eq!(std::fs::read_dir(&agent.inbox).unwrap().count(), 0);
+
+    hub.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, FIXTURES.len(), Duration::from_secs(60));
+    let st = agent.status().unwrap();
+    assert_eq!(st["sync"]["mqtt_connected"], true);
+}
+
+#[test]
+fn sigkill_the_agent_during_sync_twenty_times_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+    let opts = AgentOptions {
+        batch_size: 10,
+        max_in_flight: 20,
+        ..Default::default()
+    };
+    let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
+    let n = 3000;
+    agent.fill(n).unwrap();
+    let mut rng = rand::rng();
+    let mut last = 0;
+    for round in 0..20 {
+        agent.start().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
+        agent.kill9();
+        let got = hub.case_ids().unwrap().len();
+        assert!(
+            got >= last,
+            "round {round}: hub lost results ({got} < {last})"
+        );
+        last = got;
+    }
+    assert!(
+        last < n,
+        "the kills should land mid-sync (all {n} synced already)"
+    );
+    agent.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, n, Duration::from_secs(120));
+}
+
+#[test]
+fn sigkill_the_hub_mid_ingest_and_restart_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+    let opts = AgentOptions {
+        batch_size: 10,
+        max_in_flight: 20,
+        ..Default::default()
+    };
+    let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
+    let n = 3000;
+    agent.fill(n).unwrap();
+    agent.start().unwrap();
+    eventually("ingest under way", Duration::from_secs(60), || {
+        (hub.case_ids().ok()?.len() > 100).then_some(())
+    });
+    hub.kill9();
+    let before = agent.status().unwrap()["outbox"]["pending"]
+        .as_u64()
+        .unwrap();
+    assert!(before > 0, "killed mid-ingest");
+    hub.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, n, Duration::from_secs(120));
+}
+
+#[test]
+fn mosquitto_end_to_end_with_a_broker_restart_mid_sync() {
+    if Mosquitto::find().is_none() {
+        eprintln!(
+            "SKIPPED: mosquitto not installed (CI installs it and sets PLEURA_REQUIRE_MOSQUITTO=1)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mosq = Mosquitto::new(&tmp.path().join("mosquitto")).unwrap();
+    mosq.start().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::External(mosq.port)).unwrap();
+    hub.start().unwrap();
+    let opts = AgentOptions {
+        batch_size: 10,
+        max_in_flight: 20,
+        ..Default::default()
+    };
+    let mut agent = Agent::new(&tmp.path().join("a"), mosq.port, opts).unwrap();
+    let n = 3000;
+    agent.fill(n).unwrap();
+    agent
+        .drop_scan(&repo_root().join("fixtures/scans/cb_frame.bmp"), "real.bmp")
+        .unwrap();
+    agent.start().unwrap();
+    eventually("sync under way", Duration::from_secs(60), || {
+        (hub.case_ids().ok()?.len() > 100).then_some(())
+    });
+    mosq.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    mosq.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, n + 1, Duration::from_secs(120));
+}
+
+#[test]
+fn garbage_and_oversized_payloads_are_rejected_counted_and_valid_traffic_flows() {
+    use rumqttc::{Client, MqttOptions, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+
+    let mut opts = MqttOptions::new("rogue", "127.0.0.1", hub.mqtt_port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(opts, 16);
+    let topic = "pleura/v1/clinic/clinic-a/device/rogue-1/results";
+    client
+        .publish(topic, QoS::AtLeastOnce, false, b"\xff\xfe garbage".to_vec())
+        .unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, false, vec![7u8; 100 * 1024])
+        .unwrap();
+    // A well-formed batch from a future schema version.
+    let future = pleura_proto::v1::ResultBatch {
+        schema_version: 99,
+        clinic_id: "clinic-a".into(),
+        device_id: "rogue-1".into(),
+        results: vec![],
+    };
+    client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            prost::Message::encode_to_vec(&future),
+        )
+        .unwrap();
+    client.disconnect().unwrap();
+    for ev in conn.iter() {
+        if ev.is_err() {
+            break;
+        }
+    }
+    eventually("rejections counted", Duration::from_secs(20), || {
+        let m = |r: &str| {
+            hub.metric(&format!(
+                "pleura_hub_rejected_messages_total{{reason=\"{r}\"}}"
+            ))
+        };
+        (m("malformed")? == 1 && m("too_large")? == 1 && m("schema_version")? == 1).then_some(())
+    });
+
+    let mut agent = Agent::new(
+        &tmp.path().join("a"),
+        hub.mqtt_port,
+        AgentOptions::default(),
+    )
+    .unwrap();
+    agent.fill(25).unwrap();
+    agent.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, 25, Duration::from_secs(60));
+}
+
+#[test]
+fn grpc_fallback_delivers_when_mqtt_is_blocked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+    // The agent's MQTT port leads nowhere; only gRPC gets through.
+    let opts = AgentOptions {
+        grpc_url: Some(hub.grpc_url()),
+        ..Default::default()
+    };
+    let mut agent = Agent::new(&tmp.path().join("a"), free_port(), opts).unwrap();
+    agent.fill(120).unwrap();
+    agent.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, 120, Duration::from_secs(60));
+    assert_eq!(agent.status().unwrap()["sync"]["transport"], "grpc");
+    assert!(hub.metric("pleura_hub_grpc_uploads_total").unwrap() >= 3);
+}
