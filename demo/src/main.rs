@@ -169,8 +169,8 @@ async fn main() -> Result<()> {
         cases.len()
     );
     println!(
-        "  {:<13} {:<5} {:<8} {:<8} {:<8} {:>6} {:>6} {:>6}  {:<3} {}",
-        "clinic", "zone", "patient", "fmt", "result", "covid", "pneu", "normal", "sev", "flagged"
+        "  {:<13} {:<5} {:<8} {:<8} {:<8} {:>6} {:>6} {:>6}  sev flagged",
+        "clinic", "zone", "patient", "fmt", "result", "covid", "pneu", "normal"
     );
     for c in &cases {
         let r = c.result.as_ref().context("case without result")?;

@@ -164,10 +164,10 @@ fn status(config: &std::path::Path, json: bool) -> Result<ExitCode> {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => Default::default(),
     };
-    let fresh = crate::status::now_ms().saturating_sub(st.updated_ms) < 5_000;
-    let running = fresh && process_alive(st.pid);
-    if !running {
-        // The daemon holds the outbox lock while it runs; it is free now.
+    // Free lock = no daemon; hold it while reading the outbox ourselves.
+    let lock = crate::lock::DirLock::try_take(&cfg.data_dir)?;
+    let running = lock.is_none();
+    if let Some(_held) = lock {
         if let Ok(ob) = crate::daemon::open_outbox(&cfg) {
             if let Ok(stats) = crate::outbox::Outbox::stats(&ob) {
                 st.outbox = stats;
@@ -177,6 +177,9 @@ fn status(config: &std::path::Path, json: bool) -> Result<ExitCode> {
         st.device = cfg.device.clone();
         st.sync.mqtt_connected = false;
         st.sync.state = "stopped".into();
+    } else if crate::status::now_ms().saturating_sub(st.updated_ms) > 5_000 {
+        st.alarms
+            .push("agent holds its lock but has not updated its status for over 5 s".into());
     }
     if json {
         let mut v = serde_json::to_value(&st)?;
@@ -186,9 +189,4 @@ fn status(config: &std::path::Path, json: bool) -> Result<ExitCode> {
         print!("{}", crate::status::render(&st, running));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn process_alive(pid: u32) -> bool {
-    // Signal 0 checks existence without touching the process.
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
 }

@@ -50,6 +50,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     for d in [&cfg.inbox, &cfg.data_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    let _lock = crate::lock::DirLock::take(&cfg.data_dir, Duration::from_secs(10))?;
     let key = load_or_create_key(&cfg.pseudonym_key_file)?;
     backend::init(&BackendConfig {
         kind: cfg.inference.backend,

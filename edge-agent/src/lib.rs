@@ -10,6 +10,7 @@ pub mod datasets;
 pub mod engine;
 pub mod eval;
 pub mod intake;
+pub mod lock;
 pub mod outbox;
 pub mod status;
 pub mod sync;

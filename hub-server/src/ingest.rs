@@ -64,32 +64,46 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A message that passed validation, waiting to be committed (possibly together with
+/// others: one durable flush for many messages is what makes ingest fast).
+pub struct Prepared {
+    pub clinic: String,
+    pub device: String,
+    pub good: Vec<ScanRecord>,
+    pub rejected: Vec<Rejection>,
+}
+
 impl Ingest {
     /// An MQTT message: the topic names the sender's clinic and device.
     pub fn mqtt_message(&self, topic: &str, payload: &[u8]) -> Result<Outcome, IngestError> {
-        let (clinic, device) =
-            topics::parse_results(topic).map_err(|e| IngestError::Topic(e.to_string()))?;
-        self.batch(payload, Some((clinic, device)))
+        let p = self.prepare_mqtt(topic, payload)?;
+        Ok(self.commit(vec![p])?.remove(0))
     }
 
-    /// A batch from MQTT (with the topic's identity) or gRPC.
-    pub fn batch(
-        &self,
-        payload: &[u8],
-        sender: Option<(String, String)>,
-    ) -> Result<Outcome, IngestError> {
-        if payload.len() > self.max_payload {
-            return Err(IngestError::TooLarge(payload.len(), self.max_payload));
-        }
-        let batch = ResultBatch::decode(payload)?;
-        self.decoded(batch, sender)
-    }
-
+    /// A batch from gRPC (or a decoded MQTT payload), validated and committed.
     pub fn decoded(
         &self,
         batch: ResultBatch,
         sender: Option<(String, String)>,
     ) -> Result<Outcome, IngestError> {
+        let p = self.prepare(batch, sender)?;
+        Ok(self.commit(vec![p])?.remove(0))
+    }
+
+    pub fn prepare_mqtt(&self, topic: &str, payload: &[u8]) -> Result<Prepared, IngestError> {
+        let sender = topics::parse_results(topic).map_err(|e| IngestError::Topic(e.to_string()))?;
+        if payload.len() > self.max_payload {
+            return Err(IngestError::TooLarge(payload.len(), self.max_payload));
+        }
+        self.prepare(ResultBatch::decode(payload)?, Some(sender))
+    }
+
+    /// Validates a batch; `sender` is the identity the transport vouches for.
+    pub fn prepare(
+        &self,
+        batch: ResultBatch,
+        sender: Option<(String, String)>,
+    ) -> Result<Prepared, IngestError> {
         if batch.schema_version != SCHEMA_VERSION {
             return Err(IngestError::Schema(batch.schema_version));
         }
@@ -122,11 +136,28 @@ impl Ingest {
                 }),
             }
         }
+        for r in &rejected {
+            tracing::warn!(clinic, device, reason = %r.reason, "result rejected");
+        }
+        Ok(Prepared {
+            clinic,
+            device,
+            good,
+            rejected,
+        })
+    }
+
+    /// Commits every prepared message in one durable write; one ack per message.
+    pub fn commit(&self, prepared: Vec<Prepared>) -> Result<Vec<Outcome>, IngestError> {
+        let all: Vec<ScanRecord> = prepared
+            .iter()
+            .flat_map(|p| p.good.iter().cloned())
+            .collect();
         let started = Instant::now();
-        let outcome = if good.is_empty() {
+        let outcome = if all.is_empty() {
             vec![]
         } else {
-            self.store.commit(&good, now_ms())?
+            self.store.commit(&all, now_ms())?
         };
         Metrics::inc(&self.metrics.commit_batches, 1);
         Metrics::inc(
@@ -136,19 +167,21 @@ impl Ingest {
         let new = outcome.iter().filter(|c| **c == Commit::New).count() as u64;
         Metrics::inc(&self.metrics.results_committed, new);
         Metrics::inc(&self.metrics.results_duplicate, outcome.len() as u64 - new);
-        Metrics::inc(&self.metrics.results_rejected, rejected.len() as u64);
-        for r in &rejected {
-            tracing::warn!(clinic, device, reason = %r.reason, "result rejected");
-        }
-        Ok(Outcome {
-            ack: ResultAck {
-                schema_version: SCHEMA_VERSION,
-                committed: good.iter().map(|r| r.id.0.to_vec()).collect(),
-                rejected,
-            },
-            clinic,
-            device,
-        })
+        Ok(prepared
+            .into_iter()
+            .map(|p| {
+                Metrics::inc(&self.metrics.results_rejected, p.rejected.len() as u64);
+                Outcome {
+                    ack: ResultAck {
+                        schema_version: SCHEMA_VERSION,
+                        committed: p.good.iter().map(|r| r.id.0.to_vec()).collect(),
+                        rejected: p.rejected,
+                    },
+                    clinic: p.clinic,
+                    device: p.device,
+                }
+            })
+            .collect())
     }
 }
 
@@ -194,13 +227,13 @@ mod tests {
             label(ing.mqtt_message("pleura/v1/other", b"")),
             Some("topic")
         );
-        let mut b = batch("c1", "d1", &[r.clone()]);
+        let mut b = batch("c1", "d1", std::slice::from_ref(&r));
         b.schema_version = 99;
         assert_eq!(
             label(ing.mqtt_message(&topic, &b.encode_to_vec())),
             Some("schema_version")
         );
-        let b = batch("c2", "d1", &[r.clone()]);
+        let b = batch("c2", "d1", std::slice::from_ref(&r));
         assert_eq!(
             label(ing.mqtt_message(&topic, &b.encode_to_vec())),
             Some("identity_mismatch")
@@ -209,7 +242,10 @@ mod tests {
 
         // A valid message afterwards still goes through.
         let out = ing
-            .mqtt_message(&topic, &batch("c1", "d1", &[r.clone()]).encode_to_vec())
+            .mqtt_message(
+                &topic,
+                &batch("c1", "d1", std::slice::from_ref(&r)).encode_to_vec(),
+            )
             .unwrap();
         assert_eq!(out.ack.committed, vec![r.id.0.to_vec()]);
         assert_eq!(ing.store.count().unwrap(), 1);
@@ -228,13 +264,13 @@ mod tests {
             w.severity = 7;
             w
         });
-        let out = ing.batch(&b.encode_to_vec(), None).unwrap();
+        let out = ing.decoded(b, None).unwrap();
         assert_eq!(out.ack.committed.len(), 1);
         assert_eq!(out.ack.rejected.len(), 2);
         assert!(out.ack.rejected[0].reason.contains("c9/d1"));
         assert!(out.ack.rejected[1].reason.contains("severity"));
         let again = ing
-            .batch(&batch("c1", "d1", &[good.clone()]).encode_to_vec(), None)
+            .decoded(batch("c1", "d1", std::slice::from_ref(&good)), None)
             .unwrap();
         assert_eq!(again.ack.committed, vec![good.id.0.to_vec()]);
         assert_eq!(

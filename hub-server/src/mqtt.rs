@@ -87,32 +87,61 @@ pub async fn run(
     Ok(())
 }
 
+/// Most messages committed together in one durable write.
+const GROUP_COMMIT: usize = 64;
+
 async fn ingest_loop(
     mut rx: mpsc::Receiver<(String, bytes::Bytes)>,
     client: AsyncClient,
     ingest: Arc<Ingest>,
 ) {
-    while let Some((topic, payload)) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
+        // Group commit: whatever else is already waiting shares the same flush.
+        let mut messages = vec![first];
+        while messages.len() < GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(m) => messages.push(m),
+                Err(_) => break,
+            }
+        }
         let ing = ingest.clone();
-        let t = topic.clone();
-        // sled commit + fsync blocks: keep it off the async workers.
-        let res = tokio::task::spawn_blocking(move || ing.mqtt_message(&t, &payload)).await;
-        match res {
-            Ok(Ok(out)) => {
-                let ack_topic = topics::acks(&out.clinic, &out.device);
-                match client
-                    .publish(ack_topic, QoS::AtLeastOnce, false, out.ack.encode_to_vec())
-                    .await
-                {
-                    Ok(()) => Metrics::inc(&ingest.metrics.acks_published, 1),
-                    Err(e) => tracing::warn!(error = %e, "could not queue ack"),
+        // Validation, sled commit and fsync block: keep them off the async workers.
+        let res = tokio::task::spawn_blocking(move || {
+            let mut prepared = Vec::with_capacity(messages.len());
+            for (topic, payload) in &messages {
+                match ing.prepare_mqtt(topic, payload) {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => {
+                        ing.metrics.reject_message(e.label());
+                        let t: String = topic.chars().take(128).collect();
+                        tracing::warn!(topic = %t, reason = %e, "message rejected");
+                    }
                 }
             }
+            ing.commit(prepared)
+        })
+        .await;
+        let outcomes = match res {
+            Ok(Ok(o)) => o,
             Ok(Err(e)) => {
-                ingest.metrics.reject_message(e.label());
-                tracing::warn!(topic = %topic.chars().take(128).collect::<String>(), reason = %e, "message rejected");
+                // Nothing acked: the devices resend after their ack timeout.
+                tracing::error!(error = %e, "commit failed");
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "ingest task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "ingest task failed");
+                continue;
+            }
+        };
+        for out in outcomes {
+            let ack_topic = topics::acks(&out.clinic, &out.device);
+            match client
+                .publish(ack_topic, QoS::AtLeastOnce, false, out.ack.encode_to_vec())
+                .await
+            {
+                Ok(()) => Metrics::inc(&ingest.metrics.acks_published, 1),
+                Err(e) => tracing::warn!(error = %e, "could not queue ack"),
+            }
         }
     }
 }

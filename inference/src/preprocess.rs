@@ -152,7 +152,7 @@ mod tests {
     proptest! {
         #[test]
         fn resize_preserves_mean(w in 1usize..300, h in 1usize..300, seed in 0u32..1000) {
-            let pixels: Vec<f32> = (0..w * h).map(|i| ((i as u32 * 2654435761u32 ^ seed) % 256) as f32).collect();
+            let pixels: Vec<f32> = (0..w * h).map(|i| (((i as u32 * 2654435761u32) ^ seed) % 256) as f32).collect();
             let mean_in = pixels.iter().map(|&v| v as f64).sum::<f64>() / (w * h) as f64;
             let out = resize_area(&GrayFrame { width: w, height: h, pixels }, 16);
             let mean_out = out.iter().map(|&v| v as f64).sum::<f64>() / out.len() as f64;

@@ -278,7 +278,8 @@ mod tests {
     #[test]
     fn invalid_wire_records_name_the_field() {
         let good = sample_record("c", "d", 1, false).to_wire();
-        let cases: Vec<(fn(&mut pb::ScanResult), &str)> = vec![
+        type Mutation = fn(&mut pb::ScanResult);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|w| w.result_id.truncate(3), "16 bytes"),
             (|w| w.clinic_id = "a/#".into(), "clinic"),
             (|w| w.severity = 9, "severity"),

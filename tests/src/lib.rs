@@ -14,11 +14,14 @@ use pleura_proto::v1::{ListCasesRequest, SyncStatusRequest};
 
 /// `target/<profile>/<name>`, built by `cargo build --bins` (scripts/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    // Tests run from target/<profile>/deps, tools from target/<profile>.
+    let exe = std::env::current_exe().expect("executable path");
+    let here = exe.parent().expect("target/<profile>");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
