@@ -125,6 +125,9 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
             model.info.label()
         );
     }
+    if std::env::var_os("PLEURA_REPORT_PEAK_RSS").is_some() {
+        eprintln!("peak_rss_kib={}", peak_rss_kib());
+    }
     Ok(if failed > 0 {
         ExitCode::from(2)
     } else {
@@ -173,4 +176,14 @@ fn print_text(path: &Path, r: &ScanReport) {
             "  not flagged: no pathology above threshold, severity below 2, model confident\n"
         );
     }
+}
+
+/// This process's peak resident set (VmHWM), for the memory benchmark.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

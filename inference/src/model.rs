@@ -193,6 +193,35 @@ impl ModelSession {
         })
     }
 
+    /// Runs `frames` `chunk` frames at a time and joins the outputs. Frames are
+    /// independent in the model, so the result equals one big run; peak memory for
+    /// the activations falls with the chunk size (32 frames at once cost ~100 MB).
+    pub fn run_chunked(
+        &mut self,
+        frames: &[f32],
+        chunk: usize,
+    ) -> Result<FrameOutputs, ModelError> {
+        let px = INPUT_SIZE * INPUT_SIZE;
+        let mut all: Option<FrameOutputs> = None;
+        for part in frames.chunks(px * chunk.max(1)) {
+            let o = self.run(part)?;
+            match all.as_mut() {
+                None => all = Some(o),
+                Some(a) => {
+                    a.n += o.n;
+                    a.class_probs.extend(o.class_probs);
+                    a.severity_probs.extend(o.severity_probs);
+                    a.uncertainty.extend(o.uncertainty);
+                    a.cam.extend(o.cam);
+                }
+            }
+        }
+        match all {
+            Some(a) => Ok(a),
+            None => self.run(frames),
+        }
+    }
+
     /// Runs an arbitrary single-input model (benchmark baselines); returns nothing.
     pub fn run_raw(
         &mut self,

@@ -36,6 +36,10 @@ pub struct ScanReport {
     pub localisation_size: usize,
 }
 
+/// Frames per model call when analysing a scan: small batches keep the edge's peak
+/// memory low at almost no cost in speed (see BENCHMARKS.md).
+const FRAMES_PER_RUN: usize = 4;
+
 enum Job {
     Analyze {
         bytes: Vec<u8>,
@@ -44,6 +48,13 @@ enum Job {
     Frames {
         frames: Vec<f32>,
         reply: Reply<FrameOutputs>,
+    },
+    /// A model with one `frames` input of side `side` whose outputs are ignored
+    /// (benchmark baselines such as the VGG network).
+    Raw {
+        frames: Vec<f32>,
+        side: usize,
+        reply: Reply<()>,
     },
 }
 
@@ -166,6 +177,18 @@ impl InferencePool {
         })?;
         rx.recv().map_err(|_| AnalyzeError::PoolClosed)?
     }
+
+    /// Runs `frames` (k × side × side) through a model whose outputs are not Pleura's
+    /// (benchmark baselines); returns when done.
+    pub fn infer_raw(&self, frames: Vec<f32>, side: usize) -> Result<(), AnalyzeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(Job::Raw {
+            frames,
+            side,
+            reply: Reply::Sync(tx),
+        })?;
+        rx.recv().map_err(|_| AnalyzeError::PoolClosed)?
+    }
 }
 
 impl Drop for InferencePool {
@@ -194,6 +217,18 @@ fn worker(
             Job::Frames { frames, reply } => {
                 reply.send(session.run(&frames).map_err(AnalyzeError::from))
             }
+            Job::Raw {
+                frames,
+                side,
+                reply,
+            } => {
+                let n = frames.len() / (side * side).max(1);
+                reply.send(
+                    session
+                        .run_raw("frames", [n, 1, side, side], &frames[..n * side * side])
+                        .map_err(AnalyzeError::from),
+                )
+            }
         }
     }
 }
@@ -203,7 +238,7 @@ fn report(
     info: &ModelInfo,
     scan: DecodedScan,
 ) -> Result<ScanReport, AnalyzeError> {
-    let out = session.run(&scan.frames)?;
+    let out = session.run_chunked(&scan.frames, FRAMES_PER_RUN)?;
     Ok(ScanReport {
         format: scan.format,
         width: scan.width,
