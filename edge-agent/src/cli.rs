@@ -42,6 +42,14 @@ pub enum Command {
     },
     /// Print a commented default configuration.
     PrintConfig,
+    /// Write a de-identified copy of a DICOM file (PS3.15 basic profile, pixels masked),
+    /// with UIDs keyed by this clinic's pseudonym secret.
+    Deidentify {
+        #[arg(long)]
+        config: PathBuf,
+        input: PathBuf,
+        output: PathBuf,
+    },
     /// Queue synthetic results (benchmarks and fault tests; marked model "synthetic").
     #[command(hide = true)]
     OutboxFill {
@@ -121,6 +129,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { config, json } => status(&config, json),
         Command::PrintConfig => {
             print!("{}", crate::config::EdgeConfig::example());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deidentify {
+            config,
+            input,
+            output,
+        } => {
+            use anyhow::Context;
+            let cfg = crate::config::EdgeConfig::load(&config)?;
+            let key = crate::daemon::load_or_create_key(&cfg.pseudonym_key_file)?;
+            let bytes =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let out = crate::deid::deidentify_dicom(&bytes, &key)
+                .with_context(|| format!("de-identifying {}", input.display()))?;
+            std::fs::write(&output, out)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote de-identified {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::OutboxFill { config, count } => {

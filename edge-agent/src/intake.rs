@@ -69,13 +69,19 @@ impl Intake {
             .filter(|p| *p != self.cfg.inbox)
             .and_then(|p| p.file_name())
             .map(|n| self.key.pseudonym(&n.to_string_lossy()));
+        // A DICOM header names the patient and the study day better than the folder
+        // and the file time; only the pseudonym and the day are kept.
+        let dicom = (report.format == pleura_inference::Format::Dicom)
+            .then(|| crate::deid::dicom_identity(bytes, &self.key).ok())
+            .flatten()
+            .unwrap_or_default();
         ScanRecord {
             id: result_id(&self.cfg.clinic, &self.cfg.device, bytes),
             clinic: self.cfg.clinic.clone(),
             device: self.cfg.device.clone(),
-            patient_key: patient,
+            patient_key: dicom.patient_key.or(patient),
             zone: zone_from_name(path),
-            scan_day: day_of(modified),
+            scan_day: dicom.scan_day.unwrap_or_else(|| day_of(modified)),
             analysed_at_ms: now_ms(),
             format: report.format.to_string(),
             analysis: report.analysis.clone(),

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datasets;
+pub mod deid;
 pub mod engine;
 pub mod eval;
 pub mod intake;

@@ -8,10 +8,7 @@
 //!    is empty. Traffic passes a counting TCP proxy for bytes on the wire.
 //! 3. The agent's RSS idle and its peak during the drain.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -33,7 +30,7 @@ fn main() -> Result<()> {
 
     let mut hub = Hub::new(&tmp.path().join("hub"), Broker::External(mosq.port))?;
     hub.start()?;
-    let proxy = CountingProxy::start(mosq.port)?;
+    let proxy = CountingProxy::start(mosq.port, false)?;
     let mut agent = Agent::new(
         &tmp.path().join("agent"),
         proxy.port,
@@ -192,52 +189,4 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// A TCP forwarder that counts the bytes each way: real bytes on the wire.
-struct CountingProxy {
-    port: u16,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
-}
-
-impl CountingProxy {
-    fn start(target: u16) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (u, d) = (up.clone(), down.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                pipe(
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    u.clone(),
-                );
-                pipe(server, client, d.clone());
-            }
-        });
-        Ok(Self { port, up, down })
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Both);
-    });
 }
