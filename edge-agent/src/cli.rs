@@ -57,6 +57,9 @@ pub enum Command {
         config: PathBuf,
         #[arg(long)]
         count: usize,
+        /// Stop quietly when the outbox quota is reached (prints how many were queued).
+        #[arg(long)]
+        until_full: bool,
     },
 }
 
@@ -148,7 +151,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote de-identified {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::OutboxFill { config, count } => {
+        Command::OutboxFill {
+            config,
+            count,
+            until_full,
+        } => {
             let cfg = crate::config::EdgeConfig::load(&config)?;
             let outbox = crate::daemon::open_outbox(&cfg)?;
             let now = crate::status::now_ms();
@@ -161,7 +168,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 r.analysed_at_ms = now + i as u64;
                 r.analysis.model_version = "synthetic".into();
-                crate::outbox::Outbox::put(&outbox, &r)?;
+                match crate::outbox::Outbox::put(&outbox, &r) {
+                    Ok(_) => {}
+                    Err(crate::outbox::OutboxError::QuotaExceeded { .. }) if until_full => {
+                        println!("queued {i} synthetic results");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             println!("queued {count} synthetic results");
             Ok(ExitCode::SUCCESS)

@@ -264,6 +264,7 @@ pub struct AgentOptions {
     pub batch_size: usize,
     pub max_in_flight: usize,
     pub grpc_url: Option<String>,
+    pub quota_bytes: u64,
 }
 
 impl Default for AgentOptions {
@@ -274,6 +275,7 @@ impl Default for AgentOptions {
             batch_size: 50,
             max_in_flight: 500,
             grpc_url: None,
+            quota_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -290,7 +292,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "clinic = \"{}\"\ndevice = \"{}\"\ninbox = \"{}\"\ndata_dir = \"{}\"\npseudonym_key_file = \"{}\"\n\
+                "clinic = \"{}\"\ndevice = \"{}\"\ninbox = \"{}\"\ndata_dir = \"{}\"\npseudonym_key_file = \"{}\"\nquota_bytes = {}\n\
                  [hub]\nmqtt_url = \"mqtt://127.0.0.1:{mqtt_port}\"\n{grpc}\
                  [sync]\nbatch_size = {}\nmax_in_flight = {}\nack_timeout_ms = 3000\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\ngrpc_fallback_after = 3\n\
                  [inference]\nmodel = \"{}\"\npoll_ms = 200\n",
@@ -299,6 +301,7 @@ impl Agent {
                 inbox.display(),
                 dir.join("data").display(),
                 dir.join("data/pseudonym.key").display(),
+                o.quota_bytes,
                 o.batch_size,
                 o.max_in_flight,
                 repo_root().join("models/lusnet-s.onnx").display()
@@ -339,6 +342,28 @@ impl Agent {
             bail!("outbox-fill: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
+    }
+
+    /// Queues synthetic results until the outbox quota is reached; returns how many.
+    pub fn fill_to_quota(&self) -> Result<usize> {
+        let out = Command::new(bin("edge-agent"))
+            .args([
+                "outbox-fill",
+                "--count",
+                "100000000",
+                "--until-full",
+                "--config",
+            ])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!("outbox-fill: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .context("outbox-fill output")
     }
 
     /// `edge-agent status --json`.

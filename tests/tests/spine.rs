@@ -253,3 +253,40 @@ fn grpc_fallback_delivers_when_mqtt_is_blocked() {
     assert_eq!(agent.status().unwrap()["sync"]["transport"], "grpc");
     assert!(hub.metric("pleura_hub_grpc_uploads_total").unwrap() >= 3);
 }
+
+#[test]
+fn at_the_quota_new_scans_wait_in_the_inbox_with_an_alarm_and_nothing_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    let opts = AgentOptions {
+        quota_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
+    let queued = agent.fill_to_quota().unwrap();
+    assert!(queued > 300, "{queued} results fill 64 KiB");
+    agent.start().unwrap();
+    agent
+        .drop_scan(
+            &repo_root().join("fixtures/scans/cb_frame.bmp"),
+            "late_R1.bmp",
+        )
+        .unwrap();
+    let st = eventually("the quota alarm", Duration::from_secs(60), || {
+        let s = agent.status().ok()?;
+        (s["intake"]["waiting_for_quota"].as_u64()? == 1).then_some(s)
+    });
+    let alarms = st["alarms"].to_string();
+    assert!(alarms.contains("outbox full"), "{alarms}");
+    assert!(
+        agent.inbox.join("late_R1.bmp").exists(),
+        "the scan waits, it is not dropped"
+    );
+
+    // The hub comes back: the backlog drains, the waiting scan goes through.
+    hub.start().unwrap();
+    assert_all_arrived_once(&hub, &agent, queued + 1, Duration::from_secs(90));
+    let st = agent.status().unwrap();
+    assert_eq!(st["alarms"].as_array().map(Vec::len), Some(0));
+    assert!(!agent.inbox.join("late_R1.bmp").exists());
+}
