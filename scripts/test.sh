@@ -14,6 +14,7 @@ ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/lib
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1
 echo "ONNX Runtime library: $ORT_DYLIB_PATH"
 
-# The end-to-end tests launch the real binaries: build them all first.
-cargo build --workspace --release --bins
+# The end-to-end tests launch the real binaries; cargo builds every package's binaries
+# before running any test (each binary's package has an integration test), with the
+# same features as the tests, so nothing is compiled twice.
 cargo test --workspace --release "$@"
