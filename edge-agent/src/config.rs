@@ -207,20 +207,8 @@ impl EdgeConfig {
 
 /// `mqtt://host:port` (port defaults to 1883).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
-    let bad = || {
-        ConfigError::Invalid(format!(
-            "hub.mqtt_url {url:?} must look like mqtt://host:port"
-        ))
-    };
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(bad)?
-        .trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
-        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
-        _ => Err(bad()),
-    }
+    pleura_shared::topics::parse_mqtt_url(url)
+        .map_err(|e| ConfigError::Invalid(format!("hub.mqtt_url: {e}")))
 }
 
 #[cfg(test)]

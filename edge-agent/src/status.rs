@@ -3,18 +3,12 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::outbox::OutboxStats;
+pub use pleura_shared::now_ms;
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::outbox::OutboxStats;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {

@@ -174,21 +174,8 @@ impl HubConfig {
 
 /// `mqtt://host:port` (port defaults to 1883).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| ConfigError::Invalid(format!("MQTT url {url:?} must start with mqtt://")))?;
-    let rest = rest.trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((host, port)) => {
-            let port = port
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("bad port in MQTT url {url:?}")))?;
-            Ok((host.to_string(), port))
-        }
-        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
-        None => Err(ConfigError::Invalid(format!("no host in MQTT url {url:?}"))),
-    }
+    pleura_shared::topics::parse_mqtt_url(url)
+        .map_err(|e| ConfigError::Invalid(format!("mqtt.url: {e}")))
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! here except through the store, so every rejection path has a plain unit test.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use pleura_shared::wire::{Rejection, ResultAck, ResultBatch};
-use pleura_shared::{topics, ScanRecord, SCHEMA_VERSION};
+use pleura_shared::{now_ms, topics, ScanRecord, SCHEMA_VERSION};
 use prost::Message;
 
 use crate::metrics::Metrics;
@@ -55,13 +55,6 @@ pub struct Outcome {
     pub clinic: String,
     pub device: String,
     pub ack: ResultAck,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A message that passed validation, waiting to be committed (possibly together with

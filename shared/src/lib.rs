@@ -14,3 +14,11 @@ pub use ids::{validate_name, IdError, ResultId};
 pub use pleura_proto::{v1 as wire, SCHEMA_VERSION};
 pub use pseudonym::PseudonymKey;
 pub use record::{RecordError, ScanRecord};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -42,6 +42,25 @@ pub fn parse_results(topic: &str) -> Result<(String, String), TopicError> {
     }
 }
 
+/// `mqtt://host:port` (also `tcp://`; port defaults to 1883) → host and port.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), MqttUrlError> {
+    let bad = || MqttUrlError(url.chars().take(128).collect());
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(bad)?
+        .trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
+        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
+        _ => Err(bad()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT url {0:?} must look like mqtt://host:port")]
+pub struct MqttUrlError(String);
+
 #[derive(Debug, thiserror::Error)]
 #[error("not a results topic: {0:?}")]
 pub struct TopicError(String);
@@ -63,6 +82,10 @@ mod tests {
         assert!(parse_results("pleura/v1/clinic/c1/device/d2/acks").is_err());
         assert!(parse_results("other/c1/device/d2/results").is_err());
         assert!(parse_results("pleura/v1/clinic/C!/device/d2/results").is_err());
+        assert_eq!(parse_mqtt_url("mqtt://h:1884").unwrap(), ("h".into(), 1884));
+        assert_eq!(parse_mqtt_url("tcp://h/").unwrap(), ("h".into(), 1883));
+        assert!(parse_mqtt_url("http://h").is_err());
+        assert!(parse_mqtt_url("mqtt://h:x").is_err());
         assert_eq!(
             results_subscription(Some("hubs")),
             "$share/hubs/pleura/v1/clinic/+/device/+/results"

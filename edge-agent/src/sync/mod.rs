@@ -142,7 +142,7 @@ impl SyncWorker {
 
     async fn send_mqtt(&self, link: &mqtt::Link, flight: &mut InFlight) {
         while flight.room() > 0 {
-            let skip: HashSet<ResultId> = self.in_flight_ids(flight);
+            let skip: HashSet<ResultId> = flight.ids().collect();
             let limit = self.cfg.sync.batch_size.min(flight.room());
             let batch = self.next_batch(limit, skip).await;
             if batch.is_empty() {
@@ -164,10 +164,6 @@ impl SyncWorker {
         }
     }
 
-    fn in_flight_ids(&self, flight: &InFlight) -> HashSet<ResultId> {
-        flight.ids().collect()
-    }
-
     async fn send_grpc(&self, g: &mut grpc::Fallback) -> anyhow::Result<usize> {
         let batch = self
             .next_batch(self.cfg.sync.batch_size, HashSet::new())
@@ -178,15 +174,16 @@ impl SyncWorker {
         let msg = self.batch_message(&batch);
         let ack = g.upload(msg).await?;
         self.status.update(|s| s.sync.transport = "grpc".into());
-        let mut none = InFlight::new(0, Duration::ZERO);
-        self.apply_ack(ack, &mut none).await;
+        self.apply_ack(ack, None).await;
         Ok(batch.len())
     }
 
     async fn on_ack(&self, payload: &[u8], flight: &mut InFlight) {
         use prost::Message;
         match ResultAck::decode(payload) {
-            Ok(ack) if ack.schema_version == SCHEMA_VERSION => self.apply_ack(ack, flight).await,
+            Ok(ack) if ack.schema_version == SCHEMA_VERSION => {
+                self.apply_ack(ack, Some(flight)).await
+            }
             Ok(ack) => tracing::warn!(
                 version = ack.schema_version,
                 "ack with unknown schema version ignored"
@@ -195,7 +192,8 @@ impl SyncWorker {
         }
     }
 
-    async fn apply_ack(&self, ack: ResultAck, flight: &mut InFlight) {
+    /// Applies the hub's ack; `flight` is None for gRPC, whose acks answer the call.
+    async fn apply_ack(&self, ack: ResultAck, flight: Option<&mut InFlight>) {
         let committed: Vec<ResultId> = ack
             .committed
             .iter()
@@ -224,8 +222,10 @@ impl SyncWorker {
             .await;
         match res {
             Ok(Ok(removed)) => {
-                flight.settle(&committed);
-                flight.settle(&rejected.iter().map(|r| r.0).collect::<Vec<_>>());
+                if let Some(flight) = flight {
+                    flight.settle(&committed);
+                    flight.settle(&rejected.iter().map(|r| r.0).collect::<Vec<_>>());
+                }
                 for (id, reason) in &rejected {
                     tracing::error!(result_id = %id, %reason, "hub rejected a result; parked");
                 }
