@@ -23,6 +23,9 @@ pub struct EdgeConfig {
     pub pseudonym_key_file: PathBuf,
     #[serde(default)]
     pub hub: HubLink,
+    /// The bundle from `hub-server enroll`: required unless hub.insecure_plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     #[serde(default)]
     pub sync: SyncSettings,
     #[serde(default)]
@@ -32,20 +35,36 @@ pub struct EdgeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubLink {
-    /// `mqtt://host:port` of the hub's broker.
+    /// `mqtts://host:port` of the hub's broker.
     pub mqtt_url: String,
-    /// `http://host:port` of the hub's gRPC API, the fallback when MQTT is blocked.
+    /// `https://host:port` of the hub's gRPC API, the fallback when MQTT is blocked.
     #[serde(default)]
     pub grpc_url: Option<String>,
+    /// Allow `mqtt://` and `http://` (no TLS, unsigned batches). Local development only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 impl Default for HubLink {
     fn default() -> Self {
         Self {
-            mqtt_url: "mqtt://127.0.0.1:1883".into(),
-            grpc_url: Some("http://127.0.0.1:7443".into()),
+            mqtt_url: "mqtts://127.0.0.1:8883".into(),
+            grpc_url: Some("https://127.0.0.1:7443".into()),
+            insecure_plaintext: false,
         }
     }
+}
+
+/// The device's enrolment bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The regional CA (the only one trusted for the hub).
+    pub ca: PathBuf,
+    /// This device's certificate (CN `<clinic>/device/<device>`).
+    pub cert: PathBuf,
+    /// Its Ed25519 key: TLS client authentication and batch signatures.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,12 +153,33 @@ impl EdgeConfig {
         pleura_shared::validate_name("device", &self.device)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         parse_mqtt_url(&self.hub.mqtt_url)?;
+        let mut plaintext = vec![];
+        if !self.hub.mqtt_url.starts_with("mqtts://") {
+            plaintext.push(self.hub.mqtt_url.clone());
+        }
         if let Some(g) = &self.hub.grpc_url {
             if !g.starts_with("http://") && !g.starts_with("https://") {
                 return inv(format!(
-                    "hub.grpc_url {g:?} must start with http:// or https://"
+                    "hub.grpc_url {g:?} must start with https:// (or http:// for plaintext)"
                 ));
             }
+            if g.starts_with("http://") {
+                plaintext.push(g.clone());
+            }
+        }
+        if !plaintext.is_empty() && !self.hub.insecure_plaintext {
+            return inv(format!(
+                "{} would send results without TLS; use mqtts:// and https:// with a [tls] \
+                 bundle, or set hub.insecure_plaintext = true for local development",
+                plaintext.join(" and ")
+            ));
+        }
+        if plaintext.len() < 1 + usize::from(self.hub.grpc_url.is_some()) && self.tls.is_none() {
+            return inv(
+                "mqtts:// and https:// need the device's [tls] bundle (ca, cert, key) from \
+                 `hub-server enroll`"
+                    .into(),
+            );
         }
         let s = &self.sync;
         if s.batch_size == 0 || s.batch_size > 500 {
@@ -187,8 +227,13 @@ impl EdgeConfig {
          # Secret for patient pseudonyms, created if missing; never copy it off the clinic.\n\
          pseudonym_key_file = \"/var/lib/pleura/pseudonym.key\"\n\n\
          [hub]\n\
-         mqtt_url = \"mqtt://127.0.0.1:1883\"\n\
-         grpc_url = \"http://127.0.0.1:7443\"\n\n\
+         mqtt_url = \"mqtts://127.0.0.1:8883\"\n\
+         grpc_url = \"https://127.0.0.1:7443\"\n\n\
+         # The bundle from `hub-server enroll --clinic clinic-a --device pi-1 ...`.\n\
+         [tls]\n\
+         ca = \"/etc/pleura/ca.pem\"\n\
+         cert = \"/etc/pleura/device.pem\"\n\
+         key = \"/etc/pleura/device.key\"\n\n\
          [sync]\n\
          batch_size = 50\n\
          max_in_flight = 1000\n\
@@ -205,7 +250,7 @@ impl EdgeConfig {
     }
 }
 
-/// `mqtt://host:port` (port defaults to 1883).
+/// `mqtts://host:port` (or `mqtt://` for plaintext).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
     pleura_shared::topics::parse_mqtt_url(url)
         .map_err(|e| ConfigError::Invalid(format!("hub.mqtt_url: {e}")))
@@ -225,6 +270,19 @@ mod tests {
         let mut bad = cfg.clone();
         bad.hub.mqtt_url = "tcp//x".into();
         assert!(bad.validate().unwrap_err().to_string().contains("mqtt_url"));
+        let mut bad = cfg.clone();
+        bad.hub.mqtt_url = "mqtt://h:1883".into();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("insecure_plaintext"));
+        bad.hub.insecure_plaintext = true;
+        bad.hub.grpc_url = Some("http://h:1".into());
+        bad.validate().unwrap();
+        let mut bad = cfg.clone();
+        bad.tls = None;
+        assert!(bad.validate().unwrap_err().to_string().contains("[tls]"));
         let mut bad = cfg;
         bad.sync.batch_size = 0;
         assert!(bad

@@ -52,6 +52,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     }
     let _lock = crate::lock::DirLock::take(&cfg.data_dir, Duration::from_secs(10))?;
     let key = load_or_create_key(&cfg.pseudonym_key_file)?;
+    // Before any scan is taken in: a wrong bundle must stop the agent, not strand results.
+    let creds = crate::credentials::Credentials::load(&cfg).context("loading the [tls] bundle")?;
     backend::init(&BackendConfig {
         kind: cfg.inference.backend,
         onnxruntime_library: cfg.inference.onnxruntime_library.clone(),
@@ -95,6 +97,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         outbox: outbox.clone(),
         status: shared.clone(),
         queued,
+        creds,
     };
     let sd = shutdown.clone();
     tracker.spawn(async move {

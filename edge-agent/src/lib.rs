@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod datasets;
 pub mod deid;

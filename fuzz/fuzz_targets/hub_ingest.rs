@@ -1,5 +1,6 @@
-//! The hub's MQTT payload handling (size check, ResultBatch decode, schema and identity
-//! checks, per-record validation), stopping short of the store.
+//! The hub's MQTT payload handling (size check, SignedBatch and ResultBatch decode,
+//! schema check, registry lookup and Ed25519 signature check for the enrolled device
+//! c1/d1, identity and per-record validation), stopping short of the store.
 #![no_main]
 use std::sync::{Arc, OnceLock};
 
@@ -12,10 +13,17 @@ fn ingest() -> &'static Ingest {
     &I.get_or_init(|| {
         let dir = tempfile_dir::Dir::new();
         let store = SledStore::open(&dir.0).expect("store");
+        let pki_dir = dir.0.join("pki");
+        let pki = hub_server::ca::Pki::init(&pki_dir, "fuzz", &[]).expect("CA");
+        pki.enroll("c1", "d1", "r1", 0, 4_000_000_000, &dir.0.join("bundle"))
+            .expect("enrol");
         let ing = Ingest {
             store: Arc::new(store),
             metrics: Arc::new(Metrics::default()),
             max_payload: 64 * 1024,
+            registry: Some(Arc::new(
+                hub_server::ca::Registry::new(&pki_dir).expect("registry"),
+            )),
         };
         (dir, ing)
     })

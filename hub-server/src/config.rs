@@ -18,6 +18,55 @@ pub struct HubConfig {
     /// Prometheus `/metrics` and `/healthz`.
     #[serde(default = "default_metrics")]
     pub metrics_listen: SocketAddr,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// `mtls` (default): TLS everywhere, device certificates, signed batches.
+    /// `insecure-plaintext`: no TLS and unsigned batches accepted; local development only.
+    #[serde(default)]
+    pub mode: SecurityMode,
+    /// The CA and device registry (`hub-server ca init`, `enroll`, `revoke`).
+    #[serde(default = "default_pki_dir")]
+    pub pki_dir: PathBuf,
+    /// Specialist, ministry and operator accounts (`hub-server user add`).
+    #[serde(default = "default_accounts")]
+    pub accounts_file: PathBuf,
+    /// How long a login token lasts.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityMode {
+    #[default]
+    Mtls,
+    InsecurePlaintext,
+}
+
+fn default_pki_dir() -> PathBuf {
+    "/etc/pleura/pki".into()
+}
+fn default_accounts() -> PathBuf {
+    "/etc/pleura/accounts.json".into()
+}
+fn default_token_ttl() -> u64 {
+    8 * 3600
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            mode: SecurityMode::Mtls,
+            pki_dir: default_pki_dir(),
+            accounts_file: default_accounts(),
+            token_ttl_s: default_token_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,10 +75,13 @@ pub struct MqttConfig {
     /// `embedded` runs rumqttd inside the hub; `external` connects to `url`.
     #[serde(default)]
     pub broker: BrokerKind,
-    /// Embedded broker's listening address.
+    /// Embedded broker's public address (the TLS gate in `mtls` mode).
     #[serde(default = "default_mqtt_listen")]
     pub listen: SocketAddr,
-    /// External broker, e.g. `mqtt://broker.example:1883`.
+    /// Loopback address of rumqttd behind the gate (`mtls` mode; port 0 picks one).
+    #[serde(default = "default_internal")]
+    pub internal_listen: SocketAddr,
+    /// External broker, e.g. `mqtts://broker.example:8883` (the hub presents hub.pem).
     #[serde(default)]
     pub url: Option<String>,
     /// Shared-subscription group; hubs in one group split the devices' traffic.
@@ -58,7 +110,10 @@ fn default_metrics() -> SocketAddr {
     "127.0.0.1:9464".parse().expect("literal")
 }
 fn default_mqtt_listen() -> SocketAddr {
-    "127.0.0.1:1883".parse().expect("literal")
+    "127.0.0.1:8883".parse().expect("literal")
+}
+fn default_internal() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("literal")
 }
 fn default_group() -> Option<String> {
     Some("pleura-hubs".into())
@@ -75,6 +130,7 @@ impl Default for MqttConfig {
         Self {
             broker: BrokerKind::Embedded,
             listen: default_mqtt_listen(),
+            internal_listen: default_internal(),
             url: None,
             share_group: default_group(),
             client_id: default_client_id(),
@@ -124,6 +180,19 @@ impl HubConfig {
             pleura_shared::validate_name("share_group", g)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        if !self.internal_listen_is_loopback() {
+            return Err(ConfigError::Invalid(
+                "mqtt.internal_listen must be a loopback address: it bypasses the TLS gate".into(),
+            ));
+        }
+        if let Some(url) = &m.url {
+            let tls = url.starts_with("mqtts://");
+            if self.security.mode == SecurityMode::Mtls && !tls {
+                return Err(ConfigError::Invalid(format!(
+                    "mqtt.url {url} is plaintext; use mqtts:// or set security.mode = \"insecure-plaintext\" for local development"
+                )));
+            }
+        }
         if !(1024..=16 * 1024 * 1024).contains(&m.max_payload) {
             return Err(ConfigError::Invalid(
                 "mqtt.max_payload must be 1 KiB to 16 MiB".into(),
@@ -137,14 +206,15 @@ impl HubConfig {
         Ok(())
     }
 
-    /// Where the hub's MQTT client connects.
-    pub fn mqtt_endpoint(&self) -> Result<(String, u16), ConfigError> {
-        match self.mqtt.broker {
-            BrokerKind::Embedded => {
-                Ok((self.mqtt.listen.ip().to_string(), self.mqtt.listen.port()))
-            }
-            BrokerKind::External => parse_mqtt_url(self.mqtt.url.as_deref().unwrap_or_default()),
-        }
+    fn internal_listen_is_loopback(&self) -> bool {
+        self.mqtt.internal_listen.ip().is_loopback()
+    }
+
+    /// The external broker: host, port, whether to use TLS.
+    pub fn external_broker(&self) -> Result<(String, u16, bool), ConfigError> {
+        let url = self.mqtt.url.as_deref().unwrap_or_default();
+        let (h, p) = parse_mqtt_url(url)?;
+        Ok((h, p, url.starts_with("mqtts://")))
     }
 
     pub fn example() -> String {
@@ -156,11 +226,23 @@ impl HubConfig {
              grpc_listen = \"{}\"\n\
              # Prometheus metrics (/metrics) and liveness (/healthz).\n\
              metrics_listen = \"{}\"\n\n\
+             [security]\n\
+             # \"mtls\": TLS with device certificates and signed batches. \"insecure-plaintext\"\n\
+             # turns all of that off, for local development only.\n\
+             mode = \"mtls\"\n\
+             # CA and device registry: hub-server ca init / enroll / revoke --pki-dir <this>.\n\
+             pki_dir = \"/etc/pleura/pki\"\n\
+             # Specialist, ministry and operator accounts: hub-server user add --accounts <this>.\n\
+             accounts_file = \"/etc/pleura/accounts.json\"\n\
+             token_ttl_s = 28800\n\n\
              [mqtt]\n\
              # \"embedded\" (rumqttd inside the hub) or \"external\" (Mosquitto, EMQX, ...).\n\
              broker = \"embedded\"\n\
              listen = \"{}\"\n\
-             # url = \"mqtt://broker.example:1883\"   # for broker = \"external\"\n\
+             # The gate (TLS, client certificates) listens on `listen`; rumqttd behind it on\n\
+             # a loopback port.\n\
+             internal_listen = \"127.0.0.1:0\"\n\
+             # url = \"mqtts://broker.example:8883\"   # for broker = \"external\"\n\
              share_group = \"pleura-hubs\"\n\
              client_id = \"pleura-hub-1\"\n\
              max_payload = {}\n",
@@ -172,7 +254,7 @@ impl HubConfig {
     }
 }
 
-/// `mqtt://host:port` (port defaults to 1883).
+/// `mqtt://host:port` or `mqtts://host:port`.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
     pleura_shared::topics::parse_mqtt_url(url)
         .map_err(|e| ConfigError::Invalid(format!("mqtt.url: {e}")))

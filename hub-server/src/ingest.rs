@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use pleura_shared::wire::{Rejection, ResultAck, ResultBatch};
+use pleura_shared::signing::{self, SignatureError};
+use pleura_shared::wire::{Rejection, ResultAck, ResultBatch, SignedBatch};
 use pleura_shared::{now_ms, topics, ScanRecord, SCHEMA_VERSION};
 use prost::Message;
 
+use crate::ca::{Registry, TrustError};
 use crate::metrics::Metrics;
 use crate::store::{Commit, HubStore, StoreError};
 
@@ -26,6 +28,12 @@ pub enum IngestError {
     Mismatch { claimed: String, topic: String },
     #[error("empty batch")]
     Empty,
+    #[error("sender not trusted: {0}")]
+    Untrusted(#[from] TrustError),
+    #[error("unsigned batch from {0} (this hub requires signed batches)")]
+    Unsigned(String),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,6 +47,8 @@ impl IngestError {
             IngestError::Schema(_) => "schema_version",
             IngestError::Mismatch { .. } => "identity_mismatch",
             IngestError::Empty => "empty",
+            IngestError::Untrusted(_) => "untrusted_device",
+            IngestError::Unsigned(_) | IngestError::Signature(_) => "signature",
             IngestError::Store(_) => "store",
         }
     }
@@ -48,6 +58,9 @@ pub struct Ingest {
     pub store: Arc<dyn HubStore>,
     pub metrics: Arc<Metrics>,
     pub max_payload: usize,
+    /// Enrolled devices and their keys; None only in insecure development mode, where
+    /// unsigned batches are accepted.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// A committed batch: the ack to send and to which device.
@@ -73,12 +86,13 @@ impl Ingest {
         Ok(self.commit(vec![p])?.remove(0))
     }
 
-    /// A batch from gRPC (or a decoded MQTT payload), validated and committed.
-    pub fn decoded(
+    /// A signed batch from gRPC; `sender` is the device its TLS certificate names.
+    pub fn upload(
         &self,
-        batch: ResultBatch,
+        signed: SignedBatch,
         sender: Option<(String, String)>,
     ) -> Result<Outcome, IngestError> {
+        let batch = self.open(&signed)?;
         let p = self.prepare(batch, sender)?;
         Ok(self.commit(vec![p])?.remove(0))
     }
@@ -88,7 +102,31 @@ impl Ingest {
         if payload.len() > self.max_payload {
             return Err(IngestError::TooLarge(payload.len(), self.max_payload));
         }
-        self.prepare(ResultBatch::decode(payload)?, Some(sender))
+        let batch = self.open(&SignedBatch::decode(payload)?)?;
+        self.prepare(batch, Some(sender))
+    }
+
+    /// Decodes the batch and checks it was signed by the enrolled, unrevoked key of
+    /// the clinic/device it claims. Whatever carried it (any broker, any topic), a
+    /// batch that passes came from that device.
+    pub fn open(&self, signed: &SignedBatch) -> Result<ResultBatch, IngestError> {
+        let batch = ResultBatch::decode(signed.batch.as_slice())?;
+        if batch.schema_version != SCHEMA_VERSION {
+            return Err(IngestError::Schema(batch.schema_version));
+        }
+        let Some(registry) = &self.registry else {
+            return Ok(batch);
+        };
+        let who = topics::client_id(&batch.clinic_id, &batch.device_id);
+        if signed.signature.is_empty() {
+            return Err(IngestError::Unsigned(who));
+        }
+        let dev = registry.trusted(&batch.clinic_id, &batch.device_id, None)?;
+        let key = hex::decode(&dev.public_key).map_err(|e| {
+            TrustError::Registry(format!("public key of {who} in the registry: {e}"))
+        })?;
+        signing::verify(&key, &signed.batch, &signed.signature, &who)?;
+        Ok(batch)
     }
 
     /// Validates a batch; `sender` is the identity the transport vouches for.
@@ -189,6 +227,7 @@ mod tests {
             store: Arc::new(SledStore::open(dir).unwrap()),
             metrics: Arc::new(Metrics::default()),
             max_payload: 4096,
+            registry: None,
         }
     }
 
@@ -199,6 +238,85 @@ mod tests {
             device_id: device.into(),
             results: recs.iter().map(|r| r.to_wire()).collect(),
         }
+    }
+
+    /// An unsigned envelope (insecure mode).
+    fn env(b: &ResultBatch) -> Vec<u8> {
+        SignedBatch {
+            batch: b.encode_to_vec(),
+            signature: vec![],
+        }
+        .encode_to_vec()
+    }
+
+    fn signed(b: &ResultBatch, key: &std::path::Path) -> SignedBatch {
+        let batch = b.encode_to_vec();
+        let signature = signing::BatchSigner::from_pem_file(key)
+            .unwrap()
+            .sign(&batch);
+        SignedBatch { batch, signature }
+    }
+
+    #[test]
+    fn only_the_enrolled_unrevoked_device_can_vouch_for_its_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        let pki = crate::ca::Pki::init(&pki_dir, "t", &["localhost".into()]).unwrap();
+        let now = (now_ms() / 1000) as i64;
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        pki.enroll("c1", "a", "north", now - 60, now + 3600, &a)
+            .unwrap();
+        pki.enroll("c2", "b", "south", now - 60, now + 3600, &b)
+            .unwrap();
+        let mut ing = ingest(&dir.path().join("store"));
+        ing.registry = Some(Arc::new(Registry::new(&pki_dir).unwrap()));
+        let r = sample_record("c1", "a", 2, true);
+        let good = batch("c1", "a", std::slice::from_ref(&r));
+        let label = |res: Result<Outcome, IngestError>| res.err().map(|e| e.label());
+
+        // Unsigned, or signed by another device's key, or claiming another device.
+        assert_eq!(
+            label(ing.upload(SignedBatch::decode(env(&good).as_slice()).unwrap(), None)),
+            Some("signature")
+        );
+        assert_eq!(
+            label(ing.upload(signed(&good, &b.join("device.key")), None)),
+            Some("signature")
+        );
+        let forged = batch("c2", "b", &[sample_record("c2", "b", 2, true)]);
+        assert_eq!(
+            label(ing.upload(
+                signed(&forged, &a.join("device.key")),
+                Some(("c1".into(), "a".into()))
+            )),
+            Some("signature")
+        );
+        // Correctly signed by b but sent over a's connection: the transport identity wins.
+        assert_eq!(
+            label(ing.upload(
+                signed(&forged, &b.join("device.key")),
+                Some(("c1".into(), "a".into()))
+            )),
+            Some("identity_mismatch")
+        );
+        // Tampered after signing.
+        let mut t = signed(&good, &a.join("device.key"));
+        let last = t.batch.len() - 1;
+        t.batch[last] ^= 1;
+        assert!(ing.upload(t, None).is_err());
+        assert_eq!(ing.store.count().unwrap(), 0);
+
+        let out = ing
+            .upload(signed(&good, &a.join("device.key")), None)
+            .unwrap();
+        assert_eq!(out.ack.committed.len(), 1);
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pki.revoke("c1", "a").unwrap();
+        assert_eq!(
+            label(ing.upload(signed(&good, &a.join("device.key")), None)),
+            Some("untrusted_device")
+        );
     }
 
     #[test]
@@ -223,22 +341,19 @@ mod tests {
         let mut b = batch("c1", "d1", std::slice::from_ref(&r));
         b.schema_version = 99;
         assert_eq!(
-            label(ing.mqtt_message(&topic, &b.encode_to_vec())),
+            label(ing.mqtt_message(&topic, &env(&b))),
             Some("schema_version")
         );
         let b = batch("c2", "d1", std::slice::from_ref(&r));
         assert_eq!(
-            label(ing.mqtt_message(&topic, &b.encode_to_vec())),
+            label(ing.mqtt_message(&topic, &env(&b))),
             Some("identity_mismatch")
         );
         assert_eq!(ing.store.count().unwrap(), 0);
 
         // A valid message afterwards still goes through.
         let out = ing
-            .mqtt_message(
-                &topic,
-                &batch("c1", "d1", std::slice::from_ref(&r)).encode_to_vec(),
-            )
+            .mqtt_message(&topic, &env(&batch("c1", "d1", std::slice::from_ref(&r))))
             .unwrap();
         assert_eq!(out.ack.committed, vec![r.id.0.to_vec()]);
         assert_eq!(ing.store.count().unwrap(), 1);
@@ -257,13 +372,21 @@ mod tests {
             w.severity = 7;
             w
         });
-        let out = ing.decoded(b, None).unwrap();
+        let out = ing
+            .upload(SignedBatch::decode(env(&b).as_slice()).unwrap(), None)
+            .unwrap();
         assert_eq!(out.ack.committed.len(), 1);
         assert_eq!(out.ack.rejected.len(), 2);
         assert!(out.ack.rejected[0].reason.contains("c9/d1"));
         assert!(out.ack.rejected[1].reason.contains("severity"));
         let again = ing
-            .decoded(batch("c1", "d1", std::slice::from_ref(&good)), None)
+            .upload(
+                SignedBatch::decode(
+                    env(&batch("c1", "d1", std::slice::from_ref(&good))).as_slice(),
+                )
+                .unwrap(),
+                None,
+            )
             .unwrap();
         assert_eq!(again.ack.committed, vec![good.id.0.to_vec()]);
         assert_eq!(

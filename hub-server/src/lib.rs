@@ -1,21 +1,31 @@
 //! Pleura's regional hub: ingests edge results exactly once over MQTT (embedded
-//! rumqttd or an external broker) and gRPC, stores them, serves cases and metrics.
+//! rumqttd behind a TLS gate, or an external broker) and gRPC, checks every batch's
+//! device signature, stores them, and serves cases to people by role.
 
+pub mod audit;
+pub mod auth;
 pub mod broker;
+pub mod ca;
 pub mod config;
+pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod store;
+pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerKind, HubConfig};
+use crate::audit::AuditLog;
+use crate::auth::Auth;
+use crate::ca::Registry;
+use crate::config::{BrokerKind, HubConfig, SecurityMode};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::{HubStore, SledStore};
@@ -26,17 +36,84 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let store: Arc<dyn HubStore> =
         Arc::new(SledStore::open(&cfg.data_dir).context("opening the case store")?);
+    let sec = &cfg.security;
+    let registry = match sec.mode {
+        SecurityMode::Mtls => Some(Arc::new(
+            Registry::new(&sec.pki_dir).context("opening the PKI (security.pki_dir)")?,
+        )),
+        SecurityMode::InsecurePlaintext => {
+            tracing::warn!(
+                "security.mode = insecure-plaintext: no TLS, no device certificates, unsigned \
+                 batches accepted. For local development only."
+            );
+            None
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
     let ingest = Arc::new(Ingest {
         store,
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         max_payload: cfg.mqtt.max_payload,
+        registry: registry.clone(),
     });
+    let auth = Arc::new(
+        Auth::open(
+            &sec.accounts_file,
+            &cfg.data_dir.join("token.key"),
+            sec.token_ttl_s * 1000,
+        )
+        .context("opening accounts")?,
+    );
+    let audit_path = cfg.data_dir.join("audit.log");
+    let audit = Arc::new(
+        AuditLog::open(&audit_path)
+            .with_context(|| format!("opening the audit log {}", audit_path.display()))?,
+    );
 
-    if cfg.mqtt.broker == BrokerKind::Embedded {
-        broker::start(cfg.mqtt.listen, cfg.mqtt.max_payload * 4 + 1024)
-            .with_context(|| format!("starting the embedded MQTT broker on {}", cfg.mqtt.listen))?;
-        tracing::info!(listen = %cfg.mqtt.listen, "embedded MQTT broker started");
-    }
+    let max_packet = cfg.mqtt.max_payload * 4 + 1024;
+    let (host, port, client_tls) = match (cfg.mqtt.broker, &registry) {
+        (BrokerKind::Embedded, Some(reg)) => {
+            let internal = loopback_port(cfg.mqtt.internal_listen)?;
+            broker::start(internal, max_packet)
+                .with_context(|| format!("starting the embedded MQTT broker on {internal}"))?;
+            let listener = tokio::net::TcpListener::bind(cfg.mqtt.listen)
+                .await
+                .with_context(|| format!("binding the MQTT gate on {}", cfg.mqtt.listen))?;
+            let gate = Arc::new(gate::Gate {
+                acceptor: tls::acceptor(tls::server_config(reg.clone(), true, &[])?),
+                broker: internal,
+                max_packet,
+                metrics: metrics.clone(),
+            });
+            tokio::spawn(gate.serve(listener, shutdown.clone()));
+            tracing::info!(listen = %cfg.mqtt.listen, %internal, "MQTT gate (TLS, client certificates) and embedded broker started");
+            (internal.ip().to_string(), internal.port(), None)
+        }
+        (BrokerKind::Embedded, None) => {
+            broker::start(cfg.mqtt.listen, max_packet).with_context(|| {
+                format!("starting the embedded MQTT broker on {}", cfg.mqtt.listen)
+            })?;
+            tracing::info!(listen = %cfg.mqtt.listen, "embedded MQTT broker started (plaintext)");
+            (
+                cfg.mqtt.listen.ip().to_string(),
+                cfg.mqtt.listen.port(),
+                None,
+            )
+        }
+        (BrokerKind::External, _) => {
+            let (h, p, tls) = cfg.external_broker()?;
+            let client_tls = if tls {
+                let pki = ca::Pki::open(&sec.pki_dir)?;
+                Some(Arc::new(pleura_shared::pki::client_config(
+                    &pki.ca_cert(),
+                    Some((&pki.hub_cert(), &pki.hub_key())),
+                )?))
+            } else {
+                None
+            };
+            (h, p, client_tls)
+        }
+    };
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
         .await
@@ -45,7 +122,6 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("binding metrics on {}", cfg.metrics_listen))?;
 
-    let (host, port) = cfg.mqtt_endpoint()?;
     let mqtt = tokio::spawn(mqtt::run(
         mqtt::MqttSettings {
             host,
@@ -53,6 +129,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             client_id: cfg.mqtt.client_id.clone(),
             share_group: cfg.mqtt.share_group.clone(),
             max_payload: cfg.mqtt.max_payload,
+            tls: client_tls,
         },
         ingest.clone(),
         shutdown.clone(),
@@ -60,16 +137,25 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
 
     let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
         ingest: ingest.clone(),
+        auth,
+        audit,
+        registry: registry.clone(),
     });
     let sd = shutdown.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream_compat::incoming(grpc_listener),
+    let server = tonic::transport::Server::builder().add_service(svc);
+    let grpc = match &registry {
+        Some(reg) => {
+            let acceptor = tls::acceptor(tls::server_config(reg.clone(), false, &[b"h2"])?);
+            tokio::spawn(server.serve_with_incoming_shutdown(
+                incoming::tls(grpc_listener, acceptor, shutdown.clone()),
                 sd.cancelled_owned(),
-            ),
-    );
+            ))
+        }
+        None => tokio::spawn(
+            server
+                .serve_with_incoming_shutdown(incoming::plain(grpc_listener), sd.cancelled_owned()),
+        ),
+    };
     let sd = shutdown.clone();
     let router = http::router(ingest.clone());
     let http = tokio::spawn(async move {
@@ -77,7 +163,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             .with_graceful_shutdown(sd.cancelled_owned())
             .await
     });
-    tracing::info!(grpc = %cfg.grpc_listen, metrics = %cfg.metrics_listen, "hub serving");
+    tracing::info!(grpc = %cfg.grpc_listen, metrics = %cfg.metrics_listen, tls = registry.is_some(), "hub serving");
 
     shutdown.cancelled().await;
     let _ = mqtt.await;
@@ -87,16 +173,63 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-mod tokio_stream_compat {
-    //! A TcpListener as the stream of connections tonic's server wants.
-    use tokio::net::{TcpListener, TcpStream};
+/// `addr`, or a free loopback port if its port is 0.
+fn loopback_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    Ok(std::net::TcpListener::bind(addr)?.local_addr()?)
+}
 
-    pub fn incoming(
+mod incoming {
+    //! Listeners as the streams of connections tonic's server wants. TLS handshakes run
+    //! in their own tasks so that one slow client cannot hold up the accept loop.
+    use std::time::Duration;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::server::TlsStream;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_util::sync::CancellationToken;
+
+    pub fn plain(
         listener: TcpListener,
     ) -> impl futures_core::Stream<Item = std::io::Result<TcpStream>> {
         futures_util::stream::unfold(listener, |l| async move {
             let r = l.accept().await.map(|(s, _)| s);
             Some((r, l))
         })
+    }
+
+    pub fn tls(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> impl futures_core::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    },
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send(Ok(s)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%addr, error = %e, "gRPC TLS handshake refused")
+                        }
+                        Err(_) => tracing::warn!(%addr, "gRPC TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
     }
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub mqtt_connected: AtomicU64,
     /// Rejected messages by reason (a short, fixed label).
     rejected_messages: Mutex<BTreeMap<&'static str, u64>>,
+    /// MQTT connections the gate refused or closed, by reason.
+    gate_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -27,6 +29,12 @@ impl Metrics {
 
     pub fn reject_message(&self, reason: &'static str) {
         if let Ok(mut m) = self.rejected_messages.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn gate_refuse(&self, reason: &'static str) {
+        if let Ok(mut m) = self.gate_refused.lock() {
             *m.entry(reason).or_default() += 1;
         }
     }
@@ -93,6 +101,18 @@ impl Metrics {
                 let _ = writeln!(
                     s,
                     "pleura_hub_rejected_messages_total{{reason=\"{reason}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_gate_refused_total MQTT connections refused or closed by the gate, by reason.\n# TYPE pleura_hub_gate_refused_total counter"
+        );
+        if let Ok(m) = self.gate_refused.lock() {
+            for (reason, v) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "pleura_hub_gate_refused_total{{reason=\"{reason}\"}} {v}"
                 );
             }
         }

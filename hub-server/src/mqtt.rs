@@ -20,6 +20,8 @@ pub struct MqttSettings {
     pub client_id: String,
     pub share_group: Option<String>,
     pub max_payload: usize,
+    /// TLS towards an external broker (`mqtts://`), presenting the hub's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub async fn run(
@@ -35,6 +37,11 @@ pub async fn run(
             settings.max_payload * 4 + 1024,
             settings.max_payload * 4 + 1024,
         );
+    if let Some(tls) = &settings.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, rx) = mpsc::channel::<(String, bytes::Bytes)>(1024);
     let metrics = ingest.metrics.clone();

@@ -3,8 +3,10 @@
 
 pub mod analysis;
 pub mod ids;
+pub mod pki;
 pub mod pseudonym;
 pub mod record;
+pub mod signing;
 pub mod topics;
 
 pub use analysis::{

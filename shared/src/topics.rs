@@ -5,6 +5,13 @@ use crate::ids::{validate_name, IdError};
 
 pub const PREFIX: &str = "pleura/v1/clinic";
 
+/// A device's MQTT client id, bound to its certificate identity so that no device can
+/// take over another's persistent session (the hub's gate enforces it). `.` cannot occur
+/// in a name, so the id is unambiguous; `/` would be refused by rumqttd.
+pub fn client_id(clinic: &str, device: &str) -> String {
+    format!("{clinic}.{device}")
+}
+
 /// Where a device publishes its result batches.
 pub fn results(clinic: &str, device: &str) -> String {
     format!("{PREFIX}/{clinic}/device/{device}/results")
@@ -42,23 +49,29 @@ pub fn parse_results(topic: &str) -> Result<(String, String), TopicError> {
     }
 }
 
-/// `mqtt://host:port` (also `tcp://`; port defaults to 1883) → host and port.
+/// `mqtt://host:port` (also `tcp://`; port defaults to 1883) or `mqtts://host:port`
+/// (port defaults to 8883) → host and port.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), MqttUrlError> {
     let bad = || MqttUrlError(url.chars().take(128).collect());
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(bad)?
-        .trim_end_matches('/');
+    let (rest, default_port) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, 8883)
+    } else {
+        let r = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(bad)?;
+        (r, 1883)
+    };
+    let rest = rest.trim_end_matches('/');
     match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
-        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
+        None if !rest.is_empty() => Ok((rest.to_string(), default_port)),
         _ => Err(bad()),
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("MQTT url {0:?} must look like mqtt://host:port")]
+#[error("MQTT url {0:?} must look like mqtts://host:port (or mqtt:// for plaintext)")]
 pub struct MqttUrlError(String);
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +99,7 @@ mod tests {
         assert_eq!(parse_mqtt_url("tcp://h/").unwrap(), ("h".into(), 1883));
         assert!(parse_mqtt_url("http://h").is_err());
         assert!(parse_mqtt_url("mqtt://h:x").is_err());
+        assert_eq!(parse_mqtt_url("mqtts://h").unwrap(), ("h".into(), 8883));
         assert_eq!(
             results_subscription(Some("hubs")),
             "$share/hubs/pleura/v1/clinic/+/device/+/results"

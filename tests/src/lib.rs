@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pleura_proto::v1::hub_client::HubClient;
-use pleura_proto::v1::{ListCasesRequest, SyncStatusRequest};
+use pleura_proto::v1::{ListCasesRequest, LoginRequest, SyncStatusRequest};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// `target/<profile>/<name>`, built by `cargo build --bins` (scripts/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
@@ -113,18 +114,67 @@ pub enum Broker {
     External(u16),
 }
 
+/// Runs `hub-server <args>` to completion (CA, enrolment, accounts); returns stdout.
+pub fn hub_admin(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new(bin("hub-server"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "hub-server {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `hub-server ca init` into `pki` (for a broker that must exist before the hub).
+pub fn ca_init(pki: &Path) -> Result<()> {
+    hub_admin(&["ca", "init", "--pki-dir", &pki.to_string_lossy()], None).map(drop)
+}
+
+/// The operator account every test hub gets (to list cases and sync status).
+pub const OPERATOR: (&str, &str) = ("ops", "operator password 1");
+
 pub struct Hub {
     pub dir: PathBuf,
     pub mqtt_port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
+    /// The hub's CA and registry; None for an insecure-plaintext hub.
+    pub pki: Option<PathBuf>,
+    pub accounts: PathBuf,
     config: PathBuf,
     child: Option<Child>,
 }
 
 impl Hub {
+    /// A hub in its default mode: mTLS with a CA of its own (`hub-server ca init`).
     pub fn new(dir: &Path, broker: Broker) -> Result<Self> {
+        Self::build(dir, broker, true)
+    }
+
+    /// A hub in `insecure-plaintext` mode (only for tests that must read the bytes on
+    /// the wire).
+    pub fn new_insecure(dir: &Path, broker: Broker) -> Result<Self> {
+        Self::build(dir, broker, false)
+    }
+
+    fn build(dir: &Path, broker: Broker, tls: bool) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let scheme = if tls { "mqtts" } else { "mqtt" };
         let (mqtt_port, broker_cfg) = match broker {
             Broker::Embedded => {
                 let p = free_port();
@@ -135,16 +185,41 @@ impl Hub {
             }
             Broker::External(p) => (
                 p,
-                format!("broker = \"external\"\nurl = \"mqtt://127.0.0.1:{p}\"\n"),
+                format!("broker = \"external\"\nurl = \"{scheme}://127.0.0.1:{p}\"\n"),
             ),
         };
         let (grpc_port, metrics_port) = (free_port(), free_port());
+        let pki_dir = dir.join("pki");
+        let accounts = dir.join("accounts.json");
+        if tls && !pki_dir.join("ca.pem").exists() {
+            hub_admin(
+                &["ca", "init", "--pki-dir", &pki_dir.to_string_lossy()],
+                None,
+            )?;
+        }
+        hub_admin(
+            &[
+                "user",
+                "add",
+                "--accounts",
+                &accounts.to_string_lossy(),
+                "--username",
+                OPERATOR.0,
+                "--role",
+                "operator",
+            ],
+            Some(OPERATOR.1),
+        )?;
+        let mode = if tls { "mtls" } else { "insecure-plaintext" };
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[mqtt]\n{broker_cfg}",
-                dir.join("data").display()
+                "data_dir = \"{}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 [security]\nmode = \"{mode}\"\npki_dir = \"{}\"\naccounts_file = \"{}\"\n[mqtt]\n{broker_cfg}",
+                dir.join("data").display(),
+                pki_dir.display(),
+                accounts.display(),
             ),
         )?;
         Ok(Self {
@@ -152,9 +227,107 @@ impl Hub {
             mqtt_port,
             grpc_port,
             metrics_port,
+            pki: tls.then_some(pki_dir),
+            accounts,
             config,
             child: None,
         })
+    }
+
+    /// Enrols a device with this hub's CA; returns its bundle (None for an insecure hub).
+    pub fn enroll(&self, clinic: &str, device: &str, region: &str) -> Result<Option<PathBuf>> {
+        let Some(pki) = &self.pki else {
+            return Ok(None);
+        };
+        let out = self.dir.join("bundles").join(format!("{clinic}-{device}"));
+        hub_admin(
+            &[
+                "enroll",
+                "--pki-dir",
+                &pki.to_string_lossy(),
+                "--clinic",
+                clinic,
+                "--device",
+                device,
+                "--region",
+                region,
+                "--out",
+                &out.to_string_lossy(),
+            ],
+            None,
+        )?;
+        Ok(Some(out))
+    }
+
+    /// Default agent options, enrolled with this hub (region "north").
+    pub fn agent_options(&self) -> AgentOptions {
+        let o = AgentOptions::default();
+        let bundle = self
+            .enroll(&o.clinic, &o.device, "north")
+            .expect("enrolling the test device");
+        AgentOptions { bundle, ..o }
+    }
+
+    pub fn add_user(
+        &self,
+        name: &str,
+        role: &str,
+        region: Option<&str>,
+        password: &str,
+    ) -> Result<()> {
+        let accounts = self.accounts.to_string_lossy().into_owned();
+        let mut args = vec![
+            "user",
+            "add",
+            "--accounts",
+            &accounts,
+            "--username",
+            name,
+            "--role",
+            role,
+        ];
+        if let Some(r) = region {
+            args.extend(["--region", r]);
+        }
+        hub_admin(&args, Some(password)).map(drop)
+    }
+
+    /// A gRPC channel to the hub: TLS trusting its CA, with `identity` (a device bundle
+    /// dir) as client certificate if given.
+    pub async fn channel(&self, identity: Option<&Path>) -> Result<Channel> {
+        let Some(pki) = &self.pki else {
+            return Ok(
+                Endpoint::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))?
+                    .connect()
+                    .await?,
+            );
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(pki.join("ca.pem"))?));
+        if let Some(b) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(b.join("device.pem"))?,
+                std::fs::read(b.join("device.key"))?,
+            ));
+        }
+        Ok(
+            Endpoint::from_shared(format!("https://127.0.0.1:{}", self.grpc_port))?
+                .tls_config(tls)?
+                .connect()
+                .await?,
+        )
+    }
+
+    /// Logs in; returns the bearer token.
+    pub async fn login(&self, user: &str, password: &str) -> Result<String> {
+        let mut c = HubClient::new(self.channel(None).await?);
+        Ok(c.login(LoginRequest {
+            username: user.into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner()
+        .token)
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -184,23 +357,28 @@ impl Hub {
     }
 
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
-    /// Result ids (hex) of every stored case, via the gRPC API.
+    pub fn mqtt_url(&self, port: u16) -> String {
+        let scheme = if self.pki.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// Result ids (hex) of every stored case, via the gRPC API, as the operator.
     pub fn case_ids(&self) -> Result<Vec<String>> {
-        let url = self.grpc_url();
         block_on(async move {
-            let mut c = HubClient::new(
-                tonic::transport::Endpoint::from_shared(url)?
-                    .connect()
-                    .await?,
-            );
+            let token = self.login(OPERATOR.0, OPERATOR.1).await?;
+            let mut c = HubClient::new(self.channel(None).await?);
             let r = c
-                .list_cases(ListCasesRequest {
-                    limit: 10_000,
-                    ..Default::default()
-                })
+                .list_cases(bearer(
+                    ListCasesRequest {
+                        limit: 10_000,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await?
                 .into_inner();
             Ok(r.cases
@@ -212,14 +390,13 @@ impl Hub {
 
     /// (results, duplicates) the hub has seen from each device.
     pub fn devices(&self) -> Result<Vec<(String, u64, u64)>> {
-        let url = self.grpc_url();
         block_on(async move {
-            let mut c = HubClient::new(
-                tonic::transport::Endpoint::from_shared(url)?
-                    .connect()
-                    .await?,
-            );
-            let r = c.sync_status(SyncStatusRequest {}).await?.into_inner();
+            let token = self.login(OPERATOR.0, OPERATOR.1).await?;
+            let mut c = HubClient::new(self.channel(None).await?);
+            let r = c
+                .sync_status(bearer(SyncStatusRequest {}, &token))
+                .await?
+                .into_inner();
             Ok(r.devices
                 .into_iter()
                 .map(|d| {
@@ -238,6 +415,51 @@ impl Drop for Hub {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A raw MQTT client speaking as the device of `bundle` (TLS with its certificate),
+/// for tests that misbehave on its behalf.
+pub fn device_mqtt(
+    port: u16,
+    bundle: &Path,
+    clinic: &str,
+    device: &str,
+) -> Result<(rumqttc::Client, rumqttc::Connection)> {
+    let tls = pleura_shared::pki::client_config(
+        &bundle.join("ca.pem"),
+        Some((&bundle.join("device.pem"), &bundle.join("device.key"))),
+    )?;
+    Ok(mqtt_client(
+        &pleura_shared::topics::client_id(clinic, device),
+        port,
+        Some(tls),
+    ))
+}
+
+pub fn mqtt_client(
+    client_id: &str,
+    port: u16,
+    tls: Option<rustls::ClientConfig>,
+) -> (rumqttc::Client, rumqttc::Connection) {
+    let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20)
+        .set_keep_alive(Duration::from_secs(5));
+    if let Some(t) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(t)),
+        ));
+    }
+    rumqttc::Client::new(opts, 16)
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII token"),
+    );
+    r
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -265,6 +487,8 @@ pub struct AgentOptions {
     pub max_in_flight: usize,
     pub grpc_url: Option<String>,
     pub quota_bytes: u64,
+    /// Enrolment bundle (from `Hub::enroll`); None: insecure plaintext.
+    pub bundle: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -276,6 +500,7 @@ impl Default for AgentOptions {
             max_in_flight: 500,
             grpc_url: None,
             quota_bytes: 256 * 1024 * 1024,
+            bundle: None,
         }
     }
 }
@@ -289,11 +514,24 @@ impl Agent {
             .grpc_url
             .map(|u| format!("grpc_url = \"{u}\"\n"))
             .unwrap_or_default();
+        let (scheme, security) = match &o.bundle {
+            Some(b) => (
+                "mqtts",
+                format!(
+                    "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    b.join("ca.pem").display(),
+                    b.join("device.pem").display(),
+                    b.join("device.key").display()
+                ),
+            ),
+            None => ("mqtt", String::new()),
+        };
+        let insecure = o.bundle.is_none();
         std::fs::write(
             &config,
             format!(
                 "clinic = \"{}\"\ndevice = \"{}\"\ninbox = \"{}\"\ndata_dir = \"{}\"\npseudonym_key_file = \"{}\"\nquota_bytes = {}\n\
-                 [hub]\nmqtt_url = \"mqtt://127.0.0.1:{mqtt_port}\"\n{grpc}\
+                 [hub]\nmqtt_url = \"{scheme}://127.0.0.1:{mqtt_port}\"\ninsecure_plaintext = {insecure}\n{grpc}{security}\
                  [sync]\nbatch_size = {}\nmax_in_flight = {}\nack_timeout_ms = 3000\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\ngrpc_fallback_after = 3\n\
                  [inference]\nmodel = \"{}\"\npoll_ms = 200\n",
                 o.clinic,
@@ -421,6 +659,35 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
                  autosave_interval 1\nmax_queued_messages 100000\nmessage_size_limit 1048576\n",
+                dir.display()
+            ),
+        )?;
+        Ok(Self {
+            port,
+            dir: dir.into(),
+            child: None,
+        })
+    }
+
+    /// Mosquitto as a production hub would run it: TLS with the hub's CA and server
+    /// certificate, client certificates required, identity = certificate CN, topics
+    /// confined by the shipped ACL (deploy/mosquitto/pleura.acl), revocations from crl.pem.
+    pub fn with_tls(dir: &Path, pki: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let p = |f: &str| pki.join(f).display().to_string();
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
+                 crlfile {}\nacl_file {}\n\
+                 persistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nmessage_size_limit 1048576\n",
+                p("ca.pem"),
+                p("hub.pem"),
+                p("hub.key"),
+                p("crl.pem"),
+                repo_root().join("deploy/mosquitto/pleura.acl").display(),
                 dir.display()
             ),
         )?;

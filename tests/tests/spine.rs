@@ -38,12 +38,7 @@ fn assert_all_arrived_once(hub: &Hub, agent: &Agent, n: usize, within: Duration)
 fn hub_down_during_analysis_then_every_scan_arrives_once() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
-    let mut agent = Agent::new(
-        &tmp.path().join("a"),
-        hub.mqtt_port,
-        AgentOptions::default(),
-    )
-    .unwrap();
+    let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, hub.agent_options()).unwrap();
     agent.start().unwrap();
     for (i, f) in FIXTURES.iter().enumerate() {
         let src = repo_root().join("fixtures/scans").join(f);
@@ -92,7 +87,7 @@ fn sigkill_the_agent_during_sync_twenty_times_loses_and_duplicates_nothing() {
     let opts = AgentOptions {
         batch_size: 10,
         max_in_flight: 20,
-        ..Default::default()
+        ..hub.agent_options()
     };
     let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
     let n = 3000;
@@ -126,7 +121,7 @@ fn sigkill_the_hub_mid_ingest_and_restart_loses_and_duplicates_nothing() {
     let opts = AgentOptions {
         batch_size: 10,
         max_in_flight: 20,
-        ..Default::default()
+        ..hub.agent_options()
     };
     let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
     let n = 3000;
@@ -153,14 +148,17 @@ fn mosquitto_end_to_end_with_a_broker_restart_mid_sync() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut mosq = Mosquitto::new(&tmp.path().join("mosquitto")).unwrap();
+    // Mosquitto as deployed: TLS, client certificates, the shipped ACL.
+    let pki = tmp.path().join("hub/pki");
+    ca_init(&pki).unwrap();
+    let mut mosq = Mosquitto::with_tls(&tmp.path().join("mosquitto"), &pki).unwrap();
     mosq.start().unwrap();
     let mut hub = Hub::new(&tmp.path().join("hub"), Broker::External(mosq.port)).unwrap();
     hub.start().unwrap();
     let opts = AgentOptions {
         batch_size: 10,
         max_in_flight: 20,
-        ..Default::default()
+        ..hub.agent_options()
     };
     let mut agent = Agent::new(&tmp.path().join("a"), mosq.port, opts).unwrap();
     let n = 3000;
@@ -180,14 +178,15 @@ fn mosquitto_end_to_end_with_a_broker_restart_mid_sync() {
 
 #[test]
 fn garbage_and_oversized_payloads_are_rejected_counted_and_valid_traffic_flows() {
-    use rumqttc::{Client, MqttOptions, QoS};
+    use rumqttc::QoS;
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
     hub.start().unwrap();
 
-    let mut opts = MqttOptions::new("rogue", "127.0.0.1", hub.mqtt_port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(opts, 16);
+    // An enrolled device gone bad: the gate lets it publish on its own topic only, and
+    // what it publishes there is refused by the hub.
+    let bundle = hub.enroll("clinic-a", "rogue-1", "north").unwrap().unwrap();
+    let (client, mut conn) = device_mqtt(hub.mqtt_port, &bundle, "clinic-a", "rogue-1").unwrap();
     let topic = "pleura/v1/clinic/clinic-a/device/rogue-1/results";
     client
         .publish(topic, QoS::AtLeastOnce, false, b"\xff\xfe garbage".to_vec())
@@ -202,12 +201,16 @@ fn garbage_and_oversized_payloads_are_rejected_counted_and_valid_traffic_flows()
         device_id: "rogue-1".into(),
         results: vec![],
     };
+    let envelope = pleura_proto::v1::SignedBatch {
+        batch: prost::Message::encode_to_vec(&future),
+        signature: vec![],
+    };
     client
         .publish(
             topic,
             QoS::AtLeastOnce,
             false,
-            prost::Message::encode_to_vec(&future),
+            prost::Message::encode_to_vec(&envelope),
         )
         .unwrap();
     client.disconnect().unwrap();
@@ -225,12 +228,7 @@ fn garbage_and_oversized_payloads_are_rejected_counted_and_valid_traffic_flows()
         (m("malformed")? == 1 && m("too_large")? == 1 && m("schema_version")? == 1).then_some(())
     });
 
-    let mut agent = Agent::new(
-        &tmp.path().join("a"),
-        hub.mqtt_port,
-        AgentOptions::default(),
-    )
-    .unwrap();
+    let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, hub.agent_options()).unwrap();
     agent.fill(25).unwrap();
     agent.start().unwrap();
     assert_all_arrived_once(&hub, &agent, 25, Duration::from_secs(60));
@@ -244,7 +242,7 @@ fn grpc_fallback_delivers_when_mqtt_is_blocked() {
     // The agent's MQTT port leads nowhere; only gRPC gets through.
     let opts = AgentOptions {
         grpc_url: Some(hub.grpc_url()),
-        ..Default::default()
+        ..hub.agent_options()
     };
     let mut agent = Agent::new(&tmp.path().join("a"), free_port(), opts).unwrap();
     agent.fill(120).unwrap();
@@ -260,7 +258,7 @@ fn at_the_quota_new_scans_wait_in_the_inbox_with_an_alarm_and_nothing_is_dropped
     let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
     let opts = AgentOptions {
         quota_bytes: 64 * 1024,
-        ..Default::default()
+        ..hub.agent_options()
     };
     let mut agent = Agent::new(&tmp.path().join("a"), hub.mqtt_port, opts).unwrap();
     let queued = agent.fill_to_quota().unwrap();

@@ -3,24 +3,32 @@
 use std::time::Duration;
 
 use pleura_proto::v1::hub_client::HubClient;
-use pleura_shared::wire::{ResultAck, ResultBatch};
-use tonic::transport::{Channel, Endpoint};
+use pleura_shared::wire::{ResultAck, SignedBatch};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub struct Fallback {
     url: String,
+    tls: Option<ClientTlsConfig>,
     client: Option<HubClient<Channel>>,
 }
 
 impl Fallback {
-    pub fn new(url: String) -> Self {
-        Self { url, client: None }
+    pub fn new(url: String, tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            url,
+            tls,
+            client: None,
+        }
     }
 
-    pub async fn upload(&mut self, batch: ResultBatch) -> anyhow::Result<ResultAck> {
+    pub async fn upload(&mut self, batch: SignedBatch) -> anyhow::Result<ResultAck> {
         if self.client.is_none() {
-            let ep = Endpoint::from_shared(self.url.clone())?
+            let mut ep = Endpoint::from_shared(self.url.clone())?
                 .connect_timeout(Duration::from_secs(5))
                 .timeout(Duration::from_secs(30));
+            if let Some(tls) = &self.tls {
+                ep = ep.tls_config(tls.clone())?;
+            }
             self.client = Some(HubClient::new(ep.connect().await?));
         }
         let client = self.client.as_mut().expect("set above");

@@ -10,12 +10,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pleura_shared::wire::{ResultAck, ResultBatch};
+use pleura_shared::wire::{ResultAck, ResultBatch, SignedBatch};
 use pleura_shared::{ResultId, ScanRecord, SCHEMA_VERSION};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
+use crate::credentials::Credentials;
 use crate::outbox::Outbox;
 use crate::status::{now_ms, Shared};
 use state::{Backoff, InFlight};
@@ -33,14 +34,27 @@ pub struct SyncWorker {
     pub outbox: Arc<dyn Outbox>,
     pub status: Arc<Shared>,
     pub queued: Arc<Notify>,
+    pub creds: Credentials,
 }
 
 impl SyncWorker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (host, port) = crate::config::parse_mqtt_url(&self.cfg.hub.mqtt_url)?;
         let (events_tx, mut events) = mpsc::channel(256);
-        let link = mqtt::Link::start(&self.cfg, host, port, events_tx, shutdown.clone());
-        let mut grpc = self.cfg.hub.grpc_url.clone().map(grpc::Fallback::new);
+        let link = mqtt::Link::start(
+            &self.cfg,
+            host,
+            port,
+            self.creds.mqtt_tls.clone(),
+            events_tx,
+            shutdown.clone(),
+        );
+        let mut grpc = self
+            .cfg
+            .hub
+            .grpc_url
+            .clone()
+            .map(|u| grpc::Fallback::new(u, self.creds.grpc_tls.clone()));
         let mut grpc_backoff = Backoff::new(
             Duration::from_millis(self.cfg.sync.backoff_min_ms),
             Duration::from_millis(self.cfg.sync.backoff_max_ms),
@@ -131,13 +145,23 @@ impl SyncWorker {
         }
     }
 
-    fn batch_message(&self, records: &[ScanRecord]) -> ResultBatch {
-        ResultBatch {
+    /// The batch, encoded and signed with the device key (unsigned only without one).
+    fn batch_message(&self, records: &[ScanRecord]) -> SignedBatch {
+        use prost::Message;
+        let batch = ResultBatch {
             schema_version: SCHEMA_VERSION,
             clinic_id: self.cfg.clinic.clone(),
             device_id: self.cfg.device.clone(),
             results: records.iter().map(ScanRecord::to_wire).collect(),
         }
+        .encode_to_vec();
+        let signature = self
+            .creds
+            .signer
+            .as_ref()
+            .map(|s| s.sign(&batch))
+            .unwrap_or_default();
+        SignedBatch { batch, signature }
     }
 
     async fn send_mqtt(&self, link: &mqtt::Link, flight: &mut InFlight) {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pleura_shared::topics;
-use pleura_shared::wire::ResultBatch;
+use pleura_shared::wire::SignedBatch;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -26,13 +26,19 @@ impl Link {
         cfg: &EdgeConfig,
         host: String,
         port: u16,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         events: mpsc::Sender<LinkEvent>,
         shutdown: CancellationToken,
     ) -> Self {
-        let mut opts = MqttOptions::new(format!("edge-{}-{}", cfg.clinic, cfg.device), host, port);
+        let mut opts = MqttOptions::new(topics::client_id(&cfg.clinic, &cfg.device), host, port);
         opts.set_keep_alive(Duration::from_secs(20))
             .set_clean_session(false)
             .set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         let (client, eventloop) = AsyncClient::new(opts, 64);
         let backoff = Backoff::new(
             Duration::from_millis(cfg.sync.backoff_min_ms),
@@ -55,7 +61,7 @@ impl Link {
     }
 
     /// Queues a batch for the event loop; returns its size on the wire.
-    pub async fn publish(&self, batch: &ResultBatch) -> Result<usize, rumqttc::ClientError> {
+    pub async fn publish(&self, batch: &SignedBatch) -> Result<usize, rumqttc::ClientError> {
         let payload = batch.encode_to_vec();
         let n = payload.len() + self.topic.len() + 4;
         self.client

@@ -1,0 +1,527 @@
+//! The regional certificate authority and the device registry, as files under
+//! `pki_dir` (so `enroll` and `revoke` work while the hub runs, and the hub sees them at
+//! the next connection):
+//!
+//! ```text
+//! ca.pem ca.key            the regional CA (key 0600, never leaves the hub)
+//! hub.pem hub.key          the hub's server (and broker-client) certificate
+//! crl.pem                  revocations, for Mosquitto's `crlfile`
+//! devices/<clinic>/<device>.json   one enrolment: region, serial, key, revocation
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use pleura_shared::pki::{cert_info, Principal, HUB_CN};
+use pleura_shared::{now_ms, validate_name};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber, PKCS_ED25519,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("enrolment record {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// One device's enrolment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub clinic: String,
+    pub device: String,
+    /// The health region the clinic belongs to; scopes specialists' access.
+    pub region: String,
+    /// Serial of the current certificate; an older certificate of the device is refused.
+    pub serial: String,
+    /// Raw Ed25519 public key, hex: verifies the device's signed batches.
+    pub public_key: String,
+    pub not_after_s: i64,
+    pub enrolled_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+pub struct Pki {
+    dir: PathBuf,
+}
+
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CaError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    // Write-then-rename: a reader (the running hub) never sees half a file.
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A fresh Ed25519 key, stored as PKCS#8 v1 (seed only). ring writes v2, which OpenSSL
+/// 3.0 (Mosquitto on Debian 12) cannot read; ring, rustls and rcgen read v1.
+fn new_key() -> Result<KeyPair, CaError> {
+    const V2: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const V1: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let v2 = KeyPair::generate_for(&PKCS_ED25519)?.serialize_der();
+    let seed = v2
+        .strip_prefix(&V2[..])
+        .and_then(|r| r.get(..32))
+        .ok_or_else(|| CaError::Invalid("unexpected Ed25519 PKCS#8 layout from ring".into()))?;
+    let v1 = [&V1[..], seed].concat();
+    Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls_pki_types::PrivatePkcs8KeyDer::from(v1),
+        &PKCS_ED25519,
+    )?)
+}
+
+fn read(path: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+fn serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] = (b[0] & 0x7f).max(1); // positive, no leading zero: hex matches the DER bytes
+    SerialNumber::from_slice(&b)
+}
+
+fn ts(secs: i64) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|e| CaError::Invalid(e.to_string()))
+}
+
+fn now_s() -> i64 {
+    (now_ms() / 1000) as i64
+}
+
+impl Pki {
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn hub_cert(&self) -> PathBuf {
+        self.dir.join("hub.pem")
+    }
+    pub fn hub_key(&self) -> PathBuf {
+        self.dir.join("hub.key")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    fn record_path(&self, clinic: &str, device: &str) -> PathBuf {
+        self.dir
+            .join("devices")
+            .join(clinic)
+            .join(format!("{device}.json"))
+    }
+
+    /// Creates the CA, the hub's certificate (valid for `sans`: DNS names or IPs the
+    /// devices use to reach the hub) and an empty CRL. Refuses to overwrite a CA.
+    pub fn init(dir: &Path, name: &str, sans: &[String]) -> Result<Self, CaError> {
+        let pki = Self { dir: dir.into() };
+        if pki.ca_key().exists() {
+            return Err(CaError::Invalid(format!(
+                "{} already holds a CA; refusing to replace it (every enrolled device would be locked out)",
+                dir.display()
+            )));
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Pleura regional CA {name}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = ts(now_s() - 3600)?;
+        params.not_after = ts(now_s() + 20 * 365 * 86_400)?;
+        params.serial_number = Some(serial());
+        let key = new_key()?;
+        let cert = params.self_signed(&key)?;
+        write_file(&pki.ca_key(), key.serialize_pem().as_bytes(), true)?;
+        write_file(&pki.ca_cert(), cert.pem().as_bytes(), false)?;
+
+        let issuer = Issuer::new(params, key);
+        let mut hub = CertificateParams::new(sans.to_vec())?;
+        hub.distinguished_name = DistinguishedName::new();
+        hub.distinguished_name.push(DnType::CommonName, HUB_CN);
+        hub.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        hub.use_authority_key_identifier_extension = true;
+        hub.not_before = ts(now_s() - 3600)?;
+        hub.not_after = ts(now_s() + 825 * 86_400)?;
+        hub.serial_number = Some(serial());
+        let hub_key = new_key()?;
+        let hub_cert = hub.signed_by(&hub_key, &issuer)?;
+        write_file(&pki.hub_key(), hub_key.serialize_pem().as_bytes(), true)?;
+        write_file(&pki.hub_cert(), hub_cert.pem().as_bytes(), false)?;
+        pki.write_crl(&issuer)?;
+        Ok(pki)
+    }
+
+    pub fn open(dir: &Path) -> Result<Self, CaError> {
+        let pki = Self { dir: dir.into() };
+        for p in [pki.ca_cert(), pki.hub_cert(), pki.hub_key()] {
+            if !p.exists() {
+                return Err(CaError::Invalid(format!(
+                    "{} is missing; run `hub-server ca init --pki-dir {}` first",
+                    p.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(pki)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, CaError> {
+        let key = KeyPair::from_pem(&read(&self.ca_key())?)?;
+        Ok(Issuer::from_ca_cert_pem(&read(&self.ca_cert())?, key)?)
+    }
+
+    /// Issues a device certificate valid from `not_before_s` to `not_after_s` (Unix
+    /// seconds) and writes the agent bundle into `out`: ca.pem, device.pem, device.key.
+    /// Re-enrolling a device replaces its certificate; the old one stops working.
+    pub fn enroll(
+        &self,
+        clinic: &str,
+        device: &str,
+        region: &str,
+        not_before_s: i64,
+        not_after_s: i64,
+        out: &Path,
+    ) -> Result<DeviceRecord, CaError> {
+        for (what, v) in [("clinic", clinic), ("device", device), ("region", region)] {
+            validate_name(what, v).map_err(|e| CaError::Invalid(e.to_string()))?;
+        }
+        if let Some(other) = self.clinic_region(clinic)? {
+            if other != region {
+                return Err(CaError::Invalid(format!(
+                    "clinic {clinic} is enrolled in region {other}, not {region}"
+                )));
+            }
+        }
+        let principal = Principal::device(clinic, device);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, principal.common_name());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, clinic);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        params.not_before = ts(not_before_s)?;
+        params.not_after = ts(not_after_s)?;
+        params.serial_number = Some(serial());
+        let key = new_key()?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let info = cert_info(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
+
+        write_file(
+            &out.join("device.key"),
+            key.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_file(&out.join("device.pem"), cert.pem().as_bytes(), false)?;
+        write_file(
+            &out.join("ca.pem"),
+            read(&self.ca_cert())?.as_bytes(),
+            false,
+        )?;
+        let rec = DeviceRecord {
+            clinic: clinic.into(),
+            device: device.into(),
+            region: region.into(),
+            serial: info.serial,
+            public_key: hex::encode(&info.public_key),
+            not_after_s,
+            enrolled_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        self.save(&rec)?;
+        Ok(rec)
+    }
+
+    fn save(&self, rec: &DeviceRecord) -> Result<(), CaError> {
+        let json = serde_json::to_vec_pretty(rec).map_err(|e| CaError::Invalid(e.to_string()))?;
+        write_file(&self.record_path(&rec.clinic, &rec.device), &json, false)
+    }
+
+    /// Marks the device revoked and re-issues the CRL. The hub refuses it from its next
+    /// connection (and its batches, whatever broker carries them).
+    pub fn revoke(&self, clinic: &str, device: &str) -> Result<DeviceRecord, CaError> {
+        let mut rec = self
+            .device(clinic, device)?
+            .ok_or_else(|| CaError::Invalid(format!("{clinic}/device/{device} is not enrolled")))?;
+        if rec.revoked_at_ms.is_none() {
+            rec.revoked_at_ms = Some(now_ms());
+            self.save(&rec)?;
+        }
+        self.write_crl(&self.issuer()?)?;
+        Ok(rec)
+    }
+
+    fn write_crl(&self, issuer: &Issuer<'_, KeyPair>) -> Result<(), CaError> {
+        let mut revoked = Vec::new();
+        for r in self.devices()? {
+            if let Some(at) = r.revoked_at_ms {
+                revoked.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(
+                        &hex::decode(&r.serial).map_err(|e| CaError::Invalid(e.to_string()))?,
+                    ),
+                    revocation_time: ts((at / 1000) as i64)?,
+                    reason_code: Some(RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                });
+            }
+        }
+        let crl = CertificateRevocationListParams {
+            this_update: ts(now_s() - 60)?,
+            next_update: ts(now_s() + 365 * 86_400)?,
+            crl_number: SerialNumber::from_slice(&(now_ms()).to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)?;
+        write_file(&self.crl(), crl.pem()?.as_bytes(), false)
+    }
+
+    pub fn device(&self, clinic: &str, device: &str) -> Result<Option<DeviceRecord>, CaError> {
+        let path = self.record_path(clinic, device);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CaError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, CaError> {
+        let root = self.dir.join("devices");
+        let mut out = Vec::new();
+        let Ok(clinics) = std::fs::read_dir(&root) else {
+            return Ok(out);
+        };
+        for c in clinics.flatten() {
+            let Ok(devs) = std::fs::read_dir(c.path()) else {
+                continue;
+            };
+            for d in devs.flatten() {
+                let p = d.path();
+                if p.extension().is_some_and(|e| e == "json") {
+                    let b = std::fs::read(&p).map_err(io(&p))?;
+                    out.push(serde_json::from_slice(&b).map_err(|e| CaError::Corrupt {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?);
+                }
+            }
+        }
+        out.sort_by(|a: &DeviceRecord, b| (&a.clinic, &a.device).cmp(&(&b.clinic, &b.device)));
+        Ok(out)
+    }
+
+    fn clinic_region(&self, clinic: &str) -> Result<Option<String>, CaError> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .find(|d| d.clinic == clinic)
+            .map(|d| d.region))
+    }
+}
+
+/// Why a device is not trusted now.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TrustError {
+    #[error("{0} is not enrolled")]
+    Unknown(String),
+    #[error("{0} is revoked")]
+    Revoked(String),
+    #[error("{0} presented certificate {1}, but its current one is {2}")]
+    Superseded(String, String, String),
+    #[error("device registry: {0}")]
+    Registry(String),
+}
+
+/// A record as last read, with the file's mtime then (None: no file).
+type Cached = (Option<SystemTime>, Option<DeviceRecord>);
+
+/// The running hub's read-through view of the enrolments: re-read when a file changes,
+/// so enrolments and revocations apply without a restart.
+pub struct Registry {
+    pki: Pki,
+    cache: Mutex<HashMap<(String, String), Cached>>,
+}
+
+impl Registry {
+    pub fn new(pki_dir: &Path) -> Result<Self, CaError> {
+        Ok(Self {
+            pki: Pki::open(pki_dir)?,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// The current enrolment of a device, if any (revoked ones included).
+    pub fn lookup(&self, clinic: &str, device: &str) -> Result<Option<DeviceRecord>, TrustError> {
+        let path = self.pki.record_path(clinic, device);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let key = (clinic.to_string(), device.to_string());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, rec)) = cache.get(&key) {
+            if *t == mtime {
+                return Ok(rec.clone());
+            }
+        }
+        let rec = self
+            .pki
+            .device(clinic, device)
+            .map_err(|e| TrustError::Registry(e.to_string()))?;
+        cache.insert(key, (mtime, rec.clone()));
+        Ok(rec)
+    }
+
+    /// An enrolled, unrevoked device; with `serial`, also its current certificate.
+    pub fn trusted(
+        &self,
+        clinic: &str,
+        device: &str,
+        serial: Option<&str>,
+    ) -> Result<DeviceRecord, TrustError> {
+        let who = Principal::device(clinic, device).to_string();
+        let rec = self
+            .lookup(clinic, device)?
+            .ok_or_else(|| TrustError::Unknown(who.clone()))?;
+        if rec.revoked_at_ms.is_some() {
+            return Err(TrustError::Revoked(who));
+        }
+        if let Some(s) = serial {
+            if s != rec.serial {
+                return Err(TrustError::Superseded(who, s.into(), rec.serial.clone()));
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Region of every enrolled clinic.
+    pub fn regions(&self) -> HashMap<String, String> {
+        self.pki
+            .devices()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| (d.clinic, d.region))
+            .collect()
+    }
+
+    pub fn clinics_in(&self, region: &str) -> HashSet<String> {
+        self.regions()
+            .into_iter()
+            .filter(|(_, r)| r == region)
+            .map(|(c, _)| c)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrol_revoke_and_reenrol_are_seen_by_a_running_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(dir.path(), "test", &["127.0.0.1".into()]).unwrap();
+        assert!(Pki::init(dir.path(), "again", &[]).is_err(), "no overwrite");
+        let reg = Registry::new(dir.path()).unwrap();
+        let now = now_s();
+        let bundle = dir.path().join("bundle");
+        let rec = pki
+            .enroll("c1", "d1", "north", now - 60, now + 86_400, &bundle)
+            .unwrap();
+        for f in ["ca.pem", "device.pem", "device.key"] {
+            assert!(bundle.join(f).exists(), "{f}");
+        }
+        let der = pleura_shared::pki::load_certs(&bundle.join("device.pem")).unwrap();
+        let info = cert_info(&der[0]).unwrap();
+        assert_eq!(info.principal, Principal::device("c1", "d1"));
+        assert_eq!(info.serial, rec.serial);
+        assert!(reg.trusted("c1", "d1", Some(&rec.serial)).is_ok());
+        assert!(matches!(
+            reg.trusted("c1", "d2", None),
+            Err(TrustError::Unknown(_))
+        ));
+        assert!(
+            pki.enroll("c1", "d2", "south", now, now + 60, &bundle)
+                .is_err(),
+            "a clinic lives in one region"
+        );
+        // mtime granularity: make sure the rewrite is visible as a change.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pki.revoke("c1", "d1").unwrap();
+        assert!(matches!(
+            reg.trusted("c1", "d1", Some(&rec.serial)),
+            Err(TrustError::Revoked(_))
+        ));
+        assert!(read(&pki.crl()).unwrap().contains("X509 CRL"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = pki
+            .enroll("c1", "d1", "north", now - 60, now + 86_400, &bundle)
+            .unwrap();
+        assert!(matches!(
+            reg.trusted("c1", "d1", Some(&rec.serial)),
+            Err(TrustError::Superseded(..))
+        ));
+        assert!(reg.trusted("c1", "d1", Some(&again.serial)).is_ok());
+        assert_eq!(reg.clinics_in("north").len(), 1);
+    }
+}
