@@ -174,7 +174,9 @@ impl EdgeConfig {
                 plaintext.join(" and ")
             ));
         }
-        if plaintext.len() < 1 + usize::from(self.hub.grpc_url.is_some()) && self.tls.is_none() {
+        // Some URL uses TLS, so the bundle is needed.
+        let urls = 1 + usize::from(self.hub.grpc_url.is_some());
+        if plaintext.len() < urls && self.tls.is_none() {
             return inv(
                 "mqtts:// and https:// need the device's [tls] bundle (ca, cert, key) from \
                  `hub-server enroll`"

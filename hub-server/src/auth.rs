@@ -16,6 +16,8 @@ use pleura_shared::{now_ms, validate_name};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::ca::write_atomic;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -131,25 +133,7 @@ pub fn add_account(
         password_hash: hash,
     });
     let json = serde_json::to_vec_pretty(&file).map_err(|e| accounts_err(path, e))?;
-    write_private(path, &json).map_err(|e| accounts_err(path, e))
-}
-
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    write_atomic(path, &json, true).map_err(|e| accounts_err(path, e))
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -177,7 +161,7 @@ impl Auth {
             Ok(_) => anyhow::bail!("{} is not a 32-byte key", key_file.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k: [u8; 32] = rand::random();
-                write_private(key_file, &k)?;
+                write_atomic(key_file, &k, true)?;
                 k
             }
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", key_file.display())),

@@ -68,22 +68,26 @@ pub struct Pki {
 }
 
 fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CaError> {
+    write_atomic(path, bytes, secret).map_err(io(path))
+}
+
+/// Write-then-rename (fsynced): a reader such as the running hub never sees half a
+/// file. `secret` files are created 0600.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        std::fs::create_dir_all(parent)?;
     }
-    // Write-then-rename: a reader (the running hub) never sees half a file.
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A fresh Ed25519 key, stored as PKCS#8 v1 (seed only). ring writes v2, which OpenSSL

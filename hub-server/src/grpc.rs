@@ -142,11 +142,6 @@ impl Hub for HubService {
         let res = tokio::task::spawn_blocking(move || auth.login(&r.username, &r.password))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let anon = Caller {
-            username: user.chars().take(64).collect(),
-            role: Role::Ministry,
-            region: String::new(),
-        };
         match res {
             Ok((token, exp, who)) => {
                 self.audit(&who, "login", "", "allowed")?;
@@ -158,8 +153,9 @@ impl Hub for HubService {
                 }))
             }
             Err(e) => {
+                let name: String = user.chars().take(64).collect();
                 self.audit
-                    .record(&anon.username, "-", "login", "", &format!("denied: {e}"))
+                    .record(&name, "-", "login", "", &format!("denied: {e}"))
                     .map_err(|_| Status::unavailable("audit log unavailable"))?;
                 Err(Status::unauthenticated(e.to_string()))
             }

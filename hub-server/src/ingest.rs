@@ -129,15 +129,13 @@ impl Ingest {
         Ok(batch)
     }
 
-    /// Validates a batch; `sender` is the identity the transport vouches for.
-    pub fn prepare(
+    /// Validates a batch that `open` let through; `sender` is the identity the transport
+    /// vouches for. Private: nothing may skip the signature and schema checks in `open`.
+    fn prepare(
         &self,
         batch: ResultBatch,
         sender: Option<(String, String)>,
     ) -> Result<Prepared, IngestError> {
-        if batch.schema_version != SCHEMA_VERSION {
-            return Err(IngestError::Schema(batch.schema_version));
-        }
         let (clinic, device) = sender.unwrap_or((batch.clinic_id.clone(), batch.device_id.clone()));
         if batch.clinic_id != clinic || batch.device_id != device {
             return Err(IngestError::Mismatch {

@@ -103,7 +103,14 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         (BrokerKind::External, _) => {
             let (h, p, tls) = cfg.external_broker()?;
             let client_tls = if tls {
-                let pki = ca::Pki::open(&sec.pki_dir)?;
+                let opened;
+                let pki = match &registry {
+                    Some(r) => r.pki(),
+                    None => {
+                        opened = ca::Pki::open(&sec.pki_dir)?;
+                        &opened
+                    }
+                };
                 Some(Arc::new(pleura_shared::pki::client_config(
                     &pki.ca_cert(),
                     Some((&pki.hub_cert(), &pki.hub_key())),

@@ -145,6 +145,17 @@ pub fn ca_init(pki: &Path) -> Result<()> {
     hub_admin(&["ca", "init", "--pki-dir", &pki.to_string_lossy()], None).map(drop)
 }
 
+/// Mosquitto as deployed (TLS, the hub's CA, the shipped ACL), started, and a hub in
+/// `<root>/hub` using it as its external broker (not started).
+pub fn hub_behind_mosquitto(root: &Path) -> Result<(Mosquitto, Hub)> {
+    let pki = root.join("hub/pki");
+    ca_init(&pki)?;
+    let mut mosq = Mosquitto::with_tls(&root.join("mosquitto"), &pki)?;
+    mosq.start()?;
+    let hub = Hub::new(&root.join("hub"), Broker::External(mosq.port))?;
+    Ok((mosq, hub))
+}
+
 /// The operator account every test hub gets (to list cases and sync status).
 pub const OPERATOR: (&str, &str) = ("ops", "operator password 1");
 
@@ -651,14 +662,23 @@ impl Mosquitto {
         p
     }
 
+    /// Plaintext, anonymous: the baseline broker of sync-bench.
     pub fn new(dir: &Path) -> Result<Self> {
+        Self::configured(dir, |port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n")
+        })
+    }
+
+    /// Writes mosquitto.conf: `listener` (given the port) plus persistence as deployed.
+    fn configured(dir: &Path, listener: impl FnOnce(u16) -> String) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let port = free_port();
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                "{}persistence true\npersistence_location {}/\n\
                  autosave_interval 1\nmax_queued_messages 100000\nmessage_size_limit 1048576\n",
+                listener(port),
                 dir.display()
             ),
         )?;
@@ -673,28 +693,18 @@ impl Mosquitto {
     /// certificate, client certificates required, identity = certificate CN, topics
     /// confined by the shipped ACL (deploy/mosquitto/pleura.acl), revocations from crl.pem.
     pub fn with_tls(dir: &Path, pki: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let port = free_port();
         let p = |f: &str| pki.join(f).display().to_string();
-        std::fs::write(
-            dir.join("mosquitto.conf"),
+        Self::configured(dir, |port| {
             format!(
                 "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\n\
                  cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
-                 crlfile {}\nacl_file {}\n\
-                 persistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nmessage_size_limit 1048576\n",
+                 crlfile {}\nacl_file {}\n",
                 p("ca.pem"),
                 p("hub.pem"),
                 p("hub.key"),
                 p("crl.pem"),
                 repo_root().join("deploy/mosquitto/pleura.acl").display(),
-                dir.display()
-            ),
-        )?;
-        Ok(Self {
-            port,
-            dir: dir.into(),
-            child: None,
+            )
         })
     }
 

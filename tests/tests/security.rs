@@ -261,11 +261,8 @@ fn through_mosquitto_the_acl_and_the_signatures_still_confine_a_device() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let pki = tmp.path().join("hub/pki");
-    ca_init(&pki).unwrap();
-    let mut mosq = Mosquitto::with_tls(&tmp.path().join("mosquitto"), &pki).unwrap();
-    mosq.start().unwrap();
-    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::External(mosq.port)).unwrap();
+    let (mosq, mut hub) = hub_behind_mosquitto(tmp.path()).unwrap();
+    let pki = hub.pki.clone().unwrap();
     hub.start().unwrap();
     eventually("hub subscribed", Duration::from_secs(20), || {
         (hub.metric("pleura_hub_mqtt_connected")? == 1).then_some(())

@@ -149,11 +149,7 @@ fn mosquitto_end_to_end_with_a_broker_restart_mid_sync() {
     }
     let tmp = tempfile::tempdir().unwrap();
     // Mosquitto as deployed: TLS, client certificates, the shipped ACL.
-    let pki = tmp.path().join("hub/pki");
-    ca_init(&pki).unwrap();
-    let mut mosq = Mosquitto::with_tls(&tmp.path().join("mosquitto"), &pki).unwrap();
-    mosq.start().unwrap();
-    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::External(mosq.port)).unwrap();
+    let (mut mosq, mut hub) = hub_behind_mosquitto(tmp.path()).unwrap();
     hub.start().unwrap();
     let opts = AgentOptions {
         batch_size: 10,
