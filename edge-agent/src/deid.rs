@@ -12,13 +12,10 @@
 //!   dates to the day, times removed, Patient Identity Removed = YES with method codes
 //!   113100 (+ 113101 when pixels were cleaned), and burned-in text masked.
 
-use std::io::Cursor;
-
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::file::ReadPreamble;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::InMemDicomObject;
 use hmac::{Hmac, Mac};
 use pleura_shared::PseudonymKey;
 use sha2::Sha256;
@@ -75,10 +72,7 @@ const KEEP: &[Tag] = &[
 ];
 
 fn open(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, DeidError> {
-    OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Always)
-        .from_reader(Cursor::new(bytes))
-        .map_err(|e| DeidError::Parse(e.to_string()))
+    pleura_inference::open_dicom(bytes).map_err(|e| DeidError::Parse(e.to_string()))
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -111,6 +105,9 @@ pub fn dicom_date_to_day(d: &str) -> Option<u32> {
 /// "094Y" → "090Y": ages above 89 are one group (PS3.15 E, HIPAA safe harbour).
 pub fn coarsen_age(age: &str) -> Option<String> {
     let a = age.trim();
+    if !a.is_ascii() {
+        return None;
+    }
     let (num, unit) = a.split_at(a.len().checked_sub(1)?);
     let n: u32 = num.parse().ok()?;
     match unit {
@@ -400,6 +397,8 @@ mod tests {
         assert_eq!(coarsen_age("094Y").as_deref(), Some("090Y"));
         assert_eq!(coarsen_age("045Y").as_deref(), Some("045Y"));
         assert_eq!(coarsen_age("x"), None);
+        // a multi-byte last character (fuzzer finding) is not an age, not a panic
+        assert_eq!(coarsen_age("09ÿ"), None);
     }
 
     #[test]

@@ -348,28 +348,33 @@ impl Pki {
         }
     }
 
-    pub fn devices(&self) -> Result<Vec<DeviceRecord>, CaError> {
-        let root = self.dir.join("devices");
+    /// (clinic, device) of every enrolment file, without reading them.
+    fn device_ids(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let Ok(clinics) = std::fs::read_dir(&root) else {
-            return Ok(out);
+        let Ok(clinics) = std::fs::read_dir(self.dir.join("devices")) else {
+            return out;
         };
         for c in clinics.flatten() {
             let Ok(devs) = std::fs::read_dir(c.path()) else {
                 continue;
             };
+            let clinic = c.file_name().to_string_lossy().into_owned();
             for d in devs.flatten() {
-                let p = d.path();
-                if p.extension().is_some_and(|e| e == "json") {
-                    let b = std::fs::read(&p).map_err(io(&p))?;
-                    out.push(serde_json::from_slice(&b).map_err(|e| CaError::Corrupt {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?);
+                let name = d.file_name().to_string_lossy().into_owned();
+                if let Some(device) = name.strip_suffix(".json") {
+                    out.push((clinic.clone(), device.to_string()));
                 }
             }
         }
-        out.sort_by(|a: &DeviceRecord, b| (&a.clinic, &a.device).cmp(&(&b.clinic, &b.device)));
+        out.sort();
+        out
+    }
+
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, CaError> {
+        let mut out = Vec::new();
+        for (clinic, device) in self.device_ids() {
+            out.extend(self.device(&clinic, &device)?);
+        }
         Ok(out)
     }
 
@@ -458,12 +463,13 @@ impl Registry {
         Ok(rec)
     }
 
-    /// Region of every enrolled clinic.
+    /// Region of every enrolled clinic. Lists the enrolment files and reads only those
+    /// changed since the last call (the same mtime cache as `lookup`).
     pub fn regions(&self) -> HashMap<String, String> {
         self.pki
-            .devices()
-            .unwrap_or_default()
+            .device_ids()
             .into_iter()
+            .filter_map(|(clinic, device)| self.lookup(&clinic, &device).ok().flatten())
             .map(|d| (d.clinic, d.region))
             .collect()
     }

@@ -15,8 +15,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::ca::Registry;
 use crate::metrics::Metrics;
-use crate::tls::peer_device;
+use crate::tls::peer_certificate;
+
+/// How often an open connection's certificate is checked against the registry again,
+/// so that revoking a device also closes the connection it already holds.
+pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// Why the gate closed a device's connection. `label` is the metrics reason.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -167,6 +172,7 @@ pub struct Gate {
     pub broker: SocketAddr,
     pub max_packet: usize,
     pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
 }
 
 impl Gate {
@@ -204,7 +210,7 @@ impl Gate {
             .await
             .map_err(|_| ("tls", "TLS handshake timed out".to_string()))?
             .map_err(|e| ("tls", format!("TLS handshake: {e}")))?;
-        let (clinic, device) = peer_device(tls.get_ref().1.peer_certificates())
+        let (clinic, device, serial) = peer_certificate(tls.get_ref().1.peer_certificates())
             .ok_or(("tls", "no device certificate".to_string()))?;
         let scope = Scope::device(&clinic, &device);
         let upstream = TcpStream::connect(self.broker)
@@ -220,9 +226,14 @@ impl Gate {
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 16 * 1024];
         let mut connected = false;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
         let result = loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = recheck.tick() => match self.registry.trusted(&clinic, &device, Some(&serial)) {
+                    Ok(_) => continue,
+                    Err(e) => break Err(("revoked", format!("closing an open connection: {e}"))),
+                },
                 r = dev_rd.read(&mut chunk) => match r {
                     Ok(0) | Err(_) => break Ok(()),
                     Ok(n) => n,

@@ -84,6 +84,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
                 broker: internal,
                 max_packet,
                 metrics: metrics.clone(),
+                registry: reg.clone(),
             });
             tokio::spawn(gate.serve(listener, shutdown.clone()));
             tracing::info!(listen = %cfg.mqtt.listen, %internal, "MQTT gate (TLS, client certificates) and embedded broker started");

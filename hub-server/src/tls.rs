@@ -125,8 +125,14 @@ pub fn acceptor(cfg: ServerConfig) -> TlsAcceptor {
 
 /// The device a verified connection belongs to, from its first certificate.
 pub fn peer_device(certs: Option<&[CertificateDer<'_>]>) -> Option<(String, String)> {
-    match cert_info(certs?.first()?).ok()?.principal {
-        Principal::Device { clinic, device } => Some((clinic, device)),
+    peer_certificate(certs).map(|(clinic, device, _)| (clinic, device))
+}
+
+/// Clinic, device and certificate serial of a verified connection's device certificate.
+pub fn peer_certificate(certs: Option<&[CertificateDer<'_>]>) -> Option<(String, String, String)> {
+    let info = cert_info(certs?.first()?).ok()?;
+    match info.principal {
+        Principal::Device { clinic, device } => Some((clinic, device, info.serial)),
         Principal::Hub => None,
     }
 }

@@ -12,6 +12,7 @@ pub mod preprocess;
 pub mod vgg;
 
 pub use backend::{BackendConfig, BackendKind};
+pub use decode::dicom::{open as open_dicom, OpenDicomError};
 pub use decode::{decode_scan, DecodeError, DecodedScan, Format};
 pub use model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
 pub use pool::{AnalyzeError, InferencePool, PoolConfig, ScanReport};

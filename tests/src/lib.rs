@@ -247,27 +247,41 @@ impl Hub {
 
     /// Enrols a device with this hub's CA; returns its bundle (None for an insecure hub).
     pub fn enroll(&self, clinic: &str, device: &str, region: &str) -> Result<Option<PathBuf>> {
-        let Some(pki) = &self.pki else {
-            return Ok(None);
-        };
         let out = self.dir.join("bundles").join(format!("{clinic}-{device}"));
-        hub_admin(
-            &[
-                "enroll",
-                "--pki-dir",
-                &pki.to_string_lossy(),
-                "--clinic",
-                clinic,
-                "--device",
-                device,
-                "--region",
-                region,
-                "--out",
-                &out.to_string_lossy(),
-            ],
-            None,
+        let out_arg = out.to_string_lossy();
+        let done = self.device_admin(
+            "enroll",
+            clinic,
+            device,
+            &["--region", region, "--out", &out_arg],
         )?;
-        Ok(Some(out))
+        Ok(done.then_some(out))
+    }
+
+    /// `hub-server revoke` of a device enrolled with this hub, while it runs.
+    pub fn revoke(&self, clinic: &str, device: &str) -> Result<()> {
+        self.device_admin("revoke", clinic, device, &[]).map(drop)
+    }
+
+    /// `hub-server <cmd> --pki-dir … --clinic … --device … <extra>`; false for an insecure
+    /// hub (no CA).
+    fn device_admin(&self, cmd: &str, clinic: &str, device: &str, extra: &[&str]) -> Result<bool> {
+        let Some(pki) = &self.pki else {
+            return Ok(false);
+        };
+        let pki = pki.to_string_lossy();
+        let mut args = vec![
+            cmd,
+            "--pki-dir",
+            &pki,
+            "--clinic",
+            clinic,
+            "--device",
+            device,
+        ];
+        args.extend_from_slice(extra);
+        hub_admin(&args, None)?;
+        Ok(true)
     }
 
     /// Default agent options, enrolled with this hub (region "north").

@@ -203,19 +203,7 @@ fn missing_expired_revoked_and_foreign_certificates_are_refused_over_mqtt_and_gr
     upload(Some(&good), "good").unwrap();
     upload(Some(&revoked), "revoked").unwrap();
 
-    hub_admin(
-        &[
-            "revoke",
-            "--pki-dir",
-            &pki.to_string_lossy(),
-            "--clinic",
-            "c1",
-            "--device",
-            "revoked",
-        ],
-        None,
-    )
-    .unwrap();
+    hub.revoke("c1", "revoked").unwrap();
 
     for (what, bundle, device) in [
         ("revoked", &revoked, "revoked"),
@@ -252,6 +240,36 @@ fn missing_expired_revoked_and_foreign_certificates_are_refused_over_mqtt_and_gr
     assert!(gate_refused(&hub, "tls") >= 5);
     // Two uploads (the controls) and nothing else.
     assert_eq!(hub.case_ids().unwrap().len(), 2);
+}
+
+/// Revoking a device also closes the connection it already holds on the gate, within
+/// the gate's re-check period; a device left alone stays connected meanwhile.
+#[test]
+fn revoking_a_connected_device_closes_its_open_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+    let kept = hub.enroll("c1", "kept", "north").unwrap().unwrap();
+    let gone = hub.enroll("c1", "gone", "north").unwrap().unwrap();
+    let window = hub_server::gate::RECHECK * 3;
+    std::thread::scope(|s| {
+        let control = s.spawn(|| {
+            session(
+                device_mqtt(hub.mqtt_port, &kept, "c1", "kept").unwrap(),
+                window,
+                |_| {},
+            )
+        });
+        let (connected, closed) = session(
+            device_mqtt(hub.mqtt_port, &gone, "c1", "gone").unwrap(),
+            window,
+            |_| hub.revoke("c1", "gone").unwrap(),
+        );
+        assert!(connected, "the device never connected");
+        assert!(closed, "connection still open {window:?} after revocation");
+        assert_eq!(control.join().unwrap(), (true, false), "control device");
+    });
+    assert_eq!(gate_refused(&hub, "revoked"), 1);
 }
 
 #[test]

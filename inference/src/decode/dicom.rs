@@ -1,20 +1,36 @@
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
-use dicom_object::OpenFileOptions;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, PixelDecoder};
 
+use super::dicom_bounds::{self, BoundsError};
 use super::{DecodeError, Format, FrameSink};
 use crate::preprocess::GrayFrame;
 
 const F: Format = Format::Dicom;
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenDicomError {
+    #[error(transparent)]
+    Bounds(#[from] BoundsError),
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Parses a whole DICOM file (preamble included) held in memory. Every declared length
+/// is checked against the bytes first, so parsing allocates no more than the file holds.
+pub fn open(bytes: &[u8]) -> Result<DefaultDicomObject, OpenDicomError> {
+    dicom_bounds::check(bytes)?;
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(std::io::Cursor::new(bytes))
+        .map_err(|e| OpenDicomError::Parse(e.to_string()))
+}
+
 /// DICOM single- or multi-frame (ultrasound multi-frame is the common case). Colour
 /// frames go through the same BT.601 luma as images; monochrome is scaled to 8 bits.
 pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeError> {
-    let obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Always)
-        .from_reader(std::io::Cursor::new(bytes))
-        .map_err(|e| DecodeError::corrupt(F, e))?;
+    let obj = open(bytes).map_err(|e| DecodeError::corrupt(F, e))?;
     if obj.element(tags::PIXEL_DATA).is_err() {
         return Err(DecodeError::unsupported(
             F,
@@ -34,9 +50,14 @@ pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeErr
             sink.skip();
             continue;
         }
-        let px = obj
-            .decode_pixel_data_frame(i as u32)
-            .map_err(|e| DecodeError::unsupported(F, format!("frame {i}: {e}")))?;
+        // dicom-rs's RLE and JPEG decoders index past the frame on a segment or image that
+        // does not fit Rows × Columns instead of failing (fuzzer findings 2 and 6,
+        // docs/FUZZING.md): a panic there is a corrupt file, not a dead agent.
+        let px = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            obj.decode_pixel_data_frame(i as u32)
+        }))
+        .map_err(|_| DecodeError::corrupt(F, format!("frame {i}: the pixel decoder failed")))?
+        .map_err(|e| DecodeError::unsupported(F, format!("frame {i}: {e}")))?;
         let (w, h) = (px.columns() as usize, px.rows() as usize);
         let data: Vec<u8> = px
             .to_vec_frame_with_options(0, &opts)

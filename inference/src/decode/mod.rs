@@ -4,9 +4,11 @@
 //! exports a JPEG as `.dcm` still gets the right decoder, and anything unknown gets an
 //! error that names what was found and what is supported.
 
-mod dicom;
+pub mod dicom;
+pub mod dicom_bounds;
 mod gif;
 mod mp4;
+pub mod mp4_bounds;
 mod still;
 
 use std::fmt;

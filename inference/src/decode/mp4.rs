@@ -11,6 +11,7 @@ const F: Format = Format::Mp4;
 /// MP4/MOV with H.264 video: demux with `mp4`, decode with OpenH264 (compiled from source,
 /// no system codec), keep the luma plane as the gray image.
 pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeError> {
+    super::mp4_bounds::check(bytes).map_err(|e| DecodeError::corrupt(F, e))?;
     let mut reader = mp4::Mp4Reader::read_header(Cursor::new(bytes), bytes.len() as u64)
         .map_err(|e| DecodeError::corrupt(F, e))?;
     let track = reader

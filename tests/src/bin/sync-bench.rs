@@ -7,6 +7,8 @@
 //!    (external Mosquitto) has committed and acknowledged all and the agent's queue
 //!    is empty. Traffic passes a counting TCP proxy for bytes on the wire.
 //! 3. The agent's RSS idle and its peak during the drain.
+//! 4. The price of security: the same drain with mTLS and signed batches against the
+//!    same broker in plaintext (embedded broker behind its TLS gate; Mosquitto with TLS).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -28,18 +30,87 @@ fn main() -> Result<()> {
     let raw = baseline(mosq.port, BATCH)?;
     println!("baseline  mosquitto pub/sub, QoS 1, the same {N} results in {BATCH}-result messages: {raw:.3} s = {:.0} results/s", N as f64 / raw);
 
-    // Plaintext and unsigned on both sides, so the ratio compares like with like; the
-    // cost of TLS and signatures is not measured here yet.
-    let mut hub = Hub::new_insecure(&tmp.path().join("hub"), Broker::External(mosq.port))?;
+    // Plaintext and unsigned on both sides, so the ratio to Mosquitto compares like
+    // with like.
+    let hub = Hub::new_insecure(&tmp.path().join("hub"), Broker::External(mosq.port))?;
+    let plain = drain(hub, &tmp.path().join("agent"))?;
+    plain.print("plaintext, external Mosquitto");
+    println!("ratio     hub durable ingest (results/s) / mosquitto raw message rate (one-result messages/s) = {:.2}", single / plain.ingest);
+    println!(
+        "ratio     hub durable ingest / mosquitto moving the same {BATCH}-result batches = {:.3}",
+        raw / plain.ingest
+    );
+
+    // The price of security on each broker: mTLS (+ the gate in front of the embedded
+    // broker) and Ed25519-signed batches, against the same broker in plaintext.
+    let hub = Hub::new_insecure(&tmp.path().join("hub-e"), Broker::Embedded)?;
+    let emb_plain = drain(hub, &tmp.path().join("agent-e"))?;
+    emb_plain.print("plaintext, embedded broker");
+    let hub = Hub::new(&tmp.path().join("hub-et"), Broker::Embedded)?;
+    let emb_tls = drain(hub, &tmp.path().join("agent-et"))?;
+    emb_tls.print("mTLS + gate + signatures, embedded broker");
+    let (_tls_mosq, hub) = hub_behind_mosquitto(&tmp.path().join("mt"))?;
+    let mosq_tls = drain(hub, &tmp.path().join("agent-mt"))?;
+    mosq_tls.print("mTLS + signatures, external Mosquitto (TLS, ACL)");
+    for (name, secure, base) in [
+        ("embedded broker", &emb_tls, &emb_plain),
+        ("external Mosquitto", &mosq_tls, &plain),
+    ] {
+        println!(
+            "ratio     secure / plaintext, {name}: ingest rate {:.2}, backlog drain time {:.2}, bytes on the wire {:.2}",
+            base.ingest / secure.ingest,
+            secure.drain / base.drain,
+            secure.wire_per_result() / base.wire_per_result()
+        );
+    }
+    Ok(())
+}
+
+struct Drain {
+    /// Agent start → all committed at the hub and acknowledged, seconds.
+    drain: f64,
+    /// Hub's first to last commit, seconds.
+    ingest: f64,
+    up: u64,
+    down: u64,
+    peak_kib: u64,
+    idle_kib: u64,
+}
+
+impl Drain {
+    fn wire_per_result(&self) -> f64 {
+        (self.up + self.down) as f64 / N as f64
+    }
+
+    fn print(&self, what: &str) {
+        println!("pleura    [{what}] backlog of {N} drained (agent start → all committed at hub and acked): {:.2} s = {:.0} results/s", self.drain, N as f64 / self.drain);
+        println!(
+            "hub       [{what}] durable ingest, first to last commit: {:.2} s = {:.0} results/s",
+            self.ingest,
+            N as f64 / self.ingest
+        );
+        println!("wire      [{what}] agent → broker {:.0} bytes/result, broker → agent (acks) {:.0} bytes/result, total {:.0}",
+            self.up as f64 / N as f64, self.down as f64 / N as f64, self.wire_per_result());
+        println!(
+            "memory    [{what}] agent RSS peak during sync {:.1} MiB, idle after {:.1} MiB",
+            self.peak_kib as f64 / 1024.0,
+            self.idle_kib as f64 / 1024.0
+        );
+    }
+}
+
+/// Starts `hub`, then an agent with an N-result backlog that reaches the hub's broker
+/// (embedded or external) through a counting proxy, and times the drain.
+fn drain(mut hub: Hub, agent_dir: &std::path::Path) -> Result<Drain> {
     hub.start()?;
-    let proxy = CountingProxy::start(mosq.port, false)?;
+    let proxy = CountingProxy::start(hub.mqtt_port, false)?;
     let mut agent = Agent::new(
-        &tmp.path().join("agent"),
+        agent_dir,
         proxy.port,
         AgentOptions {
             batch_size: BATCH,
             max_in_flight: 1000,
-            ..Default::default()
+            ..hub.agent_options()
         },
     )?;
     agent.fill(N)?;
@@ -71,33 +142,18 @@ fn main() -> Result<()> {
     });
     let drain = t0.elapsed().as_secs_f64();
     let ingest = (last - first.unwrap_or(t0)).as_secs_f64().max(0.001);
-    let at_hub = hub.case_ids()?.len();
-    let peak = rss_kib(pid, "VmHWM:");
+    anyhow::ensure!(!hub.case_ids()?.is_empty(), "hub holds no cases");
+    let peak_kib = rss_kib(pid, "VmHWM:");
     std::thread::sleep(Duration::from_secs(3));
-    let idle = rss_kib(pid, "VmRSS:");
-    let (up, down) = (
-        proxy.up.load(Ordering::Relaxed),
-        proxy.down.load(Ordering::Relaxed),
-    );
-
-    println!("pleura    backlog of {N} drained (agent start → all committed at hub and acked): {drain:.2} s = {:.0} results/s; hub holds {at_hub}", N as f64 / drain);
-    println!(
-        "hub       durable ingest, first to last commit: {ingest:.2} s = {:.0} results/s",
-        N as f64 / ingest
-    );
-    println!("ratio     hub durable ingest (results/s) / mosquitto raw message rate (one-result messages/s) = {:.2}", single / ingest);
-    println!(
-        "ratio     hub durable ingest / mosquitto moving the same {BATCH}-result batches = {:.3}",
-        raw / ingest
-    );
-    println!("wire      agent → broker {:.0} bytes/result, broker → agent (acks) {:.0} bytes/result, total {:.0}",
-        up as f64 / N as f64, down as f64 / N as f64, (up + down) as f64 / N as f64);
-    println!(
-        "memory    agent RSS peak during sync {:.1} MiB, idle after {:.1} MiB",
-        peak as f64 / 1024.0,
-        idle as f64 / 1024.0
-    );
-    Ok(())
+    let idle_kib = rss_kib(pid, "VmRSS:");
+    Ok(Drain {
+        drain,
+        ingest,
+        up: proxy.up.load(Ordering::Relaxed),
+        down: proxy.down.load(Ordering::Relaxed),
+        peak_kib,
+        idle_kib,
+    })
 }
 
 /// Publishes the same payloads through Mosquitto to a subscriber; seconds until all arrived.
