@@ -260,7 +260,9 @@ impl Hub {
 
     /// `hub-server revoke` of a device enrolled with this hub, while it runs.
     pub fn revoke(&self, clinic: &str, device: &str) -> Result<()> {
-        self.device_admin("revoke", clinic, device, &[]).map(drop)
+        let done = self.device_admin("revoke", clinic, device, &[])?;
+        anyhow::ensure!(done, "an insecure-plaintext hub has no CA to revoke from");
+        Ok(())
     }
 
     /// `hub-server <cmd> --pki-dir … --clinic … --device … <extra>`; false for an insecure

@@ -121,11 +121,20 @@ impl Syntax {
     };
 }
 
-/// The walk ran into the end of the bytes (or a break dicom-rs reports itself): stop,
-/// nothing beyond it can be allocated.
-struct Stop;
+/// Why the walk stops early: the bytes ended (or broke in a way dicom-rs reports
+/// itself), so nothing beyond can be allocated; or a refusal.
+enum Halt {
+    End,
+    Refused(BoundsError),
+}
 
-type Step = Result<Result<(), Stop>, BoundsError>;
+impl From<BoundsError> for Halt {
+    fn from(e: BoundsError) -> Self {
+        Halt::Refused(e)
+    }
+}
+
+type Step = Result<(), Halt>;
 
 struct Header {
     tag: Tag,
@@ -150,23 +159,25 @@ impl<'a> Walker<'a> {
         self.b.len().saturating_sub(self.pos)
     }
 
+    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let s = self.b.get(self.pos..self.pos + N)?.try_into().ok()?;
+        self.pos += N;
+        Some(s)
+    }
+
     fn u16(&mut self) -> Option<u16> {
-        let s: [u8; 2] = self.b.get(self.pos..self.pos + 2)?.try_into().ok()?;
-        self.pos += 2;
-        Some(if self.syntax.big_endian {
-            u16::from_be_bytes(s)
-        } else {
-            u16::from_le_bytes(s)
+        let s = self.bytes()?;
+        Some(match self.syntax.big_endian {
+            true => u16::from_be_bytes(s),
+            false => u16::from_le_bytes(s),
         })
     }
 
     fn u32(&mut self) -> Option<u32> {
-        let s: [u8; 4] = self.b.get(self.pos..self.pos + 4)?.try_into().ok()?;
-        self.pos += 4;
-        Some(if self.syntax.big_endian {
-            u32::from_be_bytes(s)
-        } else {
-            u32::from_le_bytes(s)
+        let s = self.bytes()?;
+        Some(match self.syntax.big_endian {
+            true => u32::from_be_bytes(s),
+            false => u32::from_le_bytes(s),
         })
     }
 
@@ -188,9 +199,7 @@ impl<'a> Walker<'a> {
             });
         }
         let (vr, len) = if self.syntax.explicit_vr {
-            let code: [u8; 2] = self.b.get(self.pos..self.pos + 2)?.try_into().ok()?;
-            self.pos += 2;
-            let vr = VR::from_binary(code).unwrap_or(VR::UN);
+            let vr = VR::from_binary(self.bytes()?).unwrap_or(VR::UN);
             let len = if short_length(vr) {
                 u32::from(self.u16()?)
             } else {
@@ -267,8 +276,9 @@ impl<'a> Walker<'a> {
     }
 
     fn data_set(&mut self) -> Result<(), BoundsError> {
-        match self.elements(None, 0)? {
-            Ok(()) | Err(Stop) => Ok(()),
+        match self.elements(None, 0) {
+            Ok(()) | Err(Halt::End) => Ok(()),
+            Err(Halt::Refused(e)) => Err(e),
         }
     }
 
@@ -277,33 +287,25 @@ impl<'a> Walker<'a> {
     fn elements(&mut self, end: Option<usize>, depth: usize) -> Step {
         loop {
             if end.is_some_and(|e| self.pos >= e) {
-                return Ok(Ok(()));
+                return Ok(());
             }
-            let Some(h) = self.header() else {
-                return Ok(Err(Stop));
-            };
+            let h = self.header().ok_or(Halt::End)?;
             if h.tag == ITEM_END {
                 if depth == 0 {
                     continue; // dicom-rs ignores a stray one at the top level
                 }
-                return Ok(Ok(()));
+                return Ok(());
             }
             if h.len == UNDEFINED {
-                let nested = if h.tag == PIXEL_DATA {
-                    self.fragments()?
+                if h.tag == PIXEL_DATA {
+                    self.fragments()?;
                 } else {
                     // SQ, or any other undefined-length element: read as a sequence
-                    self.items(None, depth + 1)?
-                };
-                if nested.is_err() {
-                    return Ok(Err(Stop));
+                    self.items(None, depth + 1)?;
                 }
             } else if h.vr == VR::SQ {
                 self.fits(&h)?;
-                let end = self.pos + h.len as usize;
-                if self.items(Some(end), depth + 1)?.is_err() {
-                    return Ok(Err(Stop));
-                }
+                self.items(Some(self.pos + h.len as usize), depth + 1)?;
             } else {
                 whole_values(&h)?;
                 self.skip(&h)?;
@@ -314,38 +316,22 @@ impl<'a> Walker<'a> {
     /// The items of a sequence, up to `end` or a sequence delimiter.
     fn items(&mut self, end: Option<usize>, depth: usize) -> Step {
         if depth > MAX_DEPTH {
-            return Err(BoundsError::TooDeep { offset: self.pos });
+            return Err(BoundsError::TooDeep { offset: self.pos }.into());
         }
         loop {
             if end.is_some_and(|e| self.pos >= e) {
-                return Ok(Ok(()));
+                return Ok(());
             }
-            let at = self.pos;
-            let (Some(tag), Some(len)) = (self.tag(), self.u32()) else {
-                return Ok(Err(Stop));
-            };
-            let h = Header {
-                tag,
-                vr: VR::UN,
-                len,
-                at,
-            };
-            match tag {
-                SEQUENCE_END => return Ok(Ok(())),
+            let h = self.header().ok_or(Halt::End)?;
+            match h.tag {
+                SEQUENCE_END => return Ok(()),
                 ITEM_END => continue,
-                ITEM if len == UNDEFINED => {
-                    if self.elements(None, depth)?.is_err() {
-                        return Ok(Err(Stop));
-                    }
-                }
+                ITEM if h.len == UNDEFINED => self.elements(None, depth)?,
                 ITEM => {
                     self.fits(&h)?;
-                    let item_end = self.pos + len as usize;
-                    if self.elements(Some(item_end), depth)?.is_err() {
-                        return Ok(Err(Stop));
-                    }
+                    self.elements(Some(self.pos + h.len as usize), depth)?;
                 }
-                _ => return Ok(Err(Stop)), // dicom-rs refuses a non-item here
+                _ => return Err(Halt::End), // dicom-rs refuses a non-item here
             }
         }
     }
@@ -354,13 +340,11 @@ impl<'a> Walker<'a> {
     /// defined length, up to a sequence delimiter.
     fn fragments(&mut self) -> Step {
         loop {
-            let Some(h) = self.header() else {
-                return Ok(Err(Stop));
-            };
+            let h = self.header().ok_or(Halt::End)?;
             match h.tag {
-                SEQUENCE_END => return Ok(Ok(())),
+                SEQUENCE_END => return Ok(()),
                 ITEM if h.len != UNDEFINED => self.skip(&h)?,
-                _ => return Ok(Err(Stop)),
+                _ => return Err(Halt::End),
             }
         }
     }
