@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use edge_agent::config::{EdgeConfig, HubLink, InferenceSettings, SyncSettings, TlsFiles};
+use edge_agent::config::{
+    EdgeConfig, HubLink, InferenceSettings, IntakeSettings, SyncSettings, TlsFiles,
+};
 use hub_server::auth::Role;
 use hub_server::config::{HubConfig, MqttConfig, SecurityConfig};
 use pleura_proto::v1::hub_client::HubClient;
@@ -64,6 +66,7 @@ fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConfig {
             poll_ms: 200,
             ..InferenceSettings::default()
         },
+        intake: IntakeSettings::default(),
     }
 }
 
@@ -316,7 +319,8 @@ async fn main() -> Result<()> {
         );
     }
     println!(
-        "  every access above is in the hash-chained audit log {}",
+        "  every access above, refused ones included, is in the keyed audit log {} \
+         (checked by `hub-server audit verify`)",
         root.join("hub/audit.log").display()
     );
     println!("\nPatients appear only as keyed pseudonyms; the key stays in each clinic.");

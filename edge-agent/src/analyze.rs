@@ -17,11 +17,15 @@ pub struct AnalyzeArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Larger files are refused unread (default 512 MiB, as the daemon's intake.max_scan_bytes).
+    #[arg(long, default_value_t = pleura_inference::decode::file::DEFAULT_MAX_SCAN_BYTES)]
+    pub max_scan_bytes: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 /// Files under `inputs`, folders walked recursively in name order. Hidden files skipped.
+/// Links are listed, not followed (reading them fails by name), so a link loop ends.
 pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -34,7 +38,7 @@ pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .collect();
         entries.sort();
         for e in entries {
-            if e.is_dir() {
+            if e.symlink_metadata().is_ok_and(|m| m.is_dir()) {
                 walk(&e, out)?;
             } else {
                 out.push(e);
@@ -44,7 +48,7 @@ pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     let mut out = Vec::new();
     for p in inputs {
-        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        let meta = std::fs::symlink_metadata(p).with_context(|| format!("{}", p.display()))?;
         if meta.is_dir() {
             walk(p, &mut out)?;
         } else {
@@ -59,6 +63,7 @@ pub fn analyze_files(
     pool: &InferencePool,
     files: &[PathBuf],
     parallel: usize,
+    max_scan_bytes: u64,
 ) -> Vec<Result<ScanReport>> {
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<ScanReport>>> = (0..files.len()).map(|_| None).collect();
@@ -69,7 +74,7 @@ pub fn analyze_files(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(path) = files.get(i) else { break };
-                let r = analyze_one(pool, path);
+                let r = analyze_one(pool, path, max_scan_bytes);
                 if let Ok(mut slot) = slots[i].lock() {
                     **slot = Some(r);
                 }
@@ -83,8 +88,9 @@ pub fn analyze_files(
         .collect()
 }
 
-fn analyze_one(pool: &InferencePool, path: &Path) -> Result<ScanReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn analyze_one(pool: &InferencePool, path: &Path, max_scan_bytes: u64) -> Result<ScanReport> {
+    let bytes = pleura_inference::decode::file::read_scan(path, max_scan_bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(pool.analyze(bytes)?)
 }
 
@@ -94,10 +100,12 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     let pool = crate::engine::start_pool(&args.engine, &model)?;
     let files = collect_files(&args.inputs)?;
     let mut failed = 0;
-    for (path, result) in files
-        .iter()
-        .zip(analyze_files(&pool, &files, args.engine.workers))
-    {
+    for (path, result) in files.iter().zip(analyze_files(
+        &pool,
+        &files,
+        args.engine.workers,
+        args.max_scan_bytes,
+    )) {
         match result {
             Ok(report) if args.json => {
                 let mut v = serde_json::to_value(&report)?;

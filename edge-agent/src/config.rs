@@ -30,6 +30,34 @@ pub struct EdgeConfig {
     pub sync: SyncSettings,
     #[serde(default)]
     pub inference: InferenceSettings,
+    #[serde(default)]
+    pub intake: IntakeSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeSettings {
+    /// Largest scan file read; larger ones go to rejected/ unread.
+    pub max_scan_bytes: u64,
+    /// Analyses of one file that may fail or be cut short (crash, OOM kill) before it
+    /// goes to rejected/. Counted on disk, so restarts count too.
+    pub max_attempts: u32,
+    /// Longest one scan may be in analysis (seconds); past it the agent stops waiting,
+    /// the attempt counts against the file, and the next scan is taken.
+    pub max_analysis_s: u64,
+    /// Log inbox paths (they name patients). Local debugging only; off by default.
+    pub log_paths: bool,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            max_scan_bytes: pleura_inference::decode::file::DEFAULT_MAX_SCAN_BYTES,
+            max_attempts: 3,
+            max_analysis_s: 300,
+            log_paths: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +230,12 @@ impl EdgeConfig {
         if self.inference.workers == 0 || self.inference.poll_ms == 0 {
             return inv("inference.workers and inference.poll_ms must be positive".into());
         }
+        if self.intake.max_scan_bytes == 0 || self.intake.max_attempts == 0 {
+            return inv("intake.max_scan_bytes and intake.max_attempts must be positive".into());
+        }
+        if self.intake.max_analysis_s == 0 {
+            return inv("intake.max_analysis_s must be positive".into());
+        }
         Ok(())
     }
 
@@ -215,6 +249,11 @@ impl EdgeConfig {
 
     pub fn status_file(&self) -> PathBuf {
         self.data_dir.join("status.json")
+    }
+
+    /// Analysis attempts per inbox file, kept across restarts.
+    pub fn attempts_file(&self) -> PathBuf {
+        self.data_dir.join("intake-attempts.json")
     }
 
     pub fn example() -> String {
@@ -247,7 +286,18 @@ impl EdgeConfig {
          model = \"models/lusnet-s.onnx\"\n\
          backend = \"tract\"   # or \"onnxruntime\" with onnxruntime_library = \"/path/libonnxruntime.so\"\n\
          workers = 1\n\
-         poll_ms = 500\n"
+         poll_ms = 500\n\n\
+         [intake]\n\
+         # Larger scan files go to rejected/ unread (512 MiB).\n\
+         max_scan_bytes = 536870912\n\
+         # A file whose analysis fails or is cut short (crash, out of memory) this many\n\
+         # times goes to rejected/ with an alarm. Waiting for queue or disk space does not count.\n\
+         max_attempts = 3\n\
+         # A scan still in analysis after this many seconds is given up (counts as a\n\
+         # failed attempt) so one file cannot stall the inbox; status alarms while one is slow.\n\
+         max_analysis_s = 300\n\
+         # Log inbox file and folder names. They name patients: local debugging only.\n\
+         log_paths = false\n"
             .to_string()
     }
 }
@@ -266,6 +316,19 @@ mod tests {
     fn example_parses_and_bad_values_are_named() {
         let cfg: EdgeConfig = toml::from_str(&EdgeConfig::example()).unwrap();
         cfg.validate().unwrap();
+        // The printed example states the defaults.
+        let d = IntakeSettings::default();
+        assert_eq!(cfg.intake.max_scan_bytes, d.max_scan_bytes);
+        assert_eq!(cfg.intake.max_attempts, d.max_attempts);
+        assert_eq!(cfg.intake.max_analysis_s, d.max_analysis_s);
+        assert!(!cfg.intake.log_paths && !d.log_paths);
+        let mut bad = cfg.clone();
+        bad.intake.max_attempts = 0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_attempts"));
         let mut bad = cfg.clone();
         bad.clinic = "Clinic A".into();
         assert!(bad.validate().unwrap_err().to_string().contains("clinic"));

@@ -15,15 +15,80 @@ use crate::outbox::{Outbox, SledOutbox};
 use crate::status::{self, Shared};
 use crate::sync::SyncWorker;
 
-/// Loads the clinic's pseudonym secret, creating it (mode 0600) on first start.
+/// The pseudonym key is missing but the data folder shows one existed: starting would
+/// mint a new key and change every patient's pseudonym. `edge-agent run` exits with
+/// the configuration-error status (64) on it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pseudonym key {key} is missing, but {evidence} shows this agent already made results with one; \
+     restore the key from the clinic's backup (a new key would give every patient new pseudonyms). \
+     Only on a deliberately reset installation: remove {marker} to start with a new key"
+)]
+pub struct MissingKey {
+    pub key: String,
+    pub evidence: String,
+    pub marker: String,
+}
+
+/// Written next to the data when a key is created: its presence without the key
+/// means the key was lost (or moved away), not that this is a first start.
+pub fn key_marker(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("pseudonym-key.created")
+}
+
+/// Signs in `data_dir` that a pseudonym key was in use before.
+fn key_evidence(data_dir: &Path) -> Option<String> {
+    let marker = key_marker(data_dir);
+    if marker.symlink_metadata().is_ok() {
+        return Some(marker.display().to_string());
+    }
+    let non_empty = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+    for sub in ["outbox.sled", "processed"] {
+        let p = data_dir.join(sub);
+        if non_empty(&p) {
+            return Some(p.display().to_string());
+        }
+    }
+    None
+}
+
+/// Loads the clinic's pseudonym secret, creating it (mode 0600) on first start. A
+/// missing key is only created when its folder (the data folder, by default) shows no
+/// sign of an earlier one. For commands that know only the key's path (`deidentify`).
 pub fn load_or_create_key(path: &Path) -> Result<PseudonymKey> {
-    if path.exists() {
+    load_or_create_key_in(path, path.parent())
+}
+
+/// `load_or_create_key`, with the data folder whose contents show an earlier key.
+pub fn load_or_create_key_in(path: &Path, data_dir: Option<&Path>) -> Result<PseudonymKey> {
+    if path.symlink_metadata().is_ok() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        return PseudonymKey::new(bytes).with_context(|| format!("key file {}", path.display()));
+        let key =
+            PseudonymKey::new(bytes).with_context(|| format!("key file {}", path.display()))?;
+        if let Some(d) = data_dir {
+            // Installations from before the marker get one now.
+            let m = key_marker(d);
+            if m.symlink_metadata().is_err() {
+                write_marker(&m)?;
+            }
+        }
+        return Ok(key);
+    }
+    if let Some(evidence) = data_dir.and_then(key_evidence) {
+        return Err(MissingKey {
+            key: path.display().to_string(),
+            evidence,
+            marker: data_dir
+                .map(key_marker)
+                .unwrap_or_default()
+                .display()
+                .to_string(),
+        }
+        .into());
     }
     let key = PseudonymKey::generate();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::intake::private_dir(dir)?;
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -35,23 +100,108 @@ pub fn load_or_create_key(path: &Path) -> Result<PseudonymKey> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(key.as_bytes())?;
     f.sync_all()?;
+    if let Some(d) = data_dir {
+        write_marker(&key_marker(d))?;
+    }
     tracing::info!(path = %path.display(), "created a new pseudonym key; back it up inside the clinic");
     Ok(key)
 }
 
+fn write_marker(m: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(m)
+        .with_context(|| format!("creating {}", m.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Removes group and other permissions from everything under `data_dir`, so case data
+/// written by an older version or under a looser umask is closed off at start. The
+/// inbox is left alone if it lies inside (the exporting device writes there), and the
+/// folders above it keep only their search bit. Links are not followed. Returns how
+/// many entries were changed.
+pub fn tighten(data_dir: &Path, inbox: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = 0;
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p == inbox {
+            continue;
+        }
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        // Folders on the way to an inbox inside the data folder keep their search bit
+        // (x, not r): the exporting device must still reach the inbox.
+        let keep = if meta.is_dir() && inbox.starts_with(&p) {
+            0o711
+        } else {
+            0o700
+        };
+        if mode & 0o077 & !keep != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & keep))?;
+            changed += 1;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// The pseudonym key may live outside the data folder: 0600 wherever it is.
+fn tighten_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn open_outbox(cfg: &EdgeConfig) -> Result<SledOutbox> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    crate::intake::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     SledOutbox::open(&cfg.data_dir, cfg.quota_bytes)
         .with_context(|| format!("opening the outbox in {}", cfg.data_dir.display()))
 }
 
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
-    for d in [&cfg.inbox, &cfg.data_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    // The inbox is shared with the exporting device; its mode is the installer's choice.
+    std::fs::create_dir_all(&cfg.inbox)
+        .with_context(|| format!("creating {}", cfg.inbox.display()))?;
+    for d in [
+        cfg.data_dir.clone(),
+        cfg.processed_dir(),
+        cfg.rejected_dir(),
+    ] {
+        crate::intake::private_dir(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let _lock = crate::lock::DirLock::take(&cfg.data_dir, Duration::from_secs(10))?;
-    let key = load_or_create_key(&cfg.pseudonym_key_file)?;
+    let key = load_or_create_key_in(&cfg.pseudonym_key_file, Some(&cfg.data_dir))?;
+    let loosened = tighten(&cfg.data_dir, &cfg.inbox)
+        .with_context(|| format!("restricting {} to the agent", cfg.data_dir.display()))?;
+    tighten_file(&cfg.pseudonym_key_file)?;
+    if loosened > 0 {
+        tracing::warn!(
+            entries = loosened,
+            "data folder entries were readable by other users; restricted to the agent"
+        );
+    }
     // Before any scan is taken in: a wrong bundle must stop the agent, not strand results.
     let creds = crate::credentials::Credentials::load(&cfg).context("loading the [tls] bundle")?;
     backend::init(&BackendConfig {
@@ -90,6 +240,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         key,
         status: shared.clone(),
         queued: queued.clone(),
+        abandoned: Arc::default(),
     };
     tracker.spawn(intake.run(shutdown.clone()));
     let sync = SyncWorker {
@@ -108,7 +259,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     let status_path = cfg.status_file();
     tracker.spawn(status_writer(outbox, shared, status_path, shutdown.clone()));
     tracker.close();
-    tracing::info!(clinic = %cfg.clinic, device = %cfg.device, inbox = %cfg.inbox.display(), "agent running");
+    tracing::info!(clinic = %cfg.clinic, device = %cfg.device, "agent running");
     shutdown.cancelled().await;
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
         .await

@@ -3,13 +3,31 @@
 //! `processed/` (or to `rejected/` with a reason file). A crash at any point leaves
 //! the scan in the inbox or its result in the outbox; the result id is derived from
 //! the file's content, so analysing it again cannot create a second result.
+//!
+//! The inbox is written by another machine, so every entry is untrusted: links, FIFOs,
+//! devices, sockets and oversized files are set aside unread with a reason, one bad
+//! entry never stops the others, and a file that keeps failing (or keeps taking the
+//! agent down) goes to `rejected/` after `intake.max_attempts`. Logs name an entry by
+//! a keyed digest of its path (`scan`) and its zone, never by its path: folder names
+//! are patient identifiers.
 
-use std::collections::HashMap;
+mod attempts;
+mod inbox;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pleura_inference::{InferencePool, ScanReport};
+use hmac::{Hmac, Mac};
+use pleura_inference::decode::file::{self as scan_file, ReadScanError};
+use pleura_inference::{AnalyzeError, InferencePool, ScanReport};
 use pleura_shared::record::is_zone;
 use pleura_shared::{PseudonymKey, ResultId, ScanRecord};
 use sha2::{Digest, Sha256};
@@ -18,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::EdgeConfig;
 use crate::outbox::{Outbox, OutboxError};
 use crate::status::{now_ms, Shared};
+use attempts::Attempts;
+use inbox::{list_inbox, open_place, Entry, FileId, Place, PlaceError};
 
 pub struct Intake {
     pub cfg: EdgeConfig,
@@ -27,6 +47,52 @@ pub struct Intake {
     pub status: Arc<Shared>,
     /// Wakes the sync worker when something new is queued.
     pub queued: Arc<tokio::sync::Notify>,
+    /// Analyses given up after `intake.max_analysis_s` that still hold a pool worker
+    /// (a pool job cannot be cancelled). New scans wait while they hold every worker.
+    pub abandoned: Arc<AtomicUsize>,
+}
+
+/// How long a scan may be in analysis before status raises an alarm naming it.
+const SLOW_ALARM_AFTER: Duration = Duration::from_secs(30);
+/// Status is refreshed this often while a scan is in analysis.
+const ANALYSIS_TICK: Duration = Duration::from_secs(1);
+const SLOW_ALARM: &str = "scan ";
+
+/// What waiting for an analysis with a deadline came to.
+pub(crate) enum Waited<F: Future> {
+    Done(F::Output),
+    /// Past the deadline: the job, still running, is handed back (to be detached).
+    TimedOut(Pin<Box<F>>),
+}
+
+/// Waits for `job` at most `max`, calling `on_tick` with the time spent every `tick`
+/// meanwhile (so status is honest while it runs, not only at the end of a round).
+pub(crate) async fn wait_with_deadline<F: Future>(
+    mut job: Pin<Box<F>>,
+    max: Duration,
+    tick: Duration,
+    mut on_tick: impl FnMut(Duration),
+) -> Waited<F> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let left = max.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Waited::TimedOut(job);
+        }
+        tokio::select! {
+            biased;
+            out = &mut job => return Waited::Done(out),
+            _ = tokio::time::sleep(tick.min(left)) => on_tick(start.elapsed()),
+        }
+    }
+}
+
+/// The inbox folder, opened once per pass: every entry is opened and moved relative to it.
+fn open_inbox(inbox: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(inbox)
 }
 
 /// Content-derived result id: the same scan re-analysed after a crash keeps its id.
@@ -49,6 +115,19 @@ pub fn zone_from_name(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A keyed digest of an entry's path below the inbox: how logs, status and the
+/// attempts file name it (a plain hash of a folder named by an MRN could be reversed).
+pub fn entry_ref(key: &PseudonymKey, inbox: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(inbox).unwrap_or(path);
+    // HMAC accepts keys of any length.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()) else {
+        unreachable!("HMAC-SHA256 takes keys of any length")
+    };
+    mac.update(b"pleura-inbox-entry-v1\0");
+    mac.update(rel.as_os_str().as_encoded_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
 fn day_of(t: SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| (d.as_secs() / 86_400) as u32)
@@ -59,7 +138,8 @@ impl Intake {
     pub fn build_record(
         &self,
         path: &Path,
-        bytes: &[u8],
+        id: ResultId,
+        dicom: crate::deid::DicomIdentity,
         report: &ScanReport,
         modified: SystemTime,
     ) -> ScanRecord {
@@ -71,12 +151,8 @@ impl Intake {
             .map(|n| self.key.pseudonym(&n.to_string_lossy()));
         // A DICOM header names the patient and the study day better than the folder
         // and the file time; only the pseudonym and the day are kept.
-        let dicom = (report.format == pleura_inference::Format::Dicom)
-            .then(|| crate::deid::dicom_identity(bytes, &self.key).ok())
-            .flatten()
-            .unwrap_or_default();
         ScanRecord {
-            id: result_id(&self.cfg.clinic, &self.cfg.device, bytes),
+            id,
             clinic: self.cfg.clinic.clone(),
             device: self.cfg.device.clone(),
             patient_key: dicom.patient_key.or(patient),
@@ -90,52 +166,84 @@ impl Intake {
         }
     }
 
+    /// A keyed digest of the entry's place in the inbox: names it in logs and in the
+    /// attempts file without naming the patient.
+    pub fn scan_ref(&self, path: &Path) -> String {
+        entry_ref(&self.key, &self.cfg.inbox, path)
+    }
+
+    /// The path for a log line: only with `intake.log_paths`.
+    fn shown(&self, path: &Path) -> String {
+        if self.cfg.intake.log_paths {
+            path.display().to_string()
+        } else {
+            "-".into()
+        }
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempts = Attempts::load(self.cfg.attempts_file());
         let mut seen: HashMap<PathBuf, (u64, SystemTime)> = HashMap::new();
+        // Consecutive rounds in which an entry could be neither analysed nor set aside.
+        let mut failing: HashMap<String, u32> = HashMap::new();
         let poll = Duration::from_millis(self.cfg.inference.poll_ms);
+        let mut last_inbox_error = None;
         loop {
-            let files = match list_inbox(&self.cfg.inbox) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(inbox = %self.cfg.inbox.display(), error = %e, "cannot read inbox");
-                    Vec::new()
-                }
+            let listed =
+                open_inbox(&self.cfg.inbox).and_then(|top| Ok((list_inbox(&self.cfg.inbox)?, top)));
+            let (entries, top, inbox_error) = match listed {
+                Ok((f, top)) => (f, Some(top), None),
+                Err(e) => (Vec::new(), None, Some(e.to_string())),
             };
-            let mut waiting = 0;
+            // Once per change, not every poll: the alarm in status stays up meanwhile.
+            if inbox_error != last_inbox_error {
+                match &inbox_error {
+                    Some(e) => tracing::error!(error = %e, "cannot read the inbox folder"),
+                    None => tracing::info!("the inbox folder is readable"),
+                }
+                last_inbox_error = inbox_error.clone();
+            }
+            let mut round = Round::default();
             let mut next_seen = HashMap::new();
-            for (path, size, mtime) in files {
+            let mut present = HashSet::new();
+            for entry in entries {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                // Only files unchanged since the last look: the device may still be writing.
-                let stable = seen.get(&path) == Some(&(size, mtime));
-                next_seen.insert(path.clone(), (size, mtime));
-                if !stable {
+                let Some(top) = top.as_ref() else { break };
+                let r = self.scan_ref(entry.path());
+                present.insert(r.clone());
+                let Some(outcome) = self
+                    .take(top, entry, &r, &seen, &mut next_seen, &mut attempts)
+                    .await
+                else {
                     continue;
-                }
-                match self.process(&path, mtime).await {
-                    Ok(()) => {
-                        next_seen.remove(&path);
+                };
+                match outcome {
+                    Outcome::Done | Outcome::Gone => {
+                        failing.remove(&r);
                     }
-                    Err(ProcessError::Quota(e)) => {
-                        waiting += 1;
-                        tracing::warn!(file = %path.display(), "{e}");
-                    }
-                    Err(ProcessError::Io(e)) => {
-                        tracing::error!(file = %path.display(), error = %e, "scan left in the inbox");
+                    Outcome::Quota => round.waiting += 1,
+                    Outcome::Busy => round.busy += 1,
+                    Outcome::Storage(e) => round.storage = Some(e),
+                    Outcome::Shutdown => return,
+                    Outcome::Failed(e) => {
+                        round.errors += 1;
+                        round.last_error = Some(e);
+                        *failing.entry(r).or_default() += 1;
                     }
                 }
             }
             seen = next_seen;
-            self.status.update(|s| {
-                s.intake.waiting_for_quota = waiting;
-                s.alarms.retain(|a| !a.starts_with("outbox full"));
-                if waiting > 0 {
-                    s.alarms.push(format!(
-                        "outbox full: {waiting} scan(s) wait in the inbox until results reach the hub"
-                    ));
-                }
-            });
+            failing.retain(|k, _| present.contains(k));
+            if !attempts.is_empty() && inbox_error.is_none() {
+                attempts.retain(|k| present.contains(k));
+            }
+            let stuck = failing
+                .values()
+                .filter(|n| **n >= self.cfg.intake.max_attempts)
+                .count();
+            self.report(&round, inbox_error, stuck);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
@@ -143,46 +251,351 @@ impl Intake {
         }
     }
 
-    async fn process(&self, path: &Path, mtime: SystemTime) -> Result<(), ProcessError> {
-        let bytes = tokio::fs::read(path).await.map_err(ProcessError::Io)?;
-        let report = match self.pool.analyze_async(bytes.clone()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = format!("{e}");
-                tracing::warn!(file = %path.display(), %reason, "scan rejected");
-                self.move_to(path, &self.cfg.rejected_dir(), Some(&reason))
-                    .map_err(ProcessError::Io)?;
-                self.status.update(|s| s.intake.rejected += 1);
-                return Ok(());
+    /// One listed entry: set aside, analysed, or (still being written) left for the
+    /// next round (`None`). Everything is opened and moved relative to `top`, the
+    /// inbox folder's descriptor, and the patient folder opened from it without
+    /// following links: an entry swapped for a link after the listing is never followed.
+    async fn take(
+        &self,
+        top: &File,
+        entry: Entry,
+        r: &str,
+        seen: &HashMap<PathBuf, (u64, SystemTime)>,
+        next_seen: &mut HashMap<PathBuf, (u64, SystemTime)>,
+        attempts: &mut Attempts,
+    ) -> Option<Outcome> {
+        Some(match entry {
+            Entry::Odd { path, kind, folder } => match self.place(top, &path, folder) {
+                Ok(at) => {
+                    let reason = format!("{kind}: not read; scans must be regular files");
+                    self.reject(&at, &path, r, &reason, attempts)
+                }
+                Err(o) => o,
+            },
+            Entry::Unreadable { error, .. } => Outcome::Failed(error.to_string()),
+            Entry::File {
+                path,
+                size,
+                mtime,
+                id,
+                folder,
+            } => {
+                // Only files unchanged since the last look: the device may still be writing.
+                let stable = seen.get(&path) == Some(&(size, mtime));
+                next_seen.insert(path.clone(), (size, mtime));
+                if !stable {
+                    return None;
+                }
+                let o = match self.place(top, &path, folder) {
+                    Ok(at) => self.process(&at, &path, Some(id), r, mtime, attempts).await,
+                    Err(o) => o,
+                };
+                if matches!(o, Outcome::Done | Outcome::Gone) {
+                    next_seen.remove(&path);
+                }
+                o
             }
-        };
-        let record = self.build_record(path, &bytes, &report, mtime);
-        let outbox = self.outbox.clone();
-        let id = record.id;
-        let put = tokio::task::spawn_blocking(move || outbox.put(&record))
-            .await
-            .map_err(|e| ProcessError::Io(std::io::Error::other(e)))?;
-        match put {
-            Ok(_) => {}
-            Err(e @ OutboxError::QuotaExceeded { .. }) => return Err(ProcessError::Quota(e)),
-            Err(e) => return Err(ProcessError::Io(std::io::Error::other(e))),
-        }
-        // Durable in the outbox: now the source may move.
-        self.move_to(path, &self.cfg.processed_dir(), None)
-            .map_err(ProcessError::Io)?;
-        self.status.update(|s| s.intake.analysed += 1);
-        tracing::info!(result_id = %id, file = %path.display(), flagged = report.analysis.flagged, "scan analysed and queued");
-        self.queued.notify_one();
-        Ok(())
+        })
     }
 
-    fn move_to(&self, path: &Path, dir: &Path, reason: Option<&str>) -> std::io::Result<()> {
+    fn place(&self, top: &File, path: &Path, folder: Option<FileId>) -> Result<Place, Outcome> {
+        match open_place(top, &self.cfg.inbox, path, folder) {
+            Ok(p) => Ok(p),
+            // Swapped or gone since the listing: judged afresh at the next listing.
+            Err(PlaceError::Changed) => Err(Outcome::Gone),
+            Err(PlaceError::Io(e)) => Err(Outcome::Failed(format!("opening its folder: {e}"))),
+        }
+    }
+
+    /// Status while a scan is in analysis: its digest and time, and an alarm once slow.
+    fn show_analysing(&self, r: &str, elapsed: Option<Duration>) {
+        let max = self.cfg.intake.max_analysis_s;
+        self.status.update(|s| {
+            s.alarms.retain(|a| !a.starts_with(SLOW_ALARM));
+            s.intake.analysing = elapsed.map(|e| format!("{r} for {} s", e.as_secs()));
+            if let Some(e) = elapsed {
+                if e >= SLOW_ALARM_AFTER.min(Duration::from_secs(max)) {
+                    s.alarms.push(format!(
+                        "{SLOW_ALARM}{r} in analysis for {} s (limit {max} s, intake.max_analysis_s)",
+                        e.as_secs()
+                    ));
+                }
+            }
+        });
+    }
+
+    fn report(&self, round: &Round, inbox_error: Option<String>, stuck: usize) {
+        self.status.update(|s| {
+            let i = &mut s.intake;
+            i.waiting_for_quota = round.waiting;
+            i.entry_errors += round.errors;
+            i.failing_entries = stuck as u64;
+            i.inbox_unreadable = inbox_error.is_some();
+            if let Some(e) = round.last_error.clone().or(inbox_error.clone()) {
+                i.last_error = Some(e);
+            }
+            s.alarms.retain(|a| {
+                !a.starts_with("outbox full") && !a.starts_with("inbox") && !a.starts_with("intake")
+            });
+            if round.busy > 0 {
+                s.alarms.push(format!(
+                    "intake: every analysis worker is still busy with a scan given up after {} s (intake.max_analysis_s); {} scan(s) wait in the inbox",
+                    self.cfg.intake.max_analysis_s, round.busy
+                ));
+            }
+            if round.waiting > 0 {
+                s.alarms.push(format!(
+                    "outbox full: {} scan(s) wait in the inbox until results reach the hub",
+                    round.waiting
+                ));
+            }
+            if let Some(e) = inbox_error {
+                s.alarms
+                    .push(format!("inbox cannot be read ({e}): no scans are taken in"));
+            }
+            if stuck > 0 {
+                s.alarms.push(format!(
+                    "inbox: {stuck} entr{} keep failing and cannot be set aside in rejected/ (last error: {})",
+                    if stuck == 1 { "y" } else { "ies" },
+                    s.intake.last_error.as_deref().unwrap_or("-")
+                ));
+            }
+            if let Some(e) = &round.storage {
+                s.alarms.push(format!(
+                    "intake cannot store results ({e}): scans wait in the inbox"
+                ));
+            }
+            if s.intake.rejected_after_attempts > 0 {
+                s.alarms.push(format!(
+                    "intake: {} scan(s) set aside in rejected/ after {} failed or interrupted analyses",
+                    s.intake.rejected_after_attempts, self.cfg.intake.max_attempts
+                ));
+            }
+        });
+    }
+
+    async fn process(
+        &self,
+        at: &Place,
+        path: &Path,
+        listed: Option<FileId>,
+        r: &str,
+        mtime: SystemTime,
+        attempts: &mut Attempts,
+    ) -> Outcome {
+        let zone = zone_from_name(path);
+        let zone = zone.as_deref().unwrap_or("-");
+        let limit = self.cfg.intake.max_scan_bytes;
+        let max = self.cfg.intake.max_attempts;
+        let opened = scan_file::open_scan_at(&at.dir, &at.name, limit);
+        let (file, meta) = match opened {
+            Ok(f) => f,
+            Err(ReadScanError::Vanished) => return Outcome::Gone,
+            Err(e @ (ReadScanError::PermissionDenied | ReadScanError::Io(_))) => {
+                // The file's own failure: it counts against its budget.
+                return self.failed(at, path, r, &format!("{e}"), attempts);
+            }
+            Err(e) => return self.reject(at, path, r, &format!("{e}"), attempts),
+        };
+        {
+            use std::os::unix::fs::MetadataExt;
+            // Not the file the listing saw (replaced meanwhile): judged afresh next round.
+            if listed.is_some_and(|id| id != (meta.dev(), meta.ino())) {
+                return Outcome::Gone;
+            }
+        }
+        // Every worker is held by an analysis given up on: wait, without using an attempt.
+        if self.abandoned.load(Ordering::SeqCst) >= self.cfg.inference.workers.max(1) {
+            return Outcome::Busy;
+        }
+        if attempts.get(r) >= max {
+            let reason = format!(
+                "analysis failed or was interrupted {max} times (the agent stopped or ran out of memory while analysing it)"
+            );
+            self.status
+                .update(|s| s.intake.rejected_after_attempts += 1);
+            return self.reject(at, path, r, &reason, attempts);
+        }
+        // Durable before the first byte is read: a crash or OOM kill from here on counts.
+        let n = match attempts.begin(r) {
+            Ok(n) => n,
+            Err(e) => return Outcome::Storage(format!("recording the attempt: {e}")),
+        };
+        tracing::debug!(scan = %r, zone, attempt = n, path = %self.shown(path), "analysing");
+        let bytes =
+            match tokio::task::spawn_blocking(move || scan_file::read_opened(file, &meta, limit))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(ReadScanError::Vanished)) => {
+                    attempts.clear(r);
+                    return Outcome::Gone;
+                }
+                Ok(Err(e @ ReadScanError::Grew { .. })) => {
+                    return self.reject(at, path, r, &format!("{e}"), attempts)
+                }
+                Ok(Err(e)) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
+                Err(e) => {
+                    attempts.undo(r);
+                    return Outcome::Storage(e.to_string());
+                }
+            };
+        let id = result_id(&self.cfg.clinic, &self.cfg.device, &bytes);
+        let dicom = (pleura_inference::decode::detect(&bytes).ok()
+            == Some(pleura_inference::Format::Dicom))
+        .then(|| crate::deid::dicom_identity(&bytes, &self.key).ok())
+        .flatten()
+        .unwrap_or_default();
+        let pool = self.pool.clone();
+        let job = Box::pin(async move { pool.analyze_async(bytes).await });
+        let max_s = self.cfg.intake.max_analysis_s;
+        self.show_analysing(r, Some(Duration::ZERO));
+        let waited = wait_with_deadline(job, Duration::from_secs(max_s), ANALYSIS_TICK, |e| {
+            self.show_analysing(r, Some(e))
+        })
+        .await;
+        self.show_analysing(r, None);
+        let analysed = match waited {
+            Waited::Done(a) => a,
+            Waited::TimedOut(job) => {
+                // The pool cannot cancel a job: stop waiting, and count the worker it
+                // holds until it ends so new scans are not charged for the wait.
+                let held = self.abandoned.clone();
+                held.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _ = job.await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                });
+                self.status.update(|s| s.intake.analyses_timed_out += 1);
+                let why = format!(
+                    "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
+                );
+                return self.failed_counted(at, path, r, &why, attempts);
+            }
+        };
+        let report = match analysed {
+            Ok(r) => r,
+            Err(AnalyzeError::PoolClosed) => {
+                attempts.undo(r);
+                return Outcome::Shutdown;
+            }
+            Err(e @ AnalyzeError::Decode(_)) => {
+                return self.reject(at, path, r, &format!("{e}"), attempts)
+            }
+            Err(e) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
+        };
+        let record = self.build_record(path, id, dicom, &report, mtime);
+        let outbox = self.outbox.clone();
+        let put = tokio::task::spawn_blocking(move || outbox.put(&record)).await;
+        match put {
+            Ok(Ok(_)) => {}
+            Ok(Err(e @ OutboxError::QuotaExceeded { .. })) => {
+                // Not the file's fault: it waits without using up its attempts.
+                attempts.undo(r);
+                tracing::warn!(scan = %r, zone, "{e}");
+                return Outcome::Quota;
+            }
+            Ok(Err(e)) => {
+                attempts.undo(r);
+                tracing::error!(scan = %r, zone, error = %e, "scan left in the inbox");
+                return Outcome::Storage(e.to_string());
+            }
+            Err(e) => {
+                attempts.undo(r);
+                return Outcome::Storage(e.to_string());
+            }
+        }
+        // Durable in the outbox: now the source may move.
+        if let Err(e) = self.move_to(at, path, &self.cfg.processed_dir(), None) {
+            attempts.undo(r);
+            tracing::error!(scan = %r, zone, error = %e, "analysed, but cannot move to processed/");
+            return Outcome::Storage(e.to_string());
+        }
+        attempts.clear(r);
+        self.status.update(|s| s.intake.analysed += 1);
+        tracing::info!(result_id = %id, scan = %r, zone, path = %self.shown(path), flagged = report.analysis.flagged, "scan analysed and queued");
+        self.queued.notify_one();
+        Outcome::Done
+    }
+
+    /// A failure of the file itself before an attempt was recorded: records one.
+    fn failed(
+        &self,
+        at: &Place,
+        path: &Path,
+        r: &str,
+        why: &str,
+        attempts: &mut Attempts,
+    ) -> Outcome {
+        match attempts.begin(r) {
+            Ok(_) => self.failed_counted(at, path, r, why, attempts),
+            Err(e) => Outcome::Storage(format!("recording the attempt: {e}")),
+        }
+    }
+
+    /// A failure of the file itself, its attempt already recorded.
+    fn failed_counted(
+        &self,
+        at: &Place,
+        path: &Path,
+        r: &str,
+        why: &str,
+        attempts: &mut Attempts,
+    ) -> Outcome {
+        let n = attempts.get(r);
+        let max = self.cfg.intake.max_attempts;
+        let zone = zone_from_name(path);
+        if n >= max {
+            self.status
+                .update(|s| s.intake.rejected_after_attempts += 1);
+            let reason = format!("{why} ({n} attempts)");
+            return self.reject(at, path, r, &reason, attempts);
+        }
+        tracing::warn!(scan = %r, zone = zone.as_deref().unwrap_or("-"), attempt = n, max, error = why, "scan left in the inbox; will retry");
+        Outcome::Failed(why.to_string())
+    }
+
+    /// Sets an entry aside in rejected/ with its reason; it is never read again.
+    fn reject(
+        &self,
+        at: &Place,
+        path: &Path,
+        r: &str,
+        reason: &str,
+        attempts: &mut Attempts,
+    ) -> Outcome {
+        let zone = zone_from_name(path);
+        let zone = zone.as_deref().unwrap_or("-");
+        match self.move_to(at, path, &self.cfg.rejected_dir(), Some(reason)) {
+            Ok(()) => {
+                attempts.clear(r);
+                self.status.update(|s| s.intake.rejected += 1);
+                tracing::warn!(scan = %r, zone, %reason, path = %self.shown(path), "scan rejected");
+                Outcome::Done
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Gone,
+            Err(e) => {
+                tracing::error!(scan = %r, zone, %reason, error = %e, "cannot move a rejected entry to rejected/");
+                Outcome::Failed(format!("{reason}; moving it to rejected/: {e}"))
+            }
+        }
+    }
+
+    /// Moves the entry at `at` (the entry itself inside the inbox, never what a link
+    /// points to) to `dir`, keeping its place below the inbox (`path`) as its name.
+    fn move_to(
+        &self,
+        at: &Place,
+        path: &Path,
+        dir: &Path,
+        reason: Option<&str>,
+    ) -> std::io::Result<()> {
         let rel = path.strip_prefix(&self.cfg.inbox).unwrap_or(path);
         let mut dest = dir.join(rel);
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
+            private_dir(parent)?;
         }
-        if dest.exists() {
+        if dest.symlink_metadata().is_ok() {
             let name = dest
                 .file_name()
                 .unwrap_or_default()
@@ -193,47 +606,58 @@ impl Intake {
         if let Some(reason) = reason {
             let mut r = dest.clone().into_os_string();
             r.push(".reason.txt");
-            std::fs::write(PathBuf::from(r), format!("{reason}\n"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(PathBuf::from(r))?;
+            f.write_all(format!("{reason}\n").as_bytes())?;
         }
-        std::fs::rename(path, &dest)
+        at.rename_to(&dest)?;
+        // A rename keeps the exporter's mode; case data here is the agent's alone.
+        // (Not links: chmod would follow them.)
+        if dest
+            .symlink_metadata()
+            .is_ok_and(|m| !m.file_type().is_symlink())
+        {
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
     }
 }
 
-enum ProcessError {
-    Quota(OutboxError),
-    Io(std::io::Error),
+/// Creates `dir` (and missing parents) readable by the agent only.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
-/// Files in the inbox (one level of patient folders), skipping hidden and partial ones.
-fn list_inbox(inbox: &Path) -> std::io::Result<Vec<(PathBuf, u64, SystemTime)>> {
-    let mut out = Vec::new();
-    let skip = |p: &Path| {
-        let n = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        n.starts_with('.') || n.ends_with(".part") || n.ends_with(".tmp")
-    };
-    for dir_entry in std::fs::read_dir(inbox)? {
-        let p = dir_entry?.path();
-        if skip(&p) {
-            continue;
-        }
-        let meta = std::fs::metadata(&p)?;
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p)? {
-                let q = e?.path();
-                let m = std::fs::metadata(&q)?;
-                if m.is_file() && !skip(&q) {
-                    out.push((q, m.len(), m.modified()?));
-                }
-            }
-        } else if meta.is_file() {
-            out.push((p, meta.len(), meta.modified()?));
-        }
-    }
-    out.sort();
-    Ok(out)
+#[derive(Default)]
+struct Round {
+    waiting: u64,
+    busy: u64,
+    errors: u64,
+    last_error: Option<String>,
+    storage: Option<String>,
+}
+
+enum Outcome {
+    /// Left the inbox: analysed, or set aside in rejected/.
+    Done,
+    /// Vanished before it could be read.
+    Gone,
+    /// The outbox is full; the scan waits.
+    Quota,
+    /// Every analysis worker is held by a job given up after `intake.max_analysis_s`.
+    Busy,
+    /// Disk or store trouble not caused by the file; the scan waits, no attempt used.
+    Storage(String),
+    Shutdown,
+    /// Failed and stays in the inbox for another attempt.
+    Failed(String),
 }
 
 #[cfg(test)]
@@ -251,5 +675,210 @@ mod tests {
         assert_eq!(a, result_id("c", "d", b"scan"));
         assert_ne!(a, result_id("c", "d2", b"scan"));
         assert_ne!(a, result_id("c", "d", b"scan2"));
+    }
+
+    fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::SledOutbox>) {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        pleura_inference::backend::init(&pleura_inference::BackendConfig::default()).unwrap();
+        let model = pleura_inference::ModelFile::load(&root.join("models/lusnet-s.onnx")).unwrap();
+        let pool = InferencePool::start(&model, Default::default()).unwrap();
+        let mut cfg: EdgeConfig = toml::from_str(&EdgeConfig::example()).unwrap();
+        cfg.inbox = dir.join("inbox");
+        cfg.data_dir = dir.join("data");
+        cfg.quota_bytes = quota;
+        std::fs::create_dir_all(&cfg.inbox).unwrap();
+        let outbox = Arc::new(crate::outbox::SledOutbox::open(&cfg.data_dir, quota).unwrap());
+        let i = Intake {
+            cfg,
+            pool: Arc::new(pool),
+            outbox: outbox.clone(),
+            key: PseudonymKey::generate(),
+            status: Arc::default(),
+            queued: Arc::default(),
+            abandoned: Arc::default(),
+        };
+        (i, outbox)
+    }
+
+    fn place_of(i: &Intake, path: &Path) -> Place {
+        let top = open_inbox(&i.cfg.inbox).unwrap();
+        match open_place(&top, &i.cfg.inbox, path, None) {
+            Ok(p) => p,
+            Err(_) => panic!("no place"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_outbox_never_uses_up_a_good_scans_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (i, outbox) = intake(dir.path(), 64 * 1024);
+        let mut n = 0u64;
+        loop {
+            let mut r = pleura_shared::record::sample_record("clinic-a", "pi-1", 1, false);
+            r.analysed_at_ms = n;
+            n += 1;
+            if outbox.put(&r).is_err() {
+                break;
+            }
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scan = i.cfg.inbox.join("scan_R1.png");
+        std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
+        let r = i.scan_ref(&scan);
+        let mut attempts = Attempts::load(i.cfg.attempts_file());
+        for _ in 0..2 * i.cfg.intake.max_attempts {
+            let at = place_of(&i, &scan);
+            let o = i
+                .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+                .await;
+            assert!(matches!(o, Outcome::Quota));
+            assert_eq!(attempts.get(&r), 0);
+        }
+        assert!(scan.exists(), "the scan waits in the inbox");
+        assert_eq!(i.status.snapshot().intake.rejected, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_keeps_failing_goes_to_rejected_after_its_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (i, _outbox) = intake(dir.path(), 1 << 20);
+        let scan = i.cfg.inbox.join("scan_R1.png");
+        std::fs::write(&scan, b"x").unwrap();
+        let r = i.scan_ref(&scan);
+        let mut attempts = Attempts::load(i.cfg.attempts_file());
+        // Attempts left by runs that died while analysing it.
+        for _ in 0..i.cfg.intake.max_attempts {
+            attempts.begin(&r).unwrap();
+        }
+        let at = place_of(&i, &scan);
+        let o = i
+            .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+            .await;
+        assert!(matches!(o, Outcome::Done));
+        assert!(!scan.exists());
+        let reason =
+            std::fs::read_to_string(i.cfg.rejected_dir().join("scan_R1.png.reason.txt")).unwrap();
+        assert!(reason.contains("interrupted"), "{reason}");
+        assert_eq!(Attempts::load(i.cfg.attempts_file()).get(&r), 0);
+        assert_eq!(i.status.snapshot().intake.rejected_after_attempts, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patient_folder_swapped_for_a_link_is_never_followed_read_or_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (i, _outbox) = intake(dir.path(), 1 << 20);
+        // The real target: the agent's own key in its data folder.
+        let key_file = i.cfg.data_dir.join("pseudonym.key");
+        std::fs::write(&key_file, b"the real key").unwrap();
+        let zz = i.cfg.inbox.join("zz");
+        std::fs::create_dir(&zz).unwrap();
+        std::fs::write(zz.join("pseudonym.key"), b"decoy").unwrap();
+        let mut attempts = Attempts::load(i.cfg.attempts_file());
+        let entries = list_inbox(&i.cfg.inbox).unwrap();
+        // Seen twice: stable, so this pass would read and move it.
+        let mut seen = HashMap::new();
+        for e in &entries {
+            if let Entry::File {
+                path, size, mtime, ..
+            } = e
+            {
+                seen.insert(path.clone(), (*size, *mtime));
+            }
+        }
+        assert_eq!(seen.len(), 1);
+        // The swap, between the listing and the open.
+        std::fs::remove_dir_all(&zz).unwrap();
+        std::os::unix::fs::symlink(&i.cfg.data_dir, &zz).unwrap();
+        let top = open_inbox(&i.cfg.inbox).unwrap();
+        for e in entries {
+            let r = i.scan_ref(e.path());
+            let o = i
+                .take(&top, e, &r, &seen, &mut HashMap::new(), &mut attempts)
+                .await;
+            assert!(matches!(o, Some(Outcome::Gone)), "judged afresh next round");
+        }
+        assert_eq!(std::fs::read(&key_file).unwrap(), b"the real key");
+        // The next pass sees the link itself and sets the link (not its target) aside.
+        let entries = list_inbox(&i.cfg.inbox).unwrap();
+        let top = open_inbox(&i.cfg.inbox).unwrap();
+        for e in entries {
+            let r = i.scan_ref(e.path());
+            let o = i
+                .take(
+                    &top,
+                    e,
+                    &r,
+                    &HashMap::new(),
+                    &mut HashMap::new(),
+                    &mut attempts,
+                )
+                .await;
+            assert!(matches!(o, Some(Outcome::Done)));
+        }
+        assert_eq!(std::fs::read(&key_file).unwrap(), b"the real key");
+        let moved = std::fs::symlink_metadata(i.cfg.rejected_dir().join("zz")).unwrap();
+        assert!(moved.file_type().is_symlink());
+        assert!(zz.symlink_metadata().is_err());
+        assert_eq!(i.status.snapshot().intake.analysed, 0);
+    }
+
+    #[tokio::test]
+    async fn the_analysis_deadline_stops_waiting_and_reports_while_it_waits() {
+        // An injected job that never ends stands for a scan that decodes for minutes.
+        let mut ticks = Vec::new();
+        let w = wait_with_deadline(
+            Box::pin(std::future::pending::<u32>()),
+            Duration::from_millis(60),
+            Duration::from_millis(10),
+            |e| ticks.push(e),
+        )
+        .await;
+        assert!(matches!(w, Waited::TimedOut(_)));
+        assert!(!ticks.is_empty(), "status is refreshed during the wait");
+        let w = wait_with_deadline(
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                7u32
+            }),
+            Duration::from_secs(600),
+            Duration::from_millis(5),
+            |_| {},
+        )
+        .await;
+        assert!(matches!(w, Waited::Done(7)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_scan_raises_an_alarm_and_a_held_pool_never_costs_an_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut i, _outbox) = intake(dir.path(), 1 << 20);
+        i.cfg.intake.max_analysis_s = 1;
+        i.show_analysing("abcd", Some(Duration::from_secs(2)));
+        let s = i.status.snapshot();
+        assert!(
+            s.alarms
+                .iter()
+                .any(|a| a.starts_with("scan abcd in analysis for 2 s")),
+            "{:?}",
+            s.alarms
+        );
+        assert_eq!(s.intake.analysing.as_deref(), Some("abcd for 2 s"));
+        i.show_analysing("abcd", None);
+        let s = i.status.snapshot();
+        assert!(s.alarms.is_empty() && s.intake.analysing.is_none());
+        // Every worker held by a given-up analysis: the next scan waits, uncharged.
+        i.abandoned.store(i.cfg.inference.workers, Ordering::SeqCst);
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scan = i.cfg.inbox.join("scan_R1.png");
+        std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
+        let r = i.scan_ref(&scan);
+        let mut attempts = Attempts::load(i.cfg.attempts_file());
+        let at = place_of(&i, &scan);
+        let o = i
+            .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+            .await;
+        assert!(matches!(o, Outcome::Busy));
+        assert_eq!(attempts.get(&r), 0);
+        assert!(scan.exists());
     }
 }

@@ -13,7 +13,9 @@ impl DirLock {
     /// Takes the lock without waiting; None if another process holds it.
     pub fn try_take(data_dir: &Path) -> std::io::Result<Option<Self>> {
         std::fs::create_dir_all(data_dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
         let f = File::options()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)

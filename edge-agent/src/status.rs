@@ -45,6 +45,27 @@ pub struct IntakeStatus {
     pub analysed: u64,
     pub rejected: u64,
     pub waiting_for_quota: u64,
+    /// Set aside after `intake.max_attempts` failed or interrupted analyses.
+    #[serde(default)]
+    pub rejected_after_attempts: u64,
+    /// Failures of single inbox entries (each retried, then set aside).
+    #[serde(default)]
+    pub entry_errors: u64,
+    /// Entries that failed `intake.max_attempts` rounds in a row and could not be set aside.
+    #[serde(default)]
+    pub failing_entries: u64,
+    /// The inbox folder itself could not be listed at the last look.
+    #[serde(default)]
+    pub inbox_unreadable: bool,
+    /// The last entry error (no paths: entries are named by digest in the log).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The scan in analysis now (its digest) and for how long; refreshed every second.
+    #[serde(default)]
+    pub analysing: Option<String>,
+    /// Analyses given up after `intake.max_analysis_s`.
+    #[serde(default)]
+    pub analyses_timed_out: u64,
 }
 
 #[derive(Default)]
@@ -64,8 +85,16 @@ impl Shared {
 
 /// Writes atomically (temp file + rename) so a reader never sees half a file.
 pub fn write_file(path: &Path, status: &Status) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&serde_json::to_vec_pretty(status)?)?;
     std::fs::rename(tmp, path)
 }
 
@@ -112,6 +141,28 @@ pub fn render(s: &Status, running: bool) -> String {
         s.outbox.parked,
         s.outbox.corrupt
     );
+    if s.intake.entry_errors > 0 || s.intake.inbox_unreadable {
+        out += &format!(
+            "inbox      {}{} entry error(s), {} entr(y/ies) stuck; last: {}\n",
+            if s.intake.inbox_unreadable {
+                "UNREADABLE; "
+            } else {
+                ""
+            },
+            s.intake.entry_errors,
+            s.intake.failing_entries,
+            s.intake.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(a) = &s.intake.analysing {
+        out += &format!("analysing  scan {a}\n");
+    }
+    if s.intake.analyses_timed_out > 0 {
+        out += &format!(
+            "timeouts   {} analys(is/es) given up after intake.max_analysis_s\n",
+            s.intake.analyses_timed_out
+        );
+    }
     if s.alarms.is_empty() {
         out += "alarms     none\n";
     } else {

@@ -20,7 +20,8 @@ fn ingest() -> &'static Ingest {
         let ing = Ingest {
             store: Arc::new(store),
             metrics: Arc::new(Metrics::default()),
-            max_payload: 64 * 1024,
+            max_payload: pleura_shared::record::MAX_BATCH_BYTES,
+            max_records: pleura_shared::record::MAX_BATCH_RECORDS,
             registry: Some(Arc::new(
                 hub_server::ca::Registry::new(&pki_dir).expect("registry"),
             )),

@@ -1,18 +1,52 @@
-//! The append-only audit log: one JSON line per access to a case or the worklist (and
-//! per login), each carrying the SHA-256 of the line before it, so that removing or
-//! editing a line breaks the chain (`hub-server audit verify`). Written with O_APPEND
-//! and fsynced before the data is returned.
+//! The append-only audit log: one JSON line per access to a case or the worklist, per
+//! login and per refused call, written with O_APPEND and fsynced before the data is
+//! returned.
+//!
+//! Tamper evidence comes from a key the hub holds (`data_dir/audit.key`, 0600), not from
+//! the log itself: every entry carries a sequence number, the MAC of the entry before it
+//! and its own HMAC-SHA256, so a line cannot be edited, removed or re-chained without the
+//! key. The head of the chain (sequence number + MAC, itself MACed) is kept outside the
+//! log in `data_dir/audit.checkpoint`, rewritten atomically after every append and shown
+//! on `/metrics`, so cutting lines off the end, emptying the file or rolling the log back
+//! is caught too.
+//!
+//! Crash rule: the log is fsynced before the checkpoint is replaced, so a crash between
+//! the two leaves the log exactly one entry ahead of the checkpoint; that entry must chain
+//! onto the checkpointed head. One entry ahead is accepted (and the checkpoint repaired at
+//! the next start); more than one, or any entry missing, is tampering. If a checkpoint
+//! write fails the access is refused and the next append first retries the checkpoint, so
+//! a running hub never lets the log get two entries ahead.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use hmac::{Hmac, Mac};
 use pleura_shared::now_ms;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+use crate::denials::{Fold, Folder};
+use crate::metrics::Metrics;
+
+pub const LOG_FILE: &str = "audit.log";
+pub const KEY_FILE: &str = "audit.key";
+pub const CHECKPOINT_FILE: &str = "audit.checkpoint";
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const ENTRY_DOMAIN: &[u8] = b"pleura.audit.v2.entry\0";
+const CHECKPOINT_DOMAIN: &[u8] = b"pleura.audit.v2.checkpoint\0";
+
+fn one() -> u64 {
+    1
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// 1 for the first entry, then +1 per line.
+    pub seq: u64,
     pub at_ms: u64,
     pub user: String,
     pub role: String,
@@ -21,54 +55,419 @@ pub struct Entry {
     pub target: String,
     /// "allowed", or "denied: <why>".
     pub outcome: String,
-    /// SHA-256 (hex) of the previous line; 64 zeros for the first.
+    /// Peer address of the call, when known.
+    #[serde(default)]
+    pub source: String,
+    /// How many calls this line stands for (repeated denials from one source are folded).
+    #[serde(default = "one")]
+    pub count: u64,
+    /// MAC of the previous entry; 64 zeros for the first.
     pub prev: String,
+    /// HMAC-SHA256 (hex) of this entry with `mac` empty, under the audit key.
+    pub mac: String,
+}
+
+/// The MACed head of the chain, kept outside the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub head: String,
+    pub at_ms: u64,
+    pub mac: String,
+}
+
+/// Where the audit files of a hub live.
+#[derive(Debug, Clone)]
+pub struct AuditPaths {
+    pub log: PathBuf,
+    pub key: PathBuf,
+    pub checkpoint: PathBuf,
+}
+
+impl AuditPaths {
+    pub fn in_dir(data_dir: &Path) -> Self {
+        Self {
+            log: data_dir.join(LOG_FILE),
+            key: data_dir.join(KEY_FILE),
+            checkpoint: data_dir.join(CHECKPOINT_FILE),
+        }
+    }
+}
+
+/// What `verify` found wrong. Each names the first check that failed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Tamper {
+    #[error("{0}")]
+    Io(String),
+    #[error("empty file: the log holds no entries but the checkpoint says it held {checkpoint}")]
+    Empty { checkpoint: u64 },
+    #[error("truncated: log has {entries} entries but the checkpoint says {checkpoint}")]
+    Truncated { entries: u64, checkpoint: u64 },
+    #[error(
+        "log has {entries} entries but the checkpoint says {checkpoint}: more than the one \
+         in-flight append a crash can leave (checkpoint rolled back or entries appended \
+         without the hub)"
+    )]
+    Ahead { entries: u64, checkpoint: u64 },
+    #[error("line {line}: not an audit entry ({reason})")]
+    Unparsable { line: u64, reason: String },
+    #[error("line {line}: bad MAC (edited line, or written without the audit key)")]
+    BadMac { line: u64 },
+    #[error(
+        "line {line}: not byte-for-byte the line the hub wrote (fields added, reordered, \
+         re-spaced or re-escaped)"
+    )]
+    NotCanonical { line: u64 },
+    #[error(
+        "checkpoint missing: the audit key exists, so the hub wrote a checkpoint (at least \
+         the genesis one, seq 0) that has since been removed"
+    )]
+    NoCheckpoint,
+    #[error("line {line}: sequence number {seq}, expected {line} (a line was removed, duplicated or reordered)")]
+    Sequence { line: u64, seq: u64 },
+    #[error("line {line}: chain broken (its prev is not line {}'s MAC)", .line - 1)]
+    Chain { line: u64 },
+    #[error("checkpoint: bad MAC (edited, or written without the audit key)")]
+    CheckpointMac,
+    #[error("line {seq} is not the entry the checkpoint names (the log was rewritten)")]
+    CheckpointHead { seq: u64 },
+}
+
+/// A log that verified.
+#[derive(Debug)]
+pub struct Verified {
+    pub entries: Vec<Entry>,
+    /// The checkpoint it was checked against.
+    pub checkpoint: Checkpoint,
+    /// True when the last entry is the one in-flight append a crash can leave.
+    pub in_flight: bool,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac_hex(key: &[u8; 32], domain: &[u8], body: &[u8]) -> String {
+    let mut m = HmacSha256::new_from_slice(key).expect("any key length");
+    m.update(domain);
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn mac_ok(key: &[u8; 32], domain: &[u8], body: &[u8], mac: &str) -> bool {
+    let Ok(tag) = hex::decode(mac) else {
+        return false;
+    };
+    let mut m = HmacSha256::new_from_slice(key).expect("any key length");
+    m.update(domain);
+    m.update(body);
+    m.verify_slice(&tag).is_ok()
+}
+
+fn entry_mac(key: &[u8; 32], e: &Entry) -> String {
+    mac_hex(key, ENTRY_DOMAIN, &unsigned_body(e))
+}
+
+fn checkpoint_body(seq: u64, head: &str, at_ms: u64) -> Vec<u8> {
+    format!("{seq}\0{head}\0{at_ms}").into_bytes()
+}
+
+impl Checkpoint {
+    fn new(key: &[u8; 32], seq: u64, head: &str) -> Self {
+        let at_ms = now_ms();
+        Self {
+            seq,
+            head: head.into(),
+            at_ms,
+            mac: mac_hex(key, CHECKPOINT_DOMAIN, &checkpoint_body(seq, head, at_ms)),
+        }
+    }
+
+    fn verify(&self, key: &[u8; 32]) -> bool {
+        mac_ok(
+            key,
+            CHECKPOINT_DOMAIN,
+            &checkpoint_body(self.seq, &self.head, self.at_ms),
+            &self.mac,
+        )
+    }
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Tamper {
+    Tamper::Io(format!("{}: {e}", path.display()))
+}
+
+/// Reads the audit key (32 bytes). `create`: make a fresh one (0600) if missing.
+pub fn load_key(path: &Path, create: bool) -> std::io::Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(k) => k.try_into().map_err(|k: Vec<u8>| {
+            std::io::Error::other(format!(
+                "{} is not a 32-byte key ({} bytes)",
+                path.display(),
+                k.len()
+            ))
+        }),
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+            let k: [u8; 32] = rand::random();
+            write_durably(path, &k)?;
+            Ok(k)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+    }
+}
+
+/// The checkpoint, if one was written; its MAC is checked.
+pub fn read_checkpoint(path: &Path, key: &[u8; 32]) -> Result<Option<Checkpoint>, Tamper> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|_| Tamper::CheckpointMac)?;
+    if !cp.verify(key) {
+        return Err(Tamper::CheckpointMac);
+    }
+    Ok(Some(cp))
+}
+
+/// Checks every entry's MAC, sequence number and link, then the log's length and head
+/// against the checkpoint (see the crash rule in the module docs).
+///
+/// Safe to run beside a live hub: the checkpoint is read before and after the log, and a
+/// result that a concurrent append can cause (log ahead, a half-written last line) is
+/// re-checked a few times before it is reported; real tampering persists.
+pub fn verify(paths: &AuditPaths, key: &[u8; 32]) -> Result<Verified, Tamper> {
+    let mut tries = 0;
+    loop {
+        match verify_once(paths, key) {
+            Err(Tamper::Ahead { .. } | Tamper::Unparsable { .. }) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn verify_once(paths: &AuditPaths, key: &[u8; 32]) -> Result<Verified, Tamper> {
+    // A key is always written with a genesis checkpoint, and the checkpoint is only ever
+    // replaced by rename: a missing one was removed.
+    let before = read_checkpoint(&paths.checkpoint, key)?.ok_or(Tamper::NoCheckpoint)?;
+    let text = match std::fs::read_to_string(&paths.log) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&paths.log, e)),
+    };
+    let mut prev = GENESIS.to_string();
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        let e: Entry = serde_json::from_str(line).map_err(|err| Tamper::Unparsable {
+            line: n,
+            reason: err.to_string(),
+        })?;
+        if !mac_ok(key, ENTRY_DOMAIN, &unsigned_body(&e), &e.mac) {
+            return Err(Tamper::BadMac { line: n });
+        }
+        // The MAC covers the fields; the line must also be exactly the hub's serialisation
+        // of them, so nothing (an extra field, spacing, an escape) rides along unMACed.
+        if serde_json::to_string(&e).map_err(|err| io_err(&paths.log, err))? != line {
+            return Err(Tamper::NotCanonical { line: n });
+        }
+        if e.seq != n {
+            return Err(Tamper::Sequence {
+                line: n,
+                seq: e.seq,
+            });
+        }
+        if e.prev != prev {
+            return Err(Tamper::Chain { line: n });
+        }
+        prev = e.mac.clone();
+        entries.push(e);
+    }
+    let have = entries.len() as u64;
+    // The log only grows: `before` cannot be past it. `after` is the closer bound unless
+    // the hub appended again after the log was read.
+    let after = read_checkpoint(&paths.checkpoint, key)?.ok_or(Tamper::NoCheckpoint)?;
+    let checkpoint = if after.seq <= have { after } else { before };
+    let said = checkpoint.seq;
+    if have < said {
+        return Err(if have == 0 {
+            Tamper::Empty { checkpoint: said }
+        } else {
+            Tamper::Truncated {
+                entries: have,
+                checkpoint: said,
+            }
+        });
+    }
+    if have > said + 1 {
+        return Err(Tamper::Ahead {
+            entries: have,
+            checkpoint: said,
+        });
+    }
+    let cp = &checkpoint;
+    if cp.seq > 0 && entries[cp.seq as usize - 1].mac != cp.head {
+        return Err(Tamper::CheckpointHead { seq: cp.seq });
+    }
+    Ok(Verified {
+        entries,
+        checkpoint,
+        in_flight: have == said + 1,
+    })
+}
+
+fn unsigned_body(e: &Entry) -> Vec<u8> {
+    let mut unsigned = e.clone();
+    unsigned.mac.clear();
+    serde_json::to_vec(&unsigned).expect("an entry serialises")
+}
+
+/// Write-then-rename with the file, and then its directory, fsynced: after a crash the
+/// file is the old one or the new one, and a completed rename is not undone.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("part");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+struct State {
+    file: std::fs::File,
+    len: u64,
+    seq: u64,
+    head: String,
+    /// The last append is not yet in the checkpoint (its write failed).
+    checkpoint_stale: bool,
 }
 
 pub struct AuditLog {
-    path: PathBuf,
-    state: Mutex<(std::fs::File, String)>,
+    paths: AuditPaths,
+    key: [u8; 32],
+    state: Mutex<State>,
+    denials: Mutex<Folder>,
+    metrics: Arc<Metrics>,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-fn last_line_hash(f: &mut std::fs::File) -> std::io::Result<String> {
-    let len = f.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok(GENESIS.into());
-    }
-    let start = len.saturating_sub(64 * 1024);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
-    let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
-    Ok(hex::encode(Sha256::digest(last)))
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the audit log in {dir} fails verification: {tamper}. Investigate (`hub-server audit \
+         verify {dir}`), then move audit.log, audit.checkpoint and audit.key aside (all \
+         three) to start a new log"
+    )]
+    Tampered { dir: String, tamper: Tamper },
 }
 
 impl AuditLog {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
+    /// Opens (or starts) the log in `data_dir`, creating the key if needed. The whole
+    /// log is verified first: a hub does not append to (and so re-checkpoint) a log that
+    /// was cut or rolled back, which would hide it.
+    pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Self, OpenError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let paths = AuditPaths::in_dir(data_dir);
+        let existed = paths.key.exists();
+        if !existed {
+            // Only before any key exists can a log be the old unkeyed kind: once a key
+            // exists every line is keyed, and anything else is tampering.
+            set_aside_unkeyed_log(&paths.log)?;
+            if paths.checkpoint.exists() || non_empty(&paths.log) {
+                return Err(OpenError::Io(std::io::Error::other(format!(
+                    "{} is missing but an audit log or checkpoint exists: restore the key",
+                    paths.key.display()
+                ))));
+            }
+            // The key and the genesis checkpoint (seq 0) come together: from here on a
+            // missing checkpoint means a removed one. (A crash between the two leaves a
+            // key without a checkpoint, which the hub refuses like a removal: delete
+            // the fresh key by hand if nothing was ever logged.)
+            let key = load_key(&paths.key, true)?;
+            write_durably(
+                &paths.checkpoint,
+                &serde_json::to_vec(&Checkpoint::new(&key, 0, GENESIS))
+                    .map_err(std::io::Error::other)?,
+            )?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
+        let key = load_key(&paths.key, false)?;
+        let tampered = |tamper| OpenError::Tampered {
+            dir: data_dir.display().to_string(),
+            tamper,
+        };
+        let v = verify(&paths, &key).map_err(tampered)?;
+        let (seq, head) = v
+            .entries
+            .last()
+            .map_or((0, GENESIS.to_string()), |e| (e.seq, e.mac.clone()));
+        if v.in_flight {
+            tracing::warn!(
+                seq,
+                "audit checkpoint lagged the log by the one in-flight entry; repaired"
+            );
+        }
+        if v.in_flight {
+            write_durably(
+                &paths.checkpoint,
+                &serde_json::to_vec(&Checkpoint::new(&key, seq, &head))
+                    .map_err(std::io::Error::other)?,
+            )?;
+        }
+        let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(path)?;
-        let prev = last_line_hash(&mut f)?;
+            .mode(0o600)
+            .open(&paths.log)?;
+        let len = file.metadata()?.len();
+        metrics.set_audit_head(seq, &head);
         Ok(Self {
-            path: path.into(),
-            state: Mutex::new((f, prev)),
+            paths,
+            key,
+            state: Mutex::new(State {
+                file,
+                len,
+                seq,
+                head,
+                checkpoint_stale: false,
+            }),
+            denials: Mutex::new(Folder::new()),
+            metrics,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.paths.log
     }
 
-    /// Appends and fsyncs one entry. An access that cannot be logged must not happen:
-    /// callers refuse the request when this fails.
+    /// Sequence number and MAC of the last entry.
+    pub fn head(&self) -> (u64, String) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.seq, st.head.clone())
+    }
+
+    fn write_checkpoint(&self, seq: u64, head: &str) -> std::io::Result<()> {
+        let cp = Checkpoint::new(&self.key, seq, head);
+        write_durably(
+            &self.paths.checkpoint,
+            &serde_json::to_vec(&cp).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Appends and fsyncs one entry, then the checkpoint. An access that cannot be
+    /// logged must not happen: callers refuse the request when this fails.
     pub fn record(
         &self,
         user: &str,
@@ -77,70 +476,450 @@ impl AuditLog {
         target: &str,
         outcome: &str,
     ) -> std::io::Result<()> {
+        self.append(user, role, action, target, outcome, "", 1)
+    }
+
+    /// `record` with the caller's address and the number of calls the line stands for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &self,
+        user: &str,
+        role: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        source: &str,
+        count: u64,
+    ) -> std::io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let e = Entry {
+        if st.checkpoint_stale {
+            self.write_checkpoint(st.seq, &st.head)?;
+            st.checkpoint_stale = false;
+        }
+        let mut e = Entry {
+            seq: st.seq + 1,
             at_ms: now_ms(),
             user: user.into(),
             role: role.into(),
             action: action.into(),
             target: target.into(),
             outcome: outcome.into(),
-            prev: st.1.clone(),
+            source: source.into(),
+            count,
+            prev: st.head.clone(),
+            mac: String::new(),
         };
-        let line = serde_json::to_vec(&e).map_err(std::io::Error::other)?;
-        let mut buf = line.clone();
+        e.mac = entry_mac(&self.key, &e);
+        let mut buf = serde_json::to_vec(&e).map_err(std::io::Error::other)?;
         buf.push(b'\n');
-        st.0.write_all(&buf)?;
-        st.0.sync_data()?;
-        st.1 = hex::encode(Sha256::digest(&line));
+        if let Err(err) = st.file.write_all(&buf).and_then(|()| st.file.sync_data()) {
+            // Leave no half line behind for the next entry to follow.
+            let len = st.len;
+            let _ = st.file.set_len(len);
+            return Err(err);
+        }
+        st.len += buf.len() as u64;
+        st.seq = e.seq;
+        st.head = e.mac;
+        st.checkpoint_stale = true;
+        self.write_checkpoint(st.seq, &st.head)?;
+        st.checkpoint_stale = false;
+        self.metrics.set_audit_head(st.seq, &st.head);
         Ok(())
+    }
+
+    /// Records a refused call that carried no valid identity. The first from a source in
+    /// a window is written at once; repeats are counted and written as one line when the
+    /// window closes (`flush_denials`), so a flood is recorded in full without filling
+    /// the disk.
+    pub fn deny_call(&self, source: &str, user: &str, action: &str, reason: &str) {
+        Metrics::inc(&self.metrics.denied_calls, 1);
+        let folds = self.denials.lock().unwrap_or_else(|e| e.into_inner()).note(
+            source,
+            user,
+            action,
+            reason,
+            Instant::now(),
+        );
+        self.write_folds(folds);
+    }
+
+    /// Writes the counts of every window that has closed (all of them if `all`).
+    pub fn flush_denials(&self, all: bool) {
+        let folds = self
+            .denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush(Instant::now(), all);
+        self.write_folds(folds);
+    }
+
+    fn write_folds(&self, folds: Vec<Fold>) {
+        for f in folds {
+            let target = if f.count == 1 && f.user != "-" {
+                String::new()
+            } else {
+                format!(
+                    "{} denied calls from {} in {} s, {} distinct user names",
+                    f.count,
+                    f.source,
+                    f.window.as_secs().max(1),
+                    f.users
+                )
+            };
+            if let Err(e) = self.append(
+                &f.user,
+                "-",
+                &f.action,
+                &target,
+                &format!("denied: {}", f.reason),
+                &f.source,
+                f.count,
+            ) {
+                tracing::error!(error = %e, count = f.count, source = %f.source, "could not write refused calls to the audit log");
+            }
+        }
     }
 }
 
-/// Reads the whole log and checks every link; returns the entries.
-pub fn verify(path: &Path) -> Result<Vec<Entry>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut prev = GENESIS.to_string();
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let e: Entry =
-            serde_json::from_str(line).map_err(|err| format!("line {}: {err}", i + 1))?;
-        if e.prev != prev {
-            return Err(format!(
-                "line {}: chain broken (a line before it was removed or changed)",
-                i + 1
-            ));
-        }
-        prev = hex::encode(Sha256::digest(line.as_bytes()));
-        out.push(e);
+fn non_empty(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+}
+
+/// A log from before keyed entries (no `seq`/`mac`) cannot be verified with a key; it is
+/// renamed, kept for the record, and a new keyed log starts.
+fn set_aside_unkeyed_log(log: &Path) -> std::io::Result<()> {
+    let mut f = match std::fs::File::open(log) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut head = vec![0u8; 4096];
+    let n = f.read(&mut head)?;
+    let first = head[..n].split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let legacy = serde_json::from_slice::<serde_json::Value>(first)
+        .is_ok_and(|v| v.get("prev").is_some() && v.get("mac").is_none());
+    if legacy {
+        let aside = log.with_extension(format!("log.unkeyed-{}", now_ms()));
+        std::fs::rename(log, &aside)?;
+        tracing::warn!(kept = %aside.display(), "audit log without MACs set aside; a keyed log starts");
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn open(dir: &Path) -> AuditLog {
+        AuditLog::open(dir, Arc::new(Metrics::default())).unwrap()
+    }
+
+    fn key(dir: &Path) -> [u8; 32] {
+        load_key(&dir.join(KEY_FILE), false).unwrap()
+    }
+
+    fn filled(n: usize) -> (tempfile::TempDir, AuditPaths, [u8; 32], String) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        for i in 0..n {
+            log.record(
+                "ana",
+                "specialist",
+                "get_case",
+                &format!("case{i}"),
+                "allowed",
+            )
+            .unwrap();
+        }
+        let paths = AuditPaths::in_dir(dir.path());
+        let text = std::fs::read_to_string(&paths.log).unwrap();
+        let k = key(dir.path());
+        (dir, paths, k, text)
+    }
+
     #[test]
     fn the_chain_survives_reopening_and_catches_edits() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.log");
-        let log = AuditLog::open(&p).unwrap();
+        let log = open(dir.path());
         log.record("ana", "specialist", "get_case", "ab12", "allowed")
             .unwrap();
         drop(log);
-        let log = AuditLog::open(&p).unwrap();
+        let log = open(dir.path());
         log.record("min", "ministry", "get_case", "ab12", "denied: role")
             .unwrap();
         log.record("ana", "specialist", "list_cases", "3 cases", "allowed")
             .unwrap();
-        assert_eq!(verify(&p).unwrap().len(), 3);
+        let paths = AuditPaths::in_dir(dir.path());
+        let k = key(dir.path());
+        let v = verify(&paths, &k).unwrap();
+        assert_eq!(v.entries.len(), 3);
+        assert_eq!(v.entries[2].seq, 3);
+        assert_eq!(log.head(), (3, v.entries[2].mac.clone()));
 
-        let text = std::fs::read_to_string(&p).unwrap();
+        let text = std::fs::read_to_string(&paths.log).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        std::fs::write(&p, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        assert!(verify(&p).unwrap_err().contains("line 2"));
-        std::fs::write(&p, text.replace("denied: role", "allowed")).unwrap();
-        assert!(verify(&p).unwrap_err().contains("line 3"));
+        std::fs::write(&paths.log, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        assert_eq!(
+            verify(&paths, &k).unwrap_err(),
+            Tamper::Sequence { line: 2, seq: 3 }
+        );
+        std::fs::write(&paths.log, text.replace("denied: role", "allowed")).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::BadMac { line: 2 });
+    }
+
+    #[test]
+    fn editing_the_last_line_cutting_the_tail_or_emptying_the_log_is_caught() {
+        let (_dir, paths, k, text) = filled(8);
+        let lines: Vec<&str> = text.lines().collect();
+
+        // The last line edited.
+        let edited = text.replace("case7", "case9");
+        std::fs::write(&paths.log, &edited).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::BadMac { line: 8 });
+
+        // The last five lines cut.
+        std::fs::write(&paths.log, format!("{}\n", lines[..3].join("\n"))).unwrap();
+        let e = verify(&paths, &k).unwrap_err();
+        assert_eq!(
+            e,
+            Tamper::Truncated {
+                entries: 3,
+                checkpoint: 8
+            }
+        );
+        assert!(e
+            .to_string()
+            .contains("log has 3 entries but the checkpoint says 8"));
+
+        // Emptied.
+        std::fs::write(&paths.log, "").unwrap();
+        let e = verify(&paths, &k).unwrap_err();
+        assert_eq!(e, Tamper::Empty { checkpoint: 8 });
+        assert!(e.to_string().contains("empty file"));
+
+        // The checkpoint removed, the log left whole: the key exists, so a checkpoint
+        // was written; its absence is named.
+        std::fs::write(&paths.log, &text).unwrap();
+        std::fs::remove_file(&paths.checkpoint).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::NoCheckpoint);
+    }
+
+    #[test]
+    fn removing_the_log_and_the_checkpoint_together_is_caught_and_the_hub_will_not_start() {
+        let (dir, paths, k, _) = filled(5);
+        std::fs::remove_file(&paths.log).unwrap();
+        std::fs::remove_file(&paths.checkpoint).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::NoCheckpoint);
+        let e = AuditLog::open(dir.path(), Arc::new(Metrics::default()))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("checkpoint missing"), "{e}");
+        // Nothing was started in their place.
+        assert!(!paths.log.exists() && !paths.checkpoint.exists());
+
+        // A legacy-looking first line plus a removed checkpoint is not a migration once
+        // a key exists.
+        std::fs::write(
+            &paths.log,
+            "{\"at_ms\":1,\"user\":\"a\",\"role\":\"r\",\"action\":\"x\",\"target\":\"\",\"outcome\":\"allowed\",\"prev\":\"00\"}\n",
+        )
+        .unwrap();
+        let e = AuditLog::open(dir.path(), Arc::new(Metrics::default()))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("checkpoint missing"), "{e}");
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("unkeyed"));
+        assert!(!aside, "set aside although a key exists");
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::NoCheckpoint);
+
+        // The checkpoint kept but the log removed or emptied: caught against seq 5.
+        let (dir, paths, _k, _) = filled(5);
+        std::fs::remove_file(&paths.log).unwrap();
+        let e = AuditLog::open(dir.path(), Arc::new(Metrics::default()))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("empty file"), "{e}");
+    }
+
+    #[test]
+    fn a_new_key_comes_with_a_genesis_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        drop(log);
+        let paths = AuditPaths::in_dir(dir.path());
+        let cp = read_checkpoint(&paths.checkpoint, &key(dir.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.seq, cp.head.as_str()), (0, GENESIS));
+        // Reopening an empty log with its genesis checkpoint is fine.
+        open(dir.path());
+    }
+
+    #[test]
+    fn a_line_that_is_not_byte_for_byte_as_written_is_caught() {
+        let (_dir, paths, k, text) = filled(3);
+        let lines: Vec<&str> = text.lines().collect();
+        let with = |i: usize, l: String| {
+            let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            v[i] = l;
+            std::fs::write(&paths.log, format!("{}\n", v.join("\n"))).unwrap();
+            verify(&paths, &k)
+        };
+        // An extra field.
+        let extra = lines[1].replacen('{', "{\"note\":\"hello\",", 1);
+        assert!(matches!(
+            with(1, extra).unwrap_err(),
+            Tamper::Unparsable { line: 2, .. }
+        ));
+        // Whitespace.
+        let spaced = lines[1].replacen("\"seq\":", "\"seq\": ", 1);
+        assert_eq!(
+            with(1, spaced).unwrap_err(),
+            Tamper::NotCanonical { line: 2 }
+        );
+        // A re-escaped character.
+        let escaped = lines[1].replacen("ana", "\\u0061na", 1);
+        assert_ne!(escaped, lines[1]);
+        assert_eq!(
+            with(1, escaped).unwrap_err(),
+            Tamper::NotCanonical { line: 2 }
+        );
+        // Reordered fields.
+        let v: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        let mut m: Vec<(String, serde_json::Value)> =
+            v.as_object().unwrap().clone().into_iter().collect();
+        m.reverse();
+        let reordered = format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(
+            with(2, reordered).unwrap_err(),
+            Tamper::NotCanonical { line: 3 }
+        );
+        // Untouched, it verifies.
+        assert_eq!(with(1, lines[1].to_string()).unwrap().entries.len(), 3);
+    }
+
+    #[test]
+    fn a_deleted_line_with_recomputed_hashes_is_caught_without_the_key() {
+        let (_dir, paths, k, text) = filled(6);
+        // The attacker removes line 3 and re-chains the rest with plain SHA-256, as the
+        // unkeyed log allowed; they cannot compute MACs.
+        use sha2::Digest;
+        let mut out = Vec::new();
+        let mut prev = GENESIS.to_string();
+        for (i, line) in text.lines().enumerate().filter(|(i, _)| *i != 2) {
+            let mut e: Entry = serde_json::from_str(line).unwrap();
+            e.seq = out.len() as u64 + 1;
+            e.prev = prev.clone();
+            e.mac = hex::encode(sha2::Sha256::digest(format!("{i}{line}")));
+            prev = e.mac.clone();
+            out.push(serde_json::to_string(&e).unwrap());
+        }
+        std::fs::write(&paths.log, format!("{}\n", out.join("\n"))).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap_err(), Tamper::BadMac { line: 1 });
+
+        // Deleting a line and keeping the others' MACs breaks the sequence.
+        let kept: Vec<&str> = text.lines().filter(|l| !l.contains("case2")).collect();
+        std::fs::write(&paths.log, format!("{}\n", kept.join("\n"))).unwrap();
+        assert_eq!(
+            verify(&paths, &k).unwrap_err(),
+            Tamper::Sequence { line: 3, seq: 4 }
+        );
+
+        // Another key (another hub's, or a guessed one) verifies nothing.
+        std::fs::write(&paths.log, &text).unwrap();
+        assert_eq!(verify(&paths, &[7; 32]).unwrap_err(), Tamper::CheckpointMac);
+    }
+
+    #[test]
+    fn a_crash_between_append_and_checkpoint_is_not_tampering() {
+        let (dir, paths, k, _) = filled(3);
+        let old_cp = std::fs::read(&paths.checkpoint).unwrap();
+        let log = open(dir.path());
+        log.record("ana", "specialist", "get_case", "x", "allowed")
+            .unwrap();
+        drop(log);
+        // As if the hub died after fsyncing line 4 and before replacing the checkpoint.
+        std::fs::write(&paths.checkpoint, &old_cp).unwrap();
+        let v = verify(&paths, &k).unwrap();
+        assert!(v.in_flight);
+        assert_eq!(v.entries.len(), 4);
+        // The next start repairs the checkpoint and goes on.
+        let log = open(dir.path());
+        assert_eq!(log.head().0, 4);
+        log.record("ana", "specialist", "get_case", "y", "allowed")
+            .unwrap();
+        drop(log);
+        assert!(!verify(&paths, &k).unwrap().in_flight);
+
+        // Two entries past the checkpoint is not a crash: refused, at start too.
+        std::fs::write(&paths.checkpoint, &old_cp).unwrap();
+        assert_eq!(
+            verify(&paths, &k).unwrap_err(),
+            Tamper::Ahead {
+                entries: 5,
+                checkpoint: 3
+            }
+        );
+        assert!(matches!(
+            AuditLog::open(dir.path(), Arc::new(Metrics::default())),
+            Err(OpenError::Tampered { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rolled_back_log_with_its_old_checkpoint_verifies_but_the_hub_will_not_reopen_a_cut_one() {
+        let (dir, paths, k, text) = filled(3);
+        let old_cp = std::fs::read(&paths.checkpoint).unwrap();
+        let log = open(dir.path());
+        log.record("ana", "specialist", "get_case", "later", "allowed")
+            .unwrap();
+        drop(log);
+        // A consistent old pair copied back is, by itself, indistinguishable from the
+        // past: only the sequence number scraped from /metrics can tell (SECURITY.md).
+        std::fs::write(&paths.log, &text).unwrap();
+        std::fs::write(&paths.checkpoint, &old_cp).unwrap();
+        assert_eq!(verify(&paths, &k).unwrap().entries.len(), 3);
+        // A cut log: the hub refuses to start rather than re-checkpoint over it.
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(&paths.log, format!("{}\n", lines[0])).unwrap();
+        let e = AuditLog::open(dir.path(), Arc::new(Metrics::default()))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn files_are_private_and_a_legacy_log_is_set_aside() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(LOG_FILE),
+            "{\"at_ms\":1,\"user\":\"a\",\"role\":\"r\",\"action\":\"x\",\"target\":\"\",\"outcome\":\"allowed\",\"prev\":\"00\"}\n",
+        )
+        .unwrap();
+        let log = open(dir.path());
+        log.record("a", "operator", "login", "", "allowed").unwrap();
+        for f in [LOG_FILE, KEY_FILE, CHECKPOINT_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{f} is {mode:o}");
+        }
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("unkeyed"));
+        assert!(aside);
     }
 }

@@ -3,11 +3,20 @@
 //! the next connection):
 //!
 //! ```text
-//! ca.pem ca.key            the regional CA (key 0600, never leaves the hub)
-//! hub.pem hub.key          the hub's server (and broker-client) certificate
-//! crl.pem                  revocations, for Mosquitto's `crlfile`
+//! ca.pem                   the trust bundle: the regional CA (ECDSA P-256), then, after
+//!                          `ca migrate`, the retired Ed25519 CA of an older install
+//! ca.key                   the regional CA's key (0600, never leaves the hub)
+//! legacy-ca.key            after `ca migrate`: the retired CA's key, which only signs
+//!                          its CRL (its device certificates stay valid until re-enrolled)
+//! hub.pem hub.key          the hub's server (and broker-client) certificate, ECDSA P-256
+//! pre-migrate/             after `ca migrate`: the files it replaced
+//! crl.pem                  revocations, one CRL per CA, for Mosquitto's `crlfile`
 //! devices/<clinic>/<device>.json   one enrolment: region, serial, key, revocation
 //! ```
+//!
+//! The CA and the hub's certificate are ECDSA P-256 because browsers and BoringSSL-based
+//! gRPC clients refuse Ed25519 in TLS; device keys stay Ed25519 (they also sign batches,
+//! and rustls and OpenSSL accept them as client certificates under a P-256 CA).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -20,8 +29,9 @@ use pleura_shared::{now_ms, validate_name};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SerialNumber, PKCS_ED25519,
+    RevocationReason, RevokedCertParams, SerialNumber, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -90,9 +100,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> std::io::
     std::fs::rename(&tmp, path)
 }
 
-/// A fresh Ed25519 key, stored as PKCS#8 v1 (seed only). ring writes v2, which OpenSSL
-/// 3.0 (Mosquitto on Debian 12) cannot read; ring, rustls and rcgen read v1.
-fn new_key() -> Result<KeyPair, CaError> {
+/// A fresh ECDSA P-256 key (the CA's and the hub's): what every TLS client accepts.
+fn new_p256_key() -> Result<KeyPair, CaError> {
+    Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
+}
+
+/// A fresh Ed25519 key (a device's), stored as PKCS#8 v1 (seed only). ring writes v2,
+/// which OpenSSL 3.0 (Mosquitto on Debian 12) cannot read; ring, rustls and rcgen read v1.
+fn new_ed25519_key() -> Result<KeyPair, CaError> {
     const V2: [u8; 16] = [
         0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
         0x20,
@@ -131,6 +146,24 @@ fn now_s() -> i64 {
     (now_ms() / 1000) as i64
 }
 
+fn ca_params(common_name: &str) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = ts(now_s() - 3600)?;
+    params.not_after = ts(now_s() + 20 * 365 * 86_400)?;
+    params.serial_number = Some(serial());
+    Ok(params)
+}
+
 impl Pki {
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.pem")
@@ -154,9 +187,20 @@ impl Pki {
             .join(format!("{device}.json"))
     }
 
-    /// Creates the CA, the hub's certificate (valid for `sans`: DNS names or IPs the
-    /// devices use to reach the hub) and an empty CRL. Refuses to overwrite a CA.
+    /// Creates the CA (ECDSA P-256), the hub's certificate (valid for `sans`: DNS names
+    /// or IPs the devices use to reach the hub) and an empty CRL. Refuses to overwrite a CA.
     pub fn init(dir: &Path, name: &str, sans: &[String]) -> Result<Self, CaError> {
+        Self::init_with(dir, name, sans, new_p256_key()?)
+    }
+
+    /// The PKI `ca init` wrote before the CA moved to P-256 (an Ed25519 CA and hub
+    /// certificate), kept so that `migrate` is tested against a real older install.
+    #[doc(hidden)]
+    pub fn init_legacy_ed25519(dir: &Path, name: &str, sans: &[String]) -> Result<Self, CaError> {
+        Self::init_with(dir, name, sans, new_ed25519_key()?)
+    }
+
+    fn init_with(dir: &Path, name: &str, sans: &[String], key: KeyPair) -> Result<Self, CaError> {
         let pki = Self { dir: dir.into() };
         if pki.ca_key().exists() {
             return Err(CaError::Invalid(format!(
@@ -164,26 +208,88 @@ impl Pki {
                 dir.display()
             )));
         }
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Pleura regional CA {name}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = ts(now_s() - 3600)?;
-        params.not_after = ts(now_s() + 20 * 365 * 86_400)?;
-        params.serial_number = Some(serial());
-        let key = new_key()?;
+        let hub_key = if key.algorithm() == &PKCS_ED25519 {
+            new_ed25519_key()?
+        } else {
+            new_p256_key()?
+        };
+        let params = ca_params(&format!("Pleura regional CA {name}"))?;
         let cert = params.self_signed(&key)?;
         write_file(&pki.ca_key(), key.serialize_pem().as_bytes(), true)?;
         write_file(&pki.ca_cert(), cert.pem().as_bytes(), false)?;
+        pki.issue_hub(&Issuer::new(params, key), sans, hub_key)?;
+        pki.write_crl()?;
+        Ok(pki)
+    }
 
-        let issuer = Issuer::new(params, key);
+    /// Moves an install whose CA is Ed25519 (before 2026-12) to a P-256 CA, in place:
+    /// a new P-256 CA signs a new hub certificate (same names as the old one) and every
+    /// enrolment from now on; the old CA stays in the trust bundle `ca.pem` (and its key,
+    /// as `legacy-ca.key`, signs its CRL), so devices enrolled under it keep their
+    /// certificates. Each device needs the new `ca.pem` to trust the hub's new
+    /// certificate once the hub restarts. The replaced files are copied to
+    /// `pre-migrate/` first. Returns the names the hub certificate is for.
+    pub fn migrate(dir: &Path) -> Result<Vec<String>, CaError> {
+        let pki = Self::open(dir)?;
+        if pki.legacy_ca_key().exists() {
+            return Err(CaError::Invalid(format!(
+                "{} exists: this PKI was already migrated (to undo a migration that stopped \
+                 part-way, put back the files in pre-migrate/ and remove legacy-ca.key)",
+                pki.legacy_ca_key().display()
+            )));
+        }
+        let old_key_pem = read(&pki.ca_key())?;
+        let old_key = KeyPair::from_pem(&old_key_pem)?;
+        if old_key.algorithm() != &PKCS_ED25519 {
+            return Err(CaError::Invalid(format!(
+                "the CA in {} is not Ed25519: nothing to migrate",
+                dir.display()
+            )));
+        }
+        let old_ca = pki.ca_cert_of(&old_key)?;
+        let bad = |e: pleura_shared::pki::PkiError| CaError::Invalid(e.to_string());
+        let old_cn = pleura_shared::pki::common_name(&old_ca).map_err(bad)?;
+        let hub_pem = pleura_shared::pki::load_certs(&pki.hub_cert()).map_err(bad)?;
+        let sans = pleura_shared::pki::subject_alt_names(&hub_pem[0]).map_err(bad)?;
+        let old_bundle = read(&pki.ca_cert())?;
+
+        let key = new_p256_key()?;
+        let params = ca_params(&format!("{old_cn} P-256"))?;
+        let cert = params.self_signed(&key)?;
+        // A copy of what is replaced, to restore by hand if this stops part-way.
+        let backup = dir.join("pre-migrate");
+        for (name, secret) in [
+            ("ca.pem", false),
+            ("ca.key", true),
+            ("hub.pem", false),
+            ("hub.key", true),
+            ("crl.pem", false),
+        ] {
+            let from = dir.join(name);
+            if from.exists() {
+                let bytes = std::fs::read(&from).map_err(io(&from))?;
+                write_file(&backup.join(name), &bytes, secret)?;
+            }
+        }
+        write_file(&pki.legacy_ca_key(), old_key_pem.as_bytes(), true)?;
+        write_file(
+            &pki.ca_cert(),
+            format!("{}{old_bundle}", cert.pem()).as_bytes(),
+            false,
+        )?;
+        write_file(&pki.ca_key(), key.serialize_pem().as_bytes(), true)?;
+        pki.issue_hub(&Issuer::new(params, key), &sans, new_p256_key()?)?;
+        pki.write_crl()?;
+        Ok(sans)
+    }
+
+    /// The hub's server (and broker-client) certificate, CN `pleura-hub`.
+    fn issue_hub(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        sans: &[String],
+        key: KeyPair,
+    ) -> Result<(), CaError> {
         let mut hub = CertificateParams::new(sans.to_vec())?;
         hub.distinguished_name = DistinguishedName::new();
         hub.distinguished_name.push(DnType::CommonName, HUB_CN);
@@ -195,12 +301,9 @@ impl Pki {
         hub.not_before = ts(now_s() - 3600)?;
         hub.not_after = ts(now_s() + 825 * 86_400)?;
         hub.serial_number = Some(serial());
-        let hub_key = new_key()?;
-        let hub_cert = hub.signed_by(&hub_key, &issuer)?;
-        write_file(&pki.hub_key(), hub_key.serialize_pem().as_bytes(), true)?;
-        write_file(&pki.hub_cert(), hub_cert.pem().as_bytes(), false)?;
-        pki.write_crl(&issuer)?;
-        Ok(pki)
+        let cert = hub.signed_by(&key, issuer)?;
+        write_file(&self.hub_key(), key.serialize_pem().as_bytes(), true)?;
+        write_file(&self.hub_cert(), cert.pem().as_bytes(), false)
     }
 
     pub fn open(dir: &Path) -> Result<Self, CaError> {
@@ -217,9 +320,40 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The certificate in the trust bundle whose public key is `key`'s.
+    fn ca_cert_of(&self, key: &KeyPair) -> Result<CertificateDer<'static>, CaError> {
+        let path = self.ca_cert();
+        let certs =
+            pleura_shared::pki::load_certs(&path).map_err(|e| CaError::Invalid(e.to_string()))?;
+        for c in certs {
+            let pk = pleura_shared::pki::subject_public_key(&c).map_err(|e| CaError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if pk == key.public_key_raw() {
+                return Ok(c);
+            }
+        }
+        Err(CaError::Invalid(format!(
+            "{} holds no certificate for the key in {}",
+            path.display(),
+            self.ca_key().display()
+        )))
+    }
+
+    fn issuer_from(&self, key_path: &Path) -> Result<Issuer<'static, KeyPair>, CaError> {
+        let key = KeyPair::from_pem(&read(key_path)?)?;
+        let cert = self.ca_cert_of(&key)?;
+        Ok(Issuer::from_ca_cert_der(&cert, key)?)
+    }
+
+    /// The CA that signs enrolments now.
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, CaError> {
-        let key = KeyPair::from_pem(&read(&self.ca_key())?)?;
-        Ok(Issuer::from_ca_cert_pem(&read(&self.ca_cert())?, key)?)
+        self.issuer_from(&self.ca_key())
+    }
+
+    fn legacy_ca_key(&self) -> PathBuf {
+        self.dir.join("legacy-ca.key")
     }
 
     /// Issues a device certificate valid from `not_before_s` to `not_after_s` (Unix
@@ -260,7 +394,7 @@ impl Pki {
         params.not_before = ts(not_before_s)?;
         params.not_after = ts(not_after_s)?;
         params.serial_number = Some(serial());
-        let key = new_key()?;
+        let key = new_ed25519_key()?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         let info = cert_info(cert.der()).map_err(|e| CaError::Invalid(e.to_string()))?;
 
@@ -304,11 +438,18 @@ impl Pki {
             rec.revoked_at_ms = Some(now_ms());
             self.save(&rec)?;
         }
-        self.write_crl(&self.issuer()?)?;
+        self.write_crl()?;
         Ok(rec)
     }
 
-    fn write_crl(&self, issuer: &Issuer<'_, KeyPair>) -> Result<(), CaError> {
+    /// One CRL per CA in crl.pem (OpenSSL wants the CRL of the issuer of the certificate
+    /// it checks; serials are random 128-bit, so listing each revoked serial in both
+    /// CRLs is harmless).
+    fn write_crl(&self) -> Result<(), CaError> {
+        let mut issuers = vec![self.issuer()?];
+        if self.legacy_ca_key().exists() {
+            issuers.push(self.issuer_from(&self.legacy_ca_key())?);
+        }
         let mut revoked = Vec::new();
         for r in self.devices()? {
             if let Some(at) = r.revoked_at_ms {
@@ -322,16 +463,19 @@ impl Pki {
                 });
             }
         }
-        let crl = CertificateRevocationListParams {
+        let params = CertificateRevocationListParams {
             this_update: ts(now_s() - 60)?,
             next_update: ts(now_s() + 365 * 86_400)?,
             crl_number: SerialNumber::from_slice(&(now_ms()).to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: revoked,
             key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let mut pem = String::new();
+        for issuer in &issuers {
+            pem.push_str(&params.signed_by(issuer)?.pem()?);
         }
-        .signed_by(issuer)?;
-        write_file(&self.crl(), crl.pem()?.as_bytes(), false)
+        write_file(&self.crl(), pem.as_bytes(), false)
     }
 
     pub fn device(&self, clinic: &str, device: &str) -> Result<Option<DeviceRecord>, CaError> {
@@ -533,5 +677,103 @@ mod tests {
         ));
         assert!(reg.trusted("c1", "d1", Some(&again.serial)).is_ok());
         assert_eq!(reg.clinics_in("north").len(), 1);
+    }
+
+    fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+        pleura_shared::pki::load_certs(path).unwrap()
+    }
+
+    /// Whether `leaf` chains to `root` (rustls' client-certificate check).
+    fn chains(leaf: &CertificateDer<'_>, root: &CertificateDer<'static>) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            pleura_shared::pki::provider(),
+        )
+        .build()
+        .unwrap()
+        .verify_client_cert(leaf, &[], rustls::pki_types::UnixTime::now())
+        .is_ok()
+    }
+
+    fn public_key_len(der: &CertificateDer<'_>) -> usize {
+        pleura_shared::pki::subject_public_key(der).unwrap().len()
+    }
+
+    #[test]
+    fn a_new_ca_and_hub_certificate_are_p256_and_device_keys_ed25519() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(dir.path(), "t", &["hub.example".into(), "10.0.0.1".into()]).unwrap();
+        let ca = certs(&pki.ca_cert());
+        assert_eq!(ca.len(), 1);
+        assert_eq!(public_key_len(&ca[0]), 65, "uncompressed P-256 point");
+        let hub = certs(&pki.hub_cert());
+        assert_eq!(public_key_len(&hub[0]), 65);
+        assert_eq!(
+            pleura_shared::pki::subject_alt_names(&hub[0]).unwrap(),
+            ["hub.example", "10.0.0.1"]
+        );
+        let now = now_s();
+        let out = dir.path().join("b");
+        pki.enroll("c1", "d1", "north", now - 60, now + 600, &out)
+            .unwrap();
+        let dev = certs(&out.join("device.pem"));
+        assert_eq!(public_key_len(&dev[0]), 32, "Ed25519 device key");
+        assert!(chains(&dev[0], &ca[0]));
+        assert!(
+            Pki::migrate(dir.path()).is_err(),
+            "a P-256 CA has nothing to migrate"
+        );
+    }
+
+    #[test]
+    fn migrate_keeps_old_devices_valid_and_moves_the_hub_and_new_enrolments_to_p256() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let pki = Pki::init_legacy_ed25519(dir.path(), "t", &sans).unwrap();
+        let old_ca = certs(&pki.ca_cert()).remove(0);
+        assert_eq!(public_key_len(&old_ca), 32);
+        let now = now_s();
+        let (b1, b2) = (dir.path().join("b1"), dir.path().join("b2"));
+        let old = pki
+            .enroll("c1", "d1", "north", now - 60, now + 600, &b1)
+            .unwrap();
+
+        assert_eq!(Pki::migrate(dir.path()).unwrap(), sans);
+        assert_eq!(
+            certs(&dir.path().join("pre-migrate/ca.pem")),
+            std::slice::from_ref(&old_ca)
+        );
+        assert!(Pki::migrate(dir.path()).is_err(), "only once");
+        let bundle = certs(&pki.ca_cert());
+        assert_eq!(bundle.len(), 2, "new CA, then the retired one");
+        assert_eq!(public_key_len(&bundle[0]), 65);
+        assert_eq!(bundle[1], old_ca);
+        let hub = certs(&pki.hub_cert());
+        assert_eq!(public_key_len(&hub[0]), 65);
+        assert_eq!(
+            pleura_shared::pki::subject_alt_names(&hub[0]).unwrap(),
+            sans
+        );
+        assert!(chains(&hub[0], &bundle[0]), "hub.pem chains to the new CA");
+
+        // The old device's certificate still chains (to the retired CA) and is trusted.
+        let d1 = certs(&b1.join("device.pem")).remove(0);
+        assert!(chains(&d1, &old_ca));
+        let reg = Registry::new(dir.path()).unwrap();
+        assert!(reg.trusted("c1", "d1", Some(&old.serial)).is_ok());
+        // New enrolments are signed by the P-256 CA and get the whole bundle.
+        pki.enroll("c1", "d2", "north", now - 60, now + 600, &b2)
+            .unwrap();
+        let d2 = certs(&b2.join("device.pem")).remove(0);
+        assert!(chains(&d2, &bundle[0]) && !chains(&d2, &old_ca));
+        assert_eq!(certs(&b2.join("ca.pem")), bundle);
+        // Revocation still works, with one CRL per CA.
+        pki.revoke("c1", "d1").unwrap();
+        assert_eq!(
+            read(&pki.crl()).unwrap().matches("BEGIN X509 CRL").count(),
+            2
+        );
     }
 }

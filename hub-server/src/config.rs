@@ -90,7 +90,7 @@ pub struct MqttConfig {
     /// Client id of this hub on the broker (unique per hub instance).
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// Largest MQTT payload accepted, bytes.
+    /// Largest batch accepted, bytes: MQTT payloads and gRPC uploads alike.
     #[serde(default = "default_max_payload")]
     pub max_payload: usize,
 }
@@ -122,7 +122,7 @@ fn default_client_id() -> String {
     "pleura-hub-1".into()
 }
 fn default_max_payload() -> usize {
-    64 * 1024
+    pleura_shared::record::MAX_BATCH_BYTES
 }
 
 impl Default for MqttConfig {
@@ -245,6 +245,7 @@ impl HubConfig {
              # url = \"mqtts://broker.example:8883\"   # for broker = \"external\"\n\
              share_group = \"pleura-hubs\"\n\
              client_id = \"pleura-hub-1\"\n\
+             # Largest result batch, bytes, over MQTT and gRPC alike.\n\
              max_payload = {}\n",
             default_grpc(),
             default_metrics(),

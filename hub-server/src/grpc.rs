@@ -1,9 +1,12 @@
 //! The hub's gRPC API. Devices upload signed batches (the fallback when MQTT is
 //! blocked) over mTLS; people log in for a bearer token and get what their role allows.
-//! Every access to a case or the worklist, allowed or denied, goes to the audit log
-//! before any data is returned.
+//! Every access to a case, the worklist, aggregates or sync status, allowed or denied,
+//! goes to the audit log before any data is returned; so does every call refused for its
+//! token (folded per source under a flood, see `denials`). Logins are throttled per
+//! account and per source address (`ratelimit`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pleura_proto::v1::hub_server::Hub;
 use pleura_proto::v1::{
@@ -19,6 +22,7 @@ use crate::auth::{Auth, AuthError, Caller, Role};
 use crate::ca::Registry;
 use crate::ingest::{Ingest, IngestError};
 use crate::metrics::Metrics;
+use crate::ratelimit::{Attempt, LoginLimiter};
 use crate::store::{CaseFilter, StoreError, StoredCase};
 use crate::tls::peer_device;
 
@@ -28,6 +32,7 @@ pub struct HubService {
     pub audit: Arc<AuditLog>,
     /// None in insecure development mode: uploads then need no certificate.
     pub registry: Option<Arc<Registry>>,
+    pub limiter: LoginLimiter,
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -40,6 +45,9 @@ fn ingest_status(e: IngestError) -> Status {
         IngestError::Store(s) => store_status(s),
         e @ (IngestError::Untrusted(_) | IngestError::Unsigned(_) | IngestError::Signature(_)) => {
             Status::permission_denied(e.to_string())
+        }
+        e @ (IngestError::TooLarge(..) | IngestError::TooMany(..)) => {
+            Status::resource_exhausted(e.to_string())
         }
         e => Status::invalid_argument(e.to_string()),
     }
@@ -60,42 +68,104 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(e.to_string()))?
 }
 
+/// The caller's IP address (not the port: one client opens many connections).
+fn source<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
+}
+
+fn audit_unavailable(e: std::io::Error) -> Status {
+    tracing::error!(error = %e, "audit log write failed; refusing the access");
+    Status::unavailable("audit log unavailable")
+}
+
+/// Who called, as the audit log records them.
+struct Who {
+    caller: Caller,
+    source: String,
+}
+
 impl HubService {
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    /// Records a refused call (folded per source, see `denials`), off the async workers:
+    /// the write fsyncs.
+    async fn deny_call(&self, source: &str, user: &str, action: &str, reason: &str) {
+        let a = self.audit.clone();
+        let (source, user, action, reason) = (
+            source.to_string(),
+            user.to_string(),
+            action.to_string(),
+            reason.to_string(),
+        );
+        let _ = tokio::task::spawn_blocking(move || a.deny_call(&source, &user, &action, &reason))
+            .await;
+    }
+
+    /// The caller behind the request's token. A refusal is audited (without the token),
+    /// with the peer address and the reason.
+    async fn caller<T>(&self, req: &Request<T>, action: &str) -> Result<Who, Status> {
+        let source = source(req);
         let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated(AuthError::NoToken.to_string()))?;
-        self.auth.verify(token).map_err(|e| match e {
-            AuthError::Accounts { .. } => {
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let res = match token {
+            Some(t) => self.auth.verify(t),
+            None => Err(AuthError::NoToken),
+        };
+        match res {
+            Ok(caller) => Ok(Who { caller, source }),
+            Err(e @ AuthError::Accounts { .. }) => {
                 tracing::error!(error = %e, "accounts file");
-                Status::unavailable("accounts unavailable")
+                Err(Status::unavailable("accounts unavailable"))
             }
-            e => Status::unauthenticated(e.to_string()),
-        })
+            Err(e) => {
+                let user = match &e {
+                    AuthError::Stale(u) => u.chars().take(64).collect(),
+                    _ => "-".to_string(),
+                };
+                self.deny_call(&source, &user, action, &e.to_string()).await;
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
     }
 
-    fn audit(&self, who: &Caller, action: &str, target: &str, outcome: &str) -> Result<(), Status> {
-        self.audit
-            .record(&who.username, who.role.as_str(), action, target, outcome)
-            .map_err(|e| {
-                tracing::error!(error = %e, "audit log write failed; refusing the access");
-                Status::unavailable("audit log unavailable")
-            })
+    /// Appends one entry off the async workers (the append fsyncs the log and the
+    /// checkpoint); an access whose entry could not be written is refused.
+    async fn audit(
+        &self,
+        who: &Who,
+        action: &str,
+        target: &str,
+        outcome: &str,
+    ) -> Result<(), Status> {
+        let a = self.audit.clone();
+        let c = &who.caller;
+        let (user, role, source) = (c.username.clone(), c.role.as_str(), who.source.clone());
+        let (action, target, outcome) =
+            (action.to_string(), target.to_string(), outcome.to_string());
+        tokio::task::spawn_blocking(move || {
+            a.append(&user, role, &action, &target, &outcome, &source, 1)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(audit_unavailable)
     }
 
     /// Logs a denial and returns the status to send.
-    fn deny(&self, who: &Caller, action: &str, target: &str, why: &str) -> Status {
-        if let Err(s) = self.audit(who, action, target, &format!("denied: {why}")) {
+    async fn deny(&self, who: &Who, action: &str, target: &str, why: &str) -> Status {
+        if let Err(s) = self
+            .audit(who, action, target, &format!("denied: {why}"))
+            .await
+        {
             return s;
         }
         Status::permission_denied(why.to_string())
     }
 
     /// Clinics whose cases the caller may see (None: all).
-    fn clinic_scope(&self, who: &Caller) -> Option<std::collections::HashSet<String>> {
+    fn clinic_scope(&self, who: &Who) -> Option<std::collections::HashSet<String>> {
+        let who = &who.caller;
         match who.role {
             Role::Operator => None,
             _ => Some(
@@ -136,15 +206,32 @@ impl Hub for HubService {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let source = source(&req);
         let r = req.into_inner();
+        let name: String = r.username.chars().take(64).collect();
+        // Throttled before argon2: a guesser costs the hub no hashing once locked out.
+        if let Err(t) = self.limiter.begin(&name, &source, Instant::now()) {
+            Metrics::inc(&self.ingest.metrics.logins_throttled, 1);
+            self.deny_call(&source, &name, "login", t.reason()).await;
+            return Err(Status::resource_exhausted(format!(
+                "{}: try again in {} s",
+                t.reason(),
+                t.retry_after().as_secs().max(1)
+            )));
+        }
         let auth = self.auth.clone();
-        let user = r.username.clone();
-        let res = tokio::task::spawn_blocking(move || auth.login(&r.username, &r.password))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        match res {
-            Ok((token, exp, who)) => {
-                self.audit(&who, "login", "", "allowed")?;
+        let res = tokio::task::spawn_blocking(move || auth.login(&r.username, &r.password)).await;
+        let attempt = match &res {
+            Ok(Ok(_)) => Attempt::Succeeded,
+            Ok(Err(AuthError::BadCredentials)) => Attempt::Failed,
+            _ => Attempt::Aborted,
+        };
+        self.limiter.finish(&name, &source, attempt, Instant::now());
+        match res.map_err(|e| Status::internal(e.to_string()))? {
+            Ok((token, exp, caller)) => {
+                let who = Who { caller, source };
+                self.audit(&who, "login", "", "allowed").await?;
+                let who = who.caller;
                 Ok(Response::new(LoginResponse {
                     token,
                     expires_at_ms: exp,
@@ -153,10 +240,10 @@ impl Hub for HubService {
                 }))
             }
             Err(e) => {
-                let name: String = user.chars().take(64).collect();
-                self.audit
-                    .record(&name, "-", "login", "", &format!("denied: {e}"))
-                    .map_err(|_| Status::unavailable("audit log unavailable"))?;
+                // A wrong password is a refused call like any other: folded per source,
+                // so spraying names cannot make a line each.
+                self.deny_call(&source, &name, "login", &e.to_string())
+                    .await;
                 Err(Status::unauthenticated(e.to_string()))
             }
         }
@@ -166,14 +253,16 @@ impl Hub for HubService {
         &self,
         req: Request<ListCasesRequest>,
     ) -> Result<Response<ListCasesResponse>, Status> {
-        let who = self.caller(&req)?;
-        if who.role == Role::Ministry {
-            return Err(self.deny(
-                &who,
-                "list_cases",
-                "",
-                "ministry viewers see aggregates only",
-            ));
+        let who = self.caller(&req, "list_cases").await?;
+        if who.caller.role == Role::Ministry {
+            return Err(self
+                .deny(
+                    &who,
+                    "list_cases",
+                    "",
+                    "ministry viewers see aggregates only",
+                )
+                .await);
         }
         let r = req.into_inner();
         let mut filter = CaseFilter {
@@ -188,7 +277,7 @@ impl Hub for HubService {
                 r.limit.min(10_000) as usize
             },
         };
-        if who.role == Role::Specialist {
+        if who.caller.role == Role::Specialist {
             // The worklist: flagged cases only.
             filter.flagged = Some(true);
         }
@@ -211,24 +300,27 @@ impl Hub for HubService {
             "list_cases",
             &format!("{} cases", cases.len()),
             "allowed",
-        )?;
+        )
+        .await?;
         Ok(Response::new(ListCasesResponse {
             cases: cases.into_iter().map(to_case).collect(),
         }))
     }
 
     async fn get_case(&self, req: Request<GetCaseRequest>) -> Result<Response<Case>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req, "get_case").await?;
         let id = ResultId::from_slice(&req.into_inner().result_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let target = id.to_string();
-        if who.role == Role::Ministry {
-            return Err(self.deny(
-                &who,
-                "get_case",
-                &target,
-                "ministry viewers see aggregates only",
-            ));
+        if who.caller.role == Role::Ministry {
+            return Err(self
+                .deny(
+                    &who,
+                    "get_case",
+                    &target,
+                    "ministry viewers see aggregates only",
+                )
+                .await);
         }
         let store = self.ingest.store.clone();
         let case = blocking(move || store.get(&id).map_err(store_status)).await?;
@@ -239,9 +331,11 @@ impl Hub for HubService {
                 .is_none_or(|s| s.contains(&c.record.clinic) && c.record.analysis.flagged)
         });
         if !in_scope {
-            return Err(self.deny(&who, "get_case", &target, "no such case in your scope"));
+            return Err(self
+                .deny(&who, "get_case", &target, "no such case in your scope")
+                .await);
         }
-        self.audit(&who, "get_case", &target, "allowed")?;
+        self.audit(&who, "get_case", &target, "allowed").await?;
         Ok(Response::new(to_case(case.expect("in scope"))))
     }
 
@@ -249,16 +343,16 @@ impl Hub for HubService {
         &self,
         req: Request<AggregatesRequest>,
     ) -> Result<Response<AggregatesResponse>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req, "aggregates").await?;
         let r = req.into_inner();
         let regions = self
             .registry
             .as_ref()
             .map(|r| r.regions())
             .unwrap_or_default();
-        let only = (who.role == Role::Specialist).then(|| who.region.clone());
+        let only = (who.caller.role == Role::Specialist).then(|| who.caller.region.clone());
         let store = self.ingest.store.clone();
-        let rows = blocking(move || {
+        let rows: Vec<Aggregate> = blocking(move || {
             let f = CaseFilter {
                 from_day: (r.from_day > 0).then_some(r.from_day),
                 to_day: (r.to_day > 0).then_some(r.to_day),
@@ -294,6 +388,13 @@ impl Hub for HubService {
             Ok(acc.into_values().collect())
         })
         .await?;
+        self.audit(
+            &who,
+            "aggregates",
+            &format!("{} rows", rows.len()),
+            "allowed",
+        )
+        .await?;
         Ok(Response::new(AggregatesResponse { rows }))
     }
 
@@ -301,12 +402,21 @@ impl Hub for HubService {
         &self,
         req: Request<SyncStatusRequest>,
     ) -> Result<Response<SyncStatusResponse>, Status> {
-        let who = self.caller(&req)?;
-        if who.role != Role::Operator {
-            return Err(Status::permission_denied("sync status is for operators"));
+        let who = self.caller(&req, "sync_status").await?;
+        if who.caller.role != Role::Operator {
+            return Err(self
+                .deny(&who, "sync_status", "", "sync status is for operators")
+                .await);
         }
         let store = self.ingest.store.clone();
         let devices = blocking(move || store.devices().map_err(store_status)).await?;
+        self.audit(
+            &who,
+            "sync_status",
+            &format!("{} devices", devices.len()),
+            "allowed",
+        )
+        .await?;
         Ok(Response::new(SyncStatusResponse {
             devices: devices
                 .into_iter()

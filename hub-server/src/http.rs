@@ -1,4 +1,5 @@
-//! Prometheus metrics and a readiness probe over plain HTTP.
+//! Prometheus metrics and a readiness probe: over HTTPS with the hub certificate (plain
+//! HTTP only in `insecure-plaintext` mode; see `lib.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -18,8 +18,10 @@ use crate::store::{Commit, HubStore, StoreError};
 pub enum IngestError {
     #[error("message on unexpected topic: {0}")]
     Topic(String),
-    #[error("payload of {0} bytes exceeds the limit of {1}")]
+    #[error("batch of {0} bytes exceeds the limit of {1} bytes")]
     TooLarge(usize, usize),
+    #[error("batch of {0} results exceeds the limit of {1} per batch")]
+    TooMany(usize, usize),
     #[error("payload is not a ResultBatch: {0}")]
     Decode(#[from] prost::DecodeError),
     #[error("unknown schema version {0} (this hub speaks {SCHEMA_VERSION})")]
@@ -43,6 +45,7 @@ impl IngestError {
         match self {
             IngestError::Topic(_) => "topic",
             IngestError::TooLarge(..) => "too_large",
+            IngestError::TooMany(..) => "too_many_records",
             IngestError::Decode(_) => "malformed",
             IngestError::Schema(_) => "schema_version",
             IngestError::Mismatch { .. } => "identity_mismatch",
@@ -57,7 +60,11 @@ impl IngestError {
 pub struct Ingest {
     pub store: Arc<dyn HubStore>,
     pub metrics: Arc<Metrics>,
+    /// Largest batch, bytes (the signed envelope), on every path: MQTT payloads and gRPC
+    /// uploads alike. Config `mqtt.max_payload`; default `MAX_BATCH_BYTES`.
     pub max_payload: usize,
+    /// Most results in one batch, on every path.
+    pub max_records: usize,
     /// Enrolled devices and their keys; None only in insecure development mode, where
     /// unsigned batches are accepted.
     pub registry: Option<Arc<Registry>>,
@@ -110,7 +117,14 @@ impl Ingest {
     /// the clinic/device it claims. Whatever carried it (any broker, any topic), a
     /// batch that passes came from that device.
     pub fn open(&self, signed: &SignedBatch) -> Result<ResultBatch, IngestError> {
+        let size = signed.encoded_len();
+        if size > self.max_payload {
+            return Err(IngestError::TooLarge(size, self.max_payload));
+        }
         let batch = ResultBatch::decode(signed.batch.as_slice())?;
+        if batch.results.len() > self.max_records {
+            return Err(IngestError::TooMany(batch.results.len(), self.max_records));
+        }
         if batch.schema_version != SCHEMA_VERSION {
             return Err(IngestError::Schema(batch.schema_version));
         }
@@ -193,17 +207,27 @@ impl Ingest {
             &self.metrics.commit_micros,
             started.elapsed().as_micros() as u64,
         );
-        let new = outcome.iter().filter(|c| **c == Commit::New).count() as u64;
-        Metrics::inc(&self.metrics.results_committed, new);
-        Metrics::inc(&self.metrics.results_duplicate, outcome.len() as u64 - new);
+        let count = |k: Commit| outcome.iter().filter(|c| **c == k).count() as u64;
+        Metrics::inc(&self.metrics.results_committed, count(Commit::New));
+        Metrics::inc(&self.metrics.results_duplicate, count(Commit::Duplicate));
+        Metrics::inc(&self.metrics.results_conflict, count(Commit::Conflict));
+        let mut outcome = outcome.into_iter();
         Ok(prepared
             .into_iter()
-            .map(|p| {
+            .map(|mut p| {
+                let mut committed = Vec::with_capacity(p.good.len());
+                for r in &p.good {
+                    // An empty outcome (nothing to commit) cannot happen for a record.
+                    match outcome.next().unwrap_or(Commit::Conflict) {
+                        Commit::New | Commit::Duplicate => committed.push(r.id.0.to_vec()),
+                        Commit::Conflict => p.rejected.push(self.conflict(r)),
+                    }
+                }
                 Metrics::inc(&self.metrics.results_rejected, p.rejected.len() as u64);
                 Outcome {
                     ack: ResultAck {
                         schema_version: SCHEMA_VERSION,
-                        committed: p.good.iter().map(|r| r.id.0.to_vec()).collect(),
+                        committed,
                         rejected: p.rejected,
                     },
                     clinic: p.clinic,
@@ -211,6 +235,32 @@ impl Ingest {
                 }
             })
             .collect())
+    }
+
+    /// A result whose id another record holds: never acked as committed, never stored
+    /// over the other; the operator is alarmed (log + `pleura_hub_results_conflict_total`)
+    /// and the device parks it.
+    fn conflict(&self, r: &ScanRecord) -> Rejection {
+        let holder = self
+            .store
+            .get(&r.id)
+            .ok()
+            .flatten()
+            .map(|c| format!("{}/{}", c.record.clinic, c.record.device))
+            .unwrap_or_else(|| "unknown".into());
+        tracing::error!(
+            clinic = %r.clinic,
+            device = %r.device,
+            result_id = %r.id,
+            held_by = %holder,
+            "result id conflict: the hub holds a different record under this id; refused"
+        );
+        Rejection {
+            result_id: r.id.0.to_vec(),
+            reason: "result id conflict: the hub holds a different record under this id \
+                     (refused, reported to the hub operator)"
+                .into(),
+        }
     }
 }
 
@@ -225,6 +275,7 @@ mod tests {
             store: Arc::new(SledStore::open(dir).unwrap()),
             metrics: Arc::new(Metrics::default()),
             max_payload: 4096,
+            max_records: 500,
             registry: None,
         }
     }
@@ -315,6 +366,108 @@ mod tests {
             label(ing.upload(signed(&good, &a.join("device.key")), None)),
             Some("untrusted_device")
         );
+    }
+
+    #[test]
+    fn a_device_cannot_preempt_another_devices_result_id() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let ing = ingest(dir.path());
+        let genuine = sample_record("c2", "b", 3, true);
+        // Device a sends a record of its own under b's future result id.
+        let mut squat = sample_record("c1", "a", 0, false);
+        squat.id = genuine.id;
+        ing.mqtt_message(
+            &topics::results("c1", "a"),
+            &env(&batch("c1", "a", &[squat])),
+        )
+        .unwrap();
+        // b's genuine severity-3 result: not acked, not counted as a duplicate.
+        let send_b = || {
+            ing.mqtt_message(
+                &topics::results("c2", "b"),
+                &env(&batch("c2", "b", std::slice::from_ref(&genuine))),
+            )
+            .unwrap()
+        };
+        let out = send_b();
+        assert!(out.ack.committed.is_empty(), "acked as if committed");
+        assert_eq!(out.ack.rejected.len(), 1);
+        assert!(out.ack.rejected[0].reason.contains("conflict"));
+        assert_eq!(ing.metrics.results_duplicate.load(Relaxed), 0);
+        assert_eq!(ing.metrics.results_conflict.load(Relaxed), 1);
+        // Redelivered, still refused; nothing overwritten either way.
+        assert!(send_b().ack.committed.is_empty());
+        assert_eq!(
+            ing.store.get(&genuine.id).unwrap().unwrap().record.device,
+            "a"
+        );
+
+        // The same device re-using an id for different content is a conflict as well.
+        let first = sample_record("c2", "b", 1, false);
+        let mut changed = first.clone();
+        changed.analysis.flagged = true;
+        let topic = topics::results("c2", "b");
+        ing.mqtt_message(
+            &topic,
+            &env(&batch("c2", "b", std::slice::from_ref(&first))),
+        )
+        .unwrap();
+        let out = ing
+            .mqtt_message(&topic, &env(&batch("c2", "b", &[changed, first.clone()])))
+            .unwrap();
+        assert_eq!(out.ack.committed, vec![first.id.0.to_vec()]);
+        assert_eq!(out.ack.rejected.len(), 1);
+        assert_eq!(ing.metrics.results_conflict.load(Relaxed), 3);
+        assert_eq!(ing.store.get(&first.id).unwrap().unwrap().record, first);
+    }
+
+    #[test]
+    fn one_batch_limit_holds_for_mqtt_and_grpc() {
+        use pleura_shared::record::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ing = ingest(dir.path());
+        ing.max_payload = MAX_BATCH_BYTES;
+        ing.max_records = MAX_BATCH_RECORDS;
+        let topic = topics::results("c1", "d1");
+        let recs = |n: usize| -> Vec<ScanRecord> {
+            (0..n)
+                .map(|_| sample_record("c1", "d1", 1, false))
+                .collect()
+        };
+        let grpc = |ing: &Ingest, b: &ResultBatch| {
+            ing.upload(SignedBatch::decode(env(b).as_slice()).unwrap(), None)
+                .err()
+                .map(|e| e.label())
+        };
+        // The 1,500-result batch gRPC used to take: refused on both paths.
+        let big = batch("c1", "d1", &recs(1500));
+        assert!(env(&big).len() > 250_000);
+        assert_eq!(grpc(&ing, &big), Some("too_large"));
+        assert_eq!(
+            ing.mqtt_message(&topic, &env(&big))
+                .err()
+                .map(|e| e.label()),
+            Some("too_large")
+        );
+        // Past the count limit, even under the byte limit.
+        ing.max_payload = 1 << 20;
+        let many = batch("c1", "d1", &recs(MAX_BATCH_RECORDS + 1));
+        assert_eq!(grpc(&ing, &many), Some("too_many_records"));
+        assert_eq!(
+            ing.mqtt_message(&topic, &env(&many))
+                .err()
+                .map(|e| e.label()),
+            Some("too_many_records")
+        );
+        assert_eq!(ing.store.count().unwrap(), 0);
+        // What the edge sends by default (50 results) passes; ~300 fit in the byte limit.
+        ing.max_payload = MAX_BATCH_BYTES;
+        let per = env(&batch("c1", "d1", &recs(100))).len() / 100;
+        assert!(MAX_BATCH_BYTES / per >= 250, "{per} bytes a result");
+        assert_eq!(grpc(&ing, &batch("c1", "d1", &recs(50))), None);
+        assert_eq!(grpc(&ing, &batch("c1", "d1", &recs(250))), None);
+        assert_eq!(ing.store.count().unwrap(), 300);
     }
 
     #[test]

@@ -7,12 +7,15 @@ pub mod auth;
 pub mod broker;
 pub mod ca;
 pub mod config;
+pub mod denials;
 pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod perms;
+pub mod ratelimit;
 pub mod store;
 pub mod tls;
 
@@ -32,10 +35,13 @@ use crate::store::{HubStore, SledStore};
 
 /// Runs the hub until `shutdown` is cancelled. Config must already be validated.
 pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    // Case data and keys: 0700 directories, 0600 files, including what was there before.
+    perms::private_tree(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {} (0700)", cfg.data_dir.display()))?;
     let store: Arc<dyn HubStore> =
         Arc::new(SledStore::open(&cfg.data_dir).context("opening the case store")?);
+    perms::private_tree(&cfg.data_dir)
+        .with_context(|| format!("making data_dir {} private", cfg.data_dir.display()))?;
     let sec = &cfg.security;
     let registry = match sec.mode {
         SecurityMode::Mtls => Some(Arc::new(
@@ -54,6 +60,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         store,
         metrics: metrics.clone(),
         max_payload: cfg.mqtt.max_payload,
+        max_records: pleura_shared::record::MAX_BATCH_RECORDS,
         registry: registry.clone(),
     });
     let auth = Arc::new(
@@ -64,11 +71,11 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         )
         .context("opening accounts")?,
     );
-    let audit_path = cfg.data_dir.join("audit.log");
     let audit = Arc::new(
-        AuditLog::open(&audit_path)
-            .with_context(|| format!("opening the audit log {}", audit_path.display()))?,
+        AuditLog::open(&cfg.data_dir, metrics.clone())
+            .with_context(|| format!("opening the audit log in {}", cfg.data_dir.display()))?,
     );
+    let denials = tokio::spawn(flush_denials(audit.clone(), shutdown.clone()));
 
     let max_packet = cfg.mqtt.max_payload * 4 + 1024;
     let (host, port, client_tls) = match (cfg.mqtt.broker, &registry) {
@@ -148,7 +155,12 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         auth,
         audit,
         registry: registry.clone(),
-    });
+        limiter: Default::default(),
+    })
+    // The batch limit itself is checked in ingest (counted, same for MQTT); this bound,
+    // the same as the MQTT packet limit, keeps grossly oversized messages from being
+    // buffered at all (tonic answers them RESOURCE_EXHAUSTED).
+    .max_decoding_message_size(max_packet);
     let sd = shutdown.clone();
     let server = tonic::transport::Server::builder().add_service(svc);
     let grpc = match &registry {
@@ -166,19 +178,50 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     };
     let sd = shutdown.clone();
     let router = http::router(ingest.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(sd.cancelled_owned())
-            .await
-    });
+    // HTTPS with the hub certificate in mtls mode; plaintext only in insecure mode.
+    let http = match &registry {
+        Some(reg) => {
+            let acceptor = tls::acceptor(tls::web_server_config(reg.pki())?);
+            let listener =
+                tls::TlsListener::new(http_listener, acceptor, "HTTPS", shutdown.clone())?;
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(sd.cancelled_owned())
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await
+        }),
+    };
     tracing::info!(grpc = %cfg.grpc_listen, metrics = %cfg.metrics_listen, tls = registry.is_some(), "hub serving");
 
     shutdown.cancelled().await;
     let _ = mqtt.await;
     let _ = grpc.await;
     let _ = http.await;
+    let _ = denials.await;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Writes the folded counts of refused calls once their window closes, and all of them
+/// at shutdown.
+async fn flush_denials(audit: Arc<AuditLog>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(denials::WINDOW);
+    loop {
+        let all = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let a = audit.clone();
+        let _ = tokio::task::spawn_blocking(move || a.flush_denials(all)).await;
+        if all {
+            return;
+        }
+    }
 }
 
 /// `addr`, or a free loopback port if its port is 0.
@@ -190,10 +233,7 @@ fn loopback_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 mod incoming {
-    //! Listeners as the streams of connections tonic's server wants. TLS handshakes run
-    //! in their own tasks so that one slow client cannot hold up the accept loop.
-    use std::time::Duration;
-
+    //! Listeners as the streams of connections tonic's server wants.
     use tokio::net::{TcpListener, TcpStream};
     use tokio_rustls::server::TlsStream;
     use tokio_rustls::TlsAcceptor;
@@ -213,31 +253,9 @@ mod incoming {
         acceptor: TlsAcceptor,
         shutdown: CancellationToken,
     ) -> impl futures_core::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, addr) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(_) => continue,
-                    },
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send(Ok(s)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(%addr, error = %e, "gRPC TLS handshake refused")
-                        }
-                        Err(_) => tracing::warn!(%addr, "gRPC TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
+        let rx = crate::tls::handshakes(listener, acceptor, "gRPC", shutdown);
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|(s, _)| (Ok(s), rx))
+        })
     }
 }

@@ -77,6 +77,14 @@ enum CaCommand {
         #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         sans: Vec<String>,
     },
+    /// Move a PKI whose CA is Ed25519 (made before 2026-12) to an ECDSA P-256 CA that
+    /// browsers and standard gRPC clients accept: new CA and hub certificate, the old CA
+    /// kept in the trust bundle ca.pem so enrolled devices keep their certificates.
+    /// Copy the new ca.pem to every device, then restart the hub (and Mosquitto).
+    Migrate {
+        #[arg(long)]
+        pki_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,8 +105,26 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of an audit log and print how many entries it holds.
-    Verify { path: PathBuf },
+    /// Check the audit log with the hub's key: every entry's MAC, sequence number and
+    /// link, and its length and head against the checkpoint. Names the check that failed.
+    Verify {
+        /// The hub's data_dir (or the audit.log in it).
+        path: PathBuf,
+        /// The audit key [default: <data_dir>/audit.key].
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The checkpoint [default: <data_dir>/audit.checkpoint].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the latest checkpoint (sequence number and head MAC) once its MAC checks:
+    /// record it somewhere the hub cannot rewrite to detect a later rollback.
+    Checkpoint {
+        data_dir: PathBuf,
+        /// The audit key [default: <data_dir>/audit.key].
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 fn admin(cmd: Command) -> anyhow::Result<()> {
@@ -116,6 +142,18 @@ fn admin(cmd: Command) -> anyhow::Result<()> {
                 pki_dir.display(),
                 sans.join(", "),
                 pki.ca_cert().display()
+            );
+        }
+        Command::Ca(CaCommand::Migrate { pki_dir }) => {
+            let sans = Pki::migrate(&pki_dir)?;
+            let ca = pki_dir.join("ca.pem");
+            println!(
+                "new P-256 CA and hub certificate (valid for {}) in {}; the old CA stays trusted.\n\
+                 Next: copy {} to every device as its bundle's ca.pem and restart its agent,\n\
+                 then restart the hub (and Mosquitto, if used).",
+                sans.join(", "),
+                pki_dir.display(),
+                ca.display()
             );
         }
         Command::Enroll {
@@ -193,9 +231,52 @@ fn admin(cmd: Command) -> anyhow::Result<()> {
                 accounts.display()
             );
         }
-        Command::Audit(AuditCommand::Verify { path }) => {
-            let n = hub_server::audit::verify(&path).map_err(anyhow::Error::msg)?;
-            println!("{}: {} entries, chain intact", path.display(), n.len());
+        Command::Audit(AuditCommand::Verify {
+            path,
+            key,
+            checkpoint,
+        }) => {
+            use hub_server::audit::{self, AuditPaths};
+            let mut paths = if path.is_dir() {
+                AuditPaths::in_dir(&path)
+            } else {
+                let mut p = AuditPaths::in_dir(path.parent().unwrap_or(std::path::Path::new(".")));
+                p.log = path.clone();
+                p
+            };
+            paths.key = key.unwrap_or(paths.key);
+            paths.checkpoint = checkpoint.unwrap_or(paths.checkpoint);
+            let k = audit::load_key(&paths.key, false)
+                .context("audit verify needs the hub's audit key (--key)")?;
+            let v = audit::verify(&paths, &k)
+                .map_err(|t| anyhow::anyhow!("{}: TAMPERED: {t}", paths.log.display()))?;
+            let seq = v.checkpoint.seq;
+            println!(
+                "{}: {} entries, chain intact, every MAC valid, checkpoint seq {seq}{}",
+                paths.log.display(),
+                v.entries.len(),
+                if v.in_flight {
+                    " (the last entry was appended just before a crash; the hub repairs the checkpoint at start)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Audit(AuditCommand::Checkpoint { data_dir, key }) => {
+            use hub_server::audit::{self, AuditPaths};
+            let paths = AuditPaths::in_dir(&data_dir);
+            let key = key.unwrap_or(paths.key.clone());
+            let k = audit::load_key(&key, false).context("reading the audit key (--key)")?;
+            match audit::read_checkpoint(&paths.checkpoint, &k)
+                .map_err(|t| anyhow::anyhow!("{}: {t}", paths.checkpoint.display()))?
+            {
+                Some(c) => println!("seq={} head={} at_ms={} mac=ok", c.seq, c.head, c.at_ms),
+                None => anyhow::bail!(
+                    "{}: TAMPERED: {}",
+                    paths.checkpoint.display(),
+                    audit::Tamper::NoCheckpoint
+                ),
+            }
         }
         Command::Serve { .. } | Command::PrintConfig => unreachable!("handled in main"),
     }
@@ -229,6 +310,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
+            // Everything the hub writes (store, audit log, keys) is for its user only.
+            // Only for `serve`: `ca init`/`enroll` write certificates others must read.
+            // SAFETY: umask has no preconditions; no other thread runs yet.
+            unsafe {
+                libc::umask(0o077);
+            }
             let cfg = match HubConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

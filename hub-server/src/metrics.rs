@@ -16,6 +16,16 @@ pub struct Metrics {
     pub commit_batches: AtomicU64,
     pub commit_micros: AtomicU64,
     pub mqtt_connected: AtomicU64,
+    /// Results refused because their id is already held by a different record.
+    pub results_conflict: AtomicU64,
+    /// Calls refused for a missing, forged, expired or stale token.
+    pub denied_calls: AtomicU64,
+    /// Logins refused by the per-account or per-source throttle.
+    pub logins_throttled: AtomicU64,
+    /// Sequence number of the audit log's last entry.
+    pub audit_seq: AtomicU64,
+    /// MAC of the audit log's last entry (hex).
+    audit_head: Mutex<String>,
     /// Rejected messages by reason (a short, fixed label).
     rejected_messages: Mutex<BTreeMap<&'static str, u64>>,
     /// MQTT connections the gate refused or closed, by reason.
@@ -36,6 +46,13 @@ impl Metrics {
     pub fn gate_refuse(&self, reason: &'static str) {
         if let Ok(mut m) = self.gate_refused.lock() {
             *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn set_audit_head(&self, seq: u64, head: &str) {
+        self.audit_seq.store(seq, Ordering::Relaxed);
+        if let Ok(mut h) = self.audit_head.lock() {
+            head.clone_into(&mut h);
         }
     }
 
@@ -91,6 +108,32 @@ impl Metrics {
             "pleura_hub_commit_seconds_total",
             "Time spent in durable commits, seconds (integer micros / 1e6 below).",
             g(&self.commit_micros) / 1_000_000,
+        );
+        counter(
+            "pleura_hub_results_conflict_total",
+            "Results refused because another record (another device's, or different content) holds their id.",
+            g(&self.results_conflict),
+        );
+        counter(
+            "pleura_hub_denied_calls_total",
+            "Calls refused for a missing, forged, expired or stale token.",
+            g(&self.denied_calls),
+        );
+        counter(
+            "pleura_hub_logins_throttled_total",
+            "Logins refused by the per-account or per-source attempt limit.",
+            g(&self.logins_throttled),
+        );
+        let head = self
+            .audit_head
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_audit_seq Sequence number of the last audit entry (scrape it: a lower value later means the log was rolled back).\n# TYPE pleura_hub_audit_seq gauge\npleura_hub_audit_seq {}\n# HELP pleura_hub_audit_head Last audit entry: its sequence number, with its MAC as label.\n# TYPE pleura_hub_audit_head gauge\npleura_hub_audit_head{{head=\"{head}\"}} {}",
+            g(&self.audit_seq),
+            g(&self.audit_seq),
         );
         let _ = writeln!(
             s,

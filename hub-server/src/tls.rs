@@ -1,9 +1,13 @@
-//! The hub's TLS: one CA, client certificates checked against the live device registry
-//! at every handshake (so a revoked or re-enrolled device is refused at its next
-//! connection), mandatory on the MQTT gate and optional on gRPC (people log in with
-//! tokens instead; device calls require a certificate).
+//! The hub's TLS: the regional CA's trust bundle, client certificates checked against
+//! the live device registry at every handshake (so a revoked or re-enrolled device is
+//! refused at its next connection), mandatory on the MQTT gate, optional on gRPC (people
+//! log in with tokens instead; device calls require a certificate) and not asked for on
+//! the HTTPS port. The server certificate is ECDSA P-256 so that standard clients
+//! (browsers, grpcio, curl) accept it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pleura_shared::pki::{self, cert_info, Principal};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -11,9 +15,13 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use crate::ca::Registry;
+use crate::ca::{Pki, Registry};
 
 #[derive(Debug)]
 struct RegistryVerifier {
@@ -121,6 +129,113 @@ pub fn server_config(
 
 pub fn acceptor(cfg: ServerConfig) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// The HTTPS port (metrics, health, web pages): the hub certificate and no client
+/// certificates — people have none, and asking for one makes browsers prompt.
+pub fn web_server_config(pki_files: &Pki) -> anyhow::Result<ServerConfig> {
+    let mut cfg = ServerConfig::builder_with_provider(pki::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            pki::load_certs(&pki_files.hub_cert())?,
+            pki::load_key(&pki_files.hub_key())?,
+        )?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// TLS handshakes in progress at once, per listener.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections and runs each TLS handshake in its own task, with a deadline, so
+/// that one slow client cannot hold up the accept loop; yields the completed ones.
+pub fn handshakes(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    what: &'static str,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            // At most MAX_HANDSHAKES at once: past that the kernel's backlog queues
+            // connections instead of the hub holding a task and a socket for each.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let (tcp, addr) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE/ENFILE) and the like persist: retrying
+                        // at once would spin a core. Back off briefly.
+                        tracing::warn!(error = %e, "{what} accept failed; backing off");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send((s, addr)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%addr, error = %e, "{what} TLS handshake refused"),
+                    Err(_) => tracing::warn!(%addr, "{what} TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// A TLS listener for `axum::serve`.
+pub struct TlsListener {
+    conns: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        what: &'static str,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self {
+            conns: handshakes(listener, acceptor, what, shutdown),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.conns.recv().await {
+            Some(c) => c,
+            // The accept loop ended (shutdown): axum's graceful shutdown takes over.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// The device a verified connection belongs to, from its first certificate.

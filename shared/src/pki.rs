@@ -82,7 +82,7 @@ pub struct CertInfo {
     pub principal: Principal,
     /// Serial number, lower-case hex.
     pub serial: String,
-    /// Raw subject public key (32 bytes for Ed25519).
+    /// Raw subject public key (32 bytes for Ed25519, 65 for ECDSA P-256).
     pub public_key: Vec<u8>,
     pub not_after_s: i64,
 }
@@ -102,6 +102,58 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         not_after_s: cert.validity().not_after.timestamp(),
     })
+}
+
+/// Raw subject public key of any certificate (a CA's too, which `cert_info` refuses: its
+/// common name is no principal). Matches `rcgen::KeyPair::public_key_raw`.
+pub fn subject_public_key(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// The subject common name of any certificate (a CA's too).
+pub fn common_name(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    cn.ok_or_else(|| PkiError::Identity("certificate has no common name".into()))
+}
+
+/// DNS names and IP addresses a certificate is valid for.
+pub fn subject_alt_names(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Parse(e.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 fn read_err(path: &Path, e: impl std::fmt::Display) -> PkiError {

@@ -12,6 +12,37 @@ use crate::pseudonym::PSEUDONYM_LEN;
 /// Largest encoded result we accept (a real one is ~250 bytes).
 pub const MAX_RECORD_BYTES: usize = 4096;
 
+/// Largest signed batch (`SignedBatch`, encoded) the hub takes, on MQTT and gRPC alike:
+/// the hub's default `mqtt.max_payload`. A sender must split by bytes as well as by
+/// count: at ~200 bytes a result, about 300 results fit.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Most results in one batch, on MQTT and gRPC alike.
+pub const MAX_BATCH_RECORDS: usize = 500;
+
+/// How many of `records`, taken in order, fit in one signed batch from `clinic`/`device`
+/// within [`MAX_BATCH_BYTES`] and [`MAX_BATCH_RECORDS`]. Counts the protobuf framing
+/// and a 64-byte signature, so it never overestimates. At least one whenever `records`
+/// is not empty: a valid record is at most [`MAX_RECORD_BYTES`].
+pub fn batch_fit(records: &[ScanRecord], clinic: &str, device: &str) -> usize {
+    use prost::encoding::encoded_len_varint as varint;
+    let field = |len: usize| 1 + varint(len as u64) + len;
+    // ResultBatch: schema_version (≤ 1 + 5), clinic, device; SignedBatch: the batch's
+    // tag and length (≤ 1 + 5) and the signature.
+    let mut batch_len = 6 + field(clinic.len()) + field(device.len());
+    let envelope = 6 + field(64);
+    let mut n = 0;
+    for r in records.iter().take(MAX_BATCH_RECORDS) {
+        let next = batch_len + field(r.to_wire().encoded_len());
+        if n > 0 && next + envelope > MAX_BATCH_BYTES {
+            break;
+        }
+        batch_len = next;
+        n += 1;
+    }
+    n
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScanRecord {
     pub id: ResultId,
@@ -273,6 +304,37 @@ mod tests {
         assert_eq!(ScanRecord::decode(&bytes).unwrap(), r);
         assert_eq!(r.priority(), 7);
         assert_eq!(sample_record("c", "d", 0, false).priority(), 0);
+    }
+
+    #[test]
+    fn batches_are_cut_to_the_byte_and_count_limits_both_paths_enforce() {
+        let recs: Vec<ScanRecord> = (0..MAX_BATCH_RECORDS + 20)
+            .map(|i| sample_record("clinic-with-a-long-name", "pi-1", (i % 4) as u8, i % 2 == 0))
+            .collect();
+        let n = batch_fit(&recs, "clinic-with-a-long-name", "pi-1");
+        assert!(n > 0 && n < MAX_BATCH_RECORDS, "{n} fit");
+        let batch = pb::ResultBatch {
+            schema_version: u32::MAX,
+            clinic_id: "clinic-with-a-long-name".into(),
+            device_id: "pi-1".into(),
+            results: recs[..n].iter().map(ScanRecord::to_wire).collect(),
+        }
+        .encode_to_vec();
+        let signed = pb::SignedBatch {
+            batch,
+            signature: vec![0xa5; 64],
+        }
+        .encode_to_vec();
+        assert!(signed.len() <= MAX_BATCH_BYTES, "{} bytes", signed.len());
+        // tight: one more record would not fit
+        assert!(
+            signed.len() + 260 > MAX_BATCH_BYTES,
+            "{} bytes",
+            signed.len()
+        );
+        // small records: the count limit binds
+        assert!(batch_fit(&recs[..10], "c", "d") == 10);
+        assert_eq!(batch_fit(&[], "c", "d"), 0);
     }
 
     #[test]

@@ -93,17 +93,35 @@ fn kill9(child: &mut Option<Child>) {
     }
 }
 
-/// Minimal HTTP GET (the hub's metrics port); returns status code and body.
+/// Minimal plain-HTTP GET (an insecure hub's metrics port); returns status code and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    get_over(s, path)
+}
+
+/// Minimal HTTPS GET (a secure hub's metrics port), trusting only `ca`.
+pub fn https_get(port: u16, path: &str, ca: &Path) -> Option<(u16, String)> {
+    let cfg = pleura_shared::pki::client_config(ca, None).ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).ok()?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    get_over(rustls::StreamOwned::new(conn, tcp), path)
+}
+
+fn get_over(mut s: impl Read + Write, path: &str) -> Option<(u16, String)> {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
+    let mut raw = Vec::new();
+    // A peer that closes without TLS close_notify ends in an error after the response.
+    if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
+        return None;
+    }
+    let buf = String::from_utf8_lossy(&raw);
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
     let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
     Some((code, body))
@@ -366,11 +384,24 @@ impl Hub {
             &self.dir.join("hub.log"),
         )?;
         self.child = Some(c);
-        let port = self.metrics_port;
-        eventually("hub ready", Duration::from_secs(30), || {
-            matches!(http_get(port, "/healthz"), Some((200, _))).then_some(())
-        });
+        let end = Instant::now() + Duration::from_secs(30);
+        while !matches!(self.http("/healthz"), Some((200, _))) {
+            assert!(
+                Instant::now() < end,
+                "hub not ready after 30 s; its log:\n{}",
+                log_tail(&self.dir.join("hub.log"), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
+    }
+
+    /// GET on the metrics port: HTTPS trusting the hub's CA, plain for an insecure hub.
+    pub fn http(&self, path: &str) -> Option<(u16, String)> {
+        match &self.pki {
+            Some(pki) => https_get(self.metrics_port, path, &pki.join("ca.pem")),
+            None => http_get(self.metrics_port, path),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -378,7 +409,7 @@ impl Hub {
     }
 
     pub fn metric(&self, name: &str) -> Option<u64> {
-        let (_, body) = http_get(self.metrics_port, "/metrics")?;
+        let (_, body) = self.http("/metrics")?;
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
     }

@@ -284,3 +284,35 @@ fn at_the_quota_new_scans_wait_in_the_inbox_with_an_alarm_and_nothing_is_dropped
     assert_eq!(st["alarms"].as_array().map(Vec::len), Some(0));
     assert!(!agent.inbox.join("late_R1.bmp").exists());
 }
+
+#[test]
+fn the_largest_configured_batches_fit_the_hubs_limit_on_mqtt_and_grpc() {
+    // 500 results a batch (the most `sync.batch_size` allows) are ~100 kB: the agent must
+    // cut them to the hub's 64 KiB batch limit, or every batch is refused and nothing
+    // arrives.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
+    hub.start().unwrap();
+    let big = |grpc_url| AgentOptions {
+        batch_size: 500,
+        max_in_flight: 1000,
+        grpc_url,
+        ..hub.agent_options()
+    };
+    let mut mqtt = Agent::new(&tmp.path().join("m"), hub.mqtt_port, big(None)).unwrap();
+    mqtt.fill(700).unwrap();
+    mqtt.start().unwrap();
+    assert_all_arrived_once(&hub, &mqtt, 700, Duration::from_secs(60));
+
+    // Only gRPC gets through for the second agent.
+    let mut grpc = Agent::new(
+        &tmp.path().join("g"),
+        free_port(),
+        big(Some(hub.grpc_url())),
+    )
+    .unwrap();
+    grpc.fill(700).unwrap();
+    grpc.start().unwrap();
+    assert_all_arrived_once(&hub, &grpc, 1400, Duration::from_secs(60));
+    assert_eq!(grpc.status().unwrap()["sync"]["transport"], "grpc");
+}

@@ -34,6 +34,15 @@ fn queue_key(r: &ScanRecord) -> [u8; 25] {
 
 impl SledOutbox {
     pub fn open(dir: &Path, quota_bytes: u64) -> Result<Self, OutboxError> {
+        // Case data: the store's folder is the agent's alone, whatever the umask.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join("outbox.sled"))
+                .map_err(backend)?;
+        }
         let db = sled::Config::new()
             .path(dir.join("outbox.sled"))
             .open()

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pleura_shared::record::batch_fit;
 use pleura_shared::wire::{ResultAck, ResultBatch, SignedBatch};
 use pleura_shared::{ResultId, ScanRecord, SCHEMA_VERSION};
 use tokio::sync::{mpsc, Notify};
@@ -128,12 +129,17 @@ impl SyncWorker {
         Ok(())
     }
 
+    /// The next results to send, cut to what one batch may carry (the hub refuses a
+    /// larger one on either transport); the rest stay queued for the next batch.
     async fn next_batch(&self, limit: usize, skip: HashSet<ResultId>) -> Vec<ScanRecord> {
         let outbox = self.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.next_batch(limit, &|id| skip.contains(id)))
             .await
         {
-            Ok(Ok(b)) => b,
+            Ok(Ok(mut b)) => {
+                b.truncate(batch_fit(&b, &self.cfg.clinic, &self.cfg.device));
+                b
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "reading the outbox");
                 Vec::new()

@@ -43,6 +43,9 @@ pub struct DeviceStats {
     pub device: String,
     pub results: u64,
     pub duplicates: u64,
+    /// Results refused because a different record already holds their id.
+    #[serde(default)]
+    pub conflicts: u64,
     pub last_received_ms: u64,
 }
 
@@ -50,7 +53,12 @@ pub struct DeviceStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
     New,
+    /// The very same record (same device, same content) is already stored.
     Duplicate,
+    /// A different record holds this id: another device's, or different content from
+    /// the same device. Nothing is stored or overwritten; the sender is not told
+    /// "committed".
+    Conflict,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +70,9 @@ pub enum StoreError {
 }
 
 pub trait HubStore: Send + Sync + 'static {
-    /// Commits `records` durably (on disk when this returns), each at most once.
+    /// Commits `records` durably (on disk when this returns), each at most once. A
+    /// result's identity is its id *and* its signer and content: only a byte-identical
+    /// record from the same clinic/device is a duplicate.
     fn commit(
         &self,
         records: &[ScanRecord],

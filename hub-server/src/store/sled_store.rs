@@ -74,13 +74,20 @@ impl HubStore for SledStore {
                 }
                 let s = stats.get_mut(&dev_key).expect("inserted above");
                 s.last_received_ms = received_at_ms;
-                if cases.get(r.id.as_bytes())?.is_some() {
-                    s.duplicates += 1;
-                    outcome.push(Commit::Duplicate);
+                let encoded = r.encode();
+                if let Some(old) = cases.get(r.id.as_bytes())? {
+                    // Same bytes means same clinic, device and content.
+                    if old.get(8..) == Some(encoded.as_slice()) {
+                        s.duplicates += 1;
+                        outcome.push(Commit::Duplicate);
+                    } else {
+                        s.conflicts += 1;
+                        outcome.push(Commit::Conflict);
+                    }
                     continue;
                 }
                 let mut v = received_at_ms.to_be_bytes().to_vec();
-                v.extend_from_slice(&r.encode());
+                v.extend_from_slice(&encoded);
                 cases.insert(r.id.as_bytes(), v)?;
                 s.results += 1;
                 outcome.push(Commit::New);

@@ -63,15 +63,43 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
         .unwrap();
     assert_eq!(limited.len(), 3);
 
+    // Another device's record under an existing id (squatting a result id), or the same
+    // device sending different content under it: refused, nothing overwritten.
+    let mut squat = sample_record("c2", "d9", 0, false);
+    squat.id = a.id;
+    let mut changed = a.clone();
+    changed.analysis.flagged = false;
+    assert_eq!(
+        store.commit(&[squat, changed, a.clone()], 40).unwrap(),
+        vec![Commit::Conflict, Commit::Conflict, Commit::Duplicate]
+    );
+    assert_eq!(store.get(&a.id).unwrap().unwrap().record, a);
+    assert_eq!(store.count().unwrap(), 4);
+
     let mut devices = store.devices().unwrap();
     devices.sort_by(|x, y| x.device.cmp(&y.device));
     assert_eq!(devices.len(), 2);
-    assert_eq!((devices[0].results, devices[0].duplicates), (2, 1));
-    assert_eq!((devices[1].results, devices[1].duplicates), (2, 1));
+    assert_eq!(
+        (
+            devices[0].results,
+            devices[0].duplicates,
+            devices[0].conflicts
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(
+        (
+            devices[1].results,
+            devices[1].duplicates,
+            devices[1].conflicts
+        ),
+        (2, 1, 1)
+    );
 
     // Everything survives a reopen.
     drop(store);
     let store = open();
     assert_eq!(store.count().unwrap(), 4);
     assert_eq!(store.get(&d.id).unwrap().unwrap().record, d);
+    assert_eq!(store.get(&a.id).unwrap().unwrap().record, a);
 }

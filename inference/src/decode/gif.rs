@@ -1,11 +1,14 @@
 use image::AnimationDecoder;
 
-use super::{DecodeError, Format, FrameSink};
+use super::{DecodeError, Format, FrameSink, MAX_VIDEO_FRAMES};
 use crate::preprocess::GrayFrame;
 
 /// Animated GIF: frames composited onto the canvas (disposal methods applied), as a
 /// viewer shows them.
 pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeError> {
+    // Count the frames first (LZW data skipped, no pixels decoded) so only the sampled
+    // frames are kept: without a count every frame would be held until the end.
+    sink.expect_frames(count_frames(bytes)?)?;
     let dec = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes))
         .map_err(|e| DecodeError::corrupt(Format::Gif, e))?;
     let (w, h) = image::ImageDecoder::dimensions(&dec);
@@ -13,6 +16,10 @@ pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeErr
     for frame in dec.into_frames() {
         let frame = frame.map_err(|e| DecodeError::corrupt(Format::Gif, e))?;
         let buf = frame.into_buffer();
+        if !sink.wants_next() {
+            sink.skip_sized(buf.width() as usize, buf.height() as usize)?;
+            continue;
+        }
         sink.push(GrayFrame::from_rgba8(
             buf.width() as usize,
             buf.height() as usize,
@@ -20,4 +27,24 @@ pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeErr
         ))?;
     }
     Ok(())
+}
+
+fn count_frames(bytes: &[u8]) -> Result<usize, DecodeError> {
+    let mut opts = ::gif::DecodeOptions::new();
+    opts.skip_frame_decoding(true);
+    let mut d = opts
+        .read_info(std::io::Cursor::new(bytes))
+        .map_err(|e| DecodeError::corrupt(Format::Gif, e))?;
+    let mut n = 0;
+    while d
+        .read_next_frame()
+        .map_err(|e| DecodeError::corrupt(Format::Gif, e))?
+        .is_some()
+    {
+        n += 1;
+        if n > MAX_VIDEO_FRAMES {
+            break;
+        }
+    }
+    Ok(n)
 }

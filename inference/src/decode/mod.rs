@@ -6,6 +6,7 @@
 
 pub mod dicom;
 pub mod dicom_bounds;
+pub mod file;
 mod gif;
 mod mp4;
 pub mod mp4_bounds;
@@ -19,6 +20,9 @@ use crate::preprocess::{resize_area, sample_indices, GrayFrame, INPUT_SIZE};
 pub const MAX_FRAME_PIXELS: usize = 4096 * 4096;
 /// Longest video accepted, in frames (~11 min at 30 fps).
 pub const MAX_VIDEO_FRAMES: usize = 20_000;
+/// Most pixels decoded from one scan, kept or not (~11 min of PAL video): bounds the work
+/// a small file that declares many large frames can demand.
+pub const MAX_DECODED_PIXELS: u64 = 8 << 30;
 
 pub const SUPPORTED: &str = "PNG, JPEG, BMP, GIF, MP4/MOV (H.264), DICOM";
 
@@ -176,6 +180,8 @@ pub(crate) struct FrameSink {
     seen: usize,
     kept: Vec<(usize, Vec<f32>)>,
     size: (usize, usize),
+    /// Pixels decoded so far, against MAX_DECODED_PIXELS.
+    decoded_pixels: u64,
 }
 
 impl FrameSink {
@@ -187,6 +193,7 @@ impl FrameSink {
             seen: 0,
             kept: Vec::new(),
             size: (0, 0),
+            decoded_pixels: 0,
         }
     }
 
@@ -229,12 +236,7 @@ impl FrameSink {
 
     pub(crate) fn push(&mut self, frame: GrayFrame) -> Result<(), DecodeError> {
         self.check_size(frame.width, frame.height)?;
-        if self.seen >= MAX_VIDEO_FRAMES {
-            return Err(DecodeError::unsupported(
-                self.format,
-                format!("more than {MAX_VIDEO_FRAMES} frames"),
-            ));
-        }
+        self.count_frame(frame.width, frame.height)?;
         if self.wants_next() {
             self.size = (frame.width, frame.height);
             self.kept.push((self.seen, resize_area(&frame, INPUT_SIZE)));
@@ -243,9 +245,42 @@ impl FrameSink {
         Ok(())
     }
 
-    /// Counts a frame that was decoded but is not sampled.
+    /// Charges one decoded frame against the frame and pixel limits.
+    fn count_frame(&mut self, width: usize, height: usize) -> Result<(), DecodeError> {
+        if self.seen >= MAX_VIDEO_FRAMES {
+            return Err(DecodeError::unsupported(
+                self.format,
+                format!("more than {MAX_VIDEO_FRAMES} frames"),
+            ));
+        }
+        self.decoded_pixels = self
+            .decoded_pixels
+            .saturating_add((width as u64).saturating_mul(height as u64));
+        if self.decoded_pixels > MAX_DECODED_PIXELS {
+            return Err(DecodeError::unsupported(
+                self.format,
+                format!("more than {MAX_DECODED_PIXELS} pixels in all frames"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a frame that was decoded but is not sampled (charged at the size of the
+    /// last kept frame; decoders that know the size call `skip_sized`).
     pub(crate) fn skip(&mut self) {
+        let (w, h) = self.size;
+        // The limit is enforced at the next push or sized skip.
+        self.decoded_pixels = self
+            .decoded_pixels
+            .saturating_add((w as u64).saturating_mul(h as u64));
         self.seen += 1;
+    }
+
+    /// Counts a decoded, unsampled frame of `width`×`height` against the limits.
+    pub(crate) fn skip_sized(&mut self, width: usize, height: usize) -> Result<(), DecodeError> {
+        self.count_frame(width, height)?;
+        self.seen += 1;
+        Ok(())
     }
 
     fn finish(self) -> Result<DecodedScan, DecodeError> {
@@ -297,6 +332,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty file"));
+    }
+
+    #[test]
+    fn decoded_pixels_are_bounded_across_frames() {
+        // 4096² frames pass the per-frame limit, but not 600 of them.
+        let mut sink = FrameSink::new(Format::Mp4, 4);
+        sink.expect_frames(600).unwrap();
+        let mut err = None;
+        for _ in 0..600 {
+            if let Err(e) = sink.skip_sized(4096, 4096) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("the pixel budget stops the clip").to_string();
+        assert!(err.contains("pixels in all frames"), "{err}");
+        assert!(sink.seen < 600);
     }
 
     #[test]

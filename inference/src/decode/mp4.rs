@@ -138,8 +138,7 @@ fn take_picture(
             (b.iWidth as usize, b.iHeight as usize, b.iStride[0] as usize)
         };
         if !sink.wants_next() {
-            sink.skip();
-            return Ok(());
+            return sink.skip_sized(w, h).map_err(|e| e.to_string());
         }
         if w == 0 || h == 0 || stride < w {
             return Err(format!(

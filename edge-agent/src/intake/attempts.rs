@@ -1,0 +1,115 @@
+//! How many times each inbox file has been taken up for analysis, on disk, so a file
+//! that crashes the agent or gets it killed for memory is counted across restarts and
+//! eventually set aside instead of being retried forever.
+//!
+//! An attempt is written (and fsynced) before the file is read; it is removed when the
+//! file leaves the inbox, and given back when the failure was not the file's (queue
+//! full, disk full, shutdown). Keys are keyed digests of inbox paths, never the paths.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+pub struct Attempts {
+    path: PathBuf,
+    counts: BTreeMap<String, u32>,
+}
+
+impl Attempts {
+    /// Loads the counts; a missing or unreadable file starts empty (a corrupt file
+    /// costs at most one extra round of attempts).
+    pub fn load(path: PathBuf) -> Self {
+        let counts = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self { path, counts }
+    }
+
+    pub fn get(&self, key: &str) -> u32 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
+    /// Records one more attempt durably and returns the count including it.
+    pub fn begin(&mut self, key: &str) -> std::io::Result<u32> {
+        let n = self.get(key).saturating_add(1);
+        self.counts.insert(key.to_string(), n);
+        if let Err(e) = self.save() {
+            self.set(key, n - 1);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Gives back an attempt that failed for a reason not the file's own.
+    pub fn undo(&mut self, key: &str) {
+        let n = self.get(key).saturating_sub(1);
+        self.set(key, n);
+        let _ = self.save();
+    }
+
+    /// The file left the inbox (analysed or rejected).
+    pub fn clear(&mut self, key: &str) {
+        if self.counts.remove(key).is_some() {
+            let _ = self.save();
+        }
+    }
+
+    /// Forgets files no longer in the inbox.
+    pub fn retain(&mut self, present: impl Fn(&str) -> bool) {
+        let before = self.counts.len();
+        self.counts.retain(|k, _| present(k));
+        if self.counts.len() != before {
+            let _ = self.save();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    fn set(&mut self, key: &str, n: u32) {
+        if n == 0 {
+            self.counts.remove(key);
+        } else {
+            self.counts.insert(key.to_string(), n);
+        }
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(&self.counts)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_survive_a_restart_and_undo_gives_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        let mut a = Attempts::load(p.clone());
+        assert_eq!(a.begin("k").unwrap(), 1);
+        assert_eq!(a.begin("k").unwrap(), 2);
+        // A crash here: the next process still sees both.
+        let mut b = Attempts::load(p.clone());
+        assert_eq!(b.get("k"), 2);
+        b.undo("k");
+        assert_eq!(Attempts::load(p.clone()).get("k"), 1);
+        b.begin("gone").unwrap();
+        b.retain(|k| k == "k");
+        b.clear("k");
+        assert!(Attempts::load(p).is_empty());
+    }
+}
