@@ -42,14 +42,12 @@ fn key_evidence(data_dir: &Path) -> Option<String> {
     if marker.symlink_metadata().is_ok() {
         return Some(marker.display().to_string());
     }
-    let non_empty = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
-    for sub in ["outbox.sled", "processed"] {
-        let p = data_dir.join(sub);
-        if non_empty(&p) {
-            return Some(p.display().to_string());
-        }
-    }
-    None
+    // Scans in processed/ were analysed with a key. (Not outbox.sled: sled makes its
+    // files as soon as anything opens the outbox — `status`, `outbox-fill` — key or not.)
+    let processed = data_dir.join("processed");
+    std::fs::read_dir(&processed)
+        .is_ok_and(|mut d| d.next().is_some())
+        .then(|| processed.display().to_string())
 }
 
 /// Loads the clinic's pseudonym secret, creating it (mode 0600) on first start. A

@@ -327,22 +327,9 @@ fn unsigned_body(e: &Entry) -> Vec<u8> {
     serde_json::to_vec(&unsigned).expect("an entry serialises")
 }
 
-/// Write-then-rename with the file, and then its directory, fsynced: after a crash the
-/// file is the old one or the new one, and a completed rename is not undone.
+/// Audit files are the hub's alone.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("part");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    pleura_shared::fsutil::write_atomic(path, bytes, 0o600)
 }
 
 struct State {

@@ -19,7 +19,6 @@
 //! and rustls and OpenSSL accept them as client certificates under a P-256 CA).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -82,22 +81,9 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CaError> {
 }
 
 /// Write-then-rename (fsynced): a reader such as the running hub never sees half a
-/// file. `secret` files are created 0600.
+/// file. `secret` files are created 0600; certificates 0644, for Mosquitto to read.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    pleura_shared::fsutil::write_atomic(path, bytes, if secret { 0o600 } else { 0o644 })
 }
 
 /// A fresh ECDSA P-256 key (the CA's and the hub's): what every TLS client accepts.

@@ -2,6 +2,7 @@
 //! analysis says, how a result is identified, pseudonymised and carried.
 
 pub mod analysis;
+pub mod fsutil;
 pub mod ids;
 pub mod pki;
 pub mod pseudonym;

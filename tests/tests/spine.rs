@@ -280,8 +280,12 @@ fn at_the_quota_new_scans_wait_in_the_inbox_with_an_alarm_and_nothing_is_dropped
     // The hub comes back: the backlog drains, the waiting scan goes through.
     hub.start().unwrap();
     assert_all_arrived_once(&hub, &agent, queued + 1, Duration::from_secs(90));
-    let st = agent.status().unwrap();
-    assert_eq!(st["alarms"].as_array().map(Vec::len), Some(0));
+    // status.json is rewritten every second and intake clears its alarms at the end
+    // of its round: they clear soon after the queue drains, and stay clear
+    eventually("every alarm cleared", Duration::from_secs(15), || {
+        let s = agent.status().ok()?;
+        (s["alarms"].as_array()?.is_empty()).then_some(())
+    });
     assert!(!agent.inbox.join("late_R1.bmp").exists());
 }
 

@@ -7,8 +7,6 @@
 //! full, disk full, shutdown). Keys are keyed digests of inbox paths, never the paths.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 pub struct Attempts {
@@ -78,16 +76,8 @@ impl Attempts {
     }
 
     fn save(&self) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(&self.counts)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        let json = serde_json::to_vec(&self.counts)?;
+        pleura_shared::fsutil::write_atomic(&self.path, &json, 0o600)
     }
 }
 
