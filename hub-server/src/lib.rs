@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod denials;
 pub mod gate;
