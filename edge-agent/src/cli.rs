@@ -42,6 +42,17 @@ pub enum Command {
     },
     /// Print a commented default configuration.
     PrintConfig,
+    /// Withdraw a result from the hub (a mistaken export, e.g. a scan under the wrong
+    /// patient): queued now, recorded by the hub at the next sync (kept, marked, audited).
+    Retract {
+        #[arg(long)]
+        config: PathBuf,
+        /// The result id (32 hex digits) or the scan's file in processed/.
+        target: String,
+        /// Why (1-200 characters, no line breaks; must not name the patient).
+        #[arg(long)]
+        reason: String,
+    },
     /// Write a de-identified copy of a DICOM file (PS3.15 basic profile, pixels masked),
     /// with UIDs keyed by this clinic's pseudonym secret.
     Deidentify {
@@ -89,8 +100,16 @@ pub fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/lusnet-s.onnx")
 }
 
-pub fn init_tracing(verbose: u8) {
+/// The daemon's default log filter: one `info` line per scan, per sync round and at
+/// start and stop from Pleura's own crates; only warnings from libraries.
+pub const DAEMON_LOG_DEFAULT: &str =
+    "warn,edge_agent=info,pleura_inference=info,pleura_shared=info";
+
+/// Logging to stderr. Without -v and RUST_LOG: `DAEMON_LOG_DEFAULT` for `run`
+/// (`daemon`), warnings only for the one-shot commands.
+pub fn init_tracing(verbose: u8, daemon: bool) {
     let default = match verbose {
+        0 if daemon => DAEMON_LOG_DEFAULT,
         0 => "warn",
         1 => "debug",
         _ => "trace",
@@ -130,6 +149,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => status(&config, json),
+        Command::Retract {
+            config,
+            target,
+            reason,
+        } => {
+            println!("{}", crate::retract::command(&config, &target, &reason)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::PrintConfig => {
             print!("{}", crate::config::EdgeConfig::example());
             Ok(ExitCode::SUCCESS)
@@ -194,38 +221,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Reads the running agent's status file; if the agent is not running, reads the
-/// outbox itself so the queue is still visible.
+/// Reads the running agent's status file; if the agent is not running, says so and
+/// reads the outbox itself (status/command.rs).
 fn status(config: &std::path::Path, json: bool) -> Result<ExitCode> {
-    let cfg = crate::config::EdgeConfig::load(config)?;
-    let path = cfg.status_file();
-    let mut st: crate::status::Status = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-        Err(_) => Default::default(),
-    };
-    // Free lock = no daemon; hold it while reading the outbox ourselves.
-    let lock = crate::lock::DirLock::try_take(&cfg.data_dir)?;
-    let running = lock.is_none();
-    if let Some(_held) = lock {
-        if let Ok(ob) = crate::daemon::open_outbox(&cfg) {
-            if let Ok(stats) = crate::outbox::Outbox::stats(&ob) {
-                st.outbox = stats;
-            }
-        }
-        st.clinic = cfg.clinic.clone();
-        st.device = cfg.device.clone();
-        st.sync.mqtt_connected = false;
-        st.sync.state = "stopped".into();
-    } else if crate::status::now_ms().saturating_sub(st.updated_ms) > 5_000 {
-        st.alarms
-            .push("agent holds its lock but has not updated its status for over 5 s".into());
-    }
-    if json {
-        let mut v = serde_json::to_value(&st)?;
-        v["running"] = running.into();
-        println!("{v}");
-    } else {
-        print!("{}", crate::status::render(&st, running));
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::status::command::show(config, json)
 }

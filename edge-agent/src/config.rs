@@ -47,6 +47,11 @@ pub struct IntakeSettings {
     pub max_analysis_s: u64,
     /// Log inbox paths (they name patients). Local debugging only; off by default.
     pub log_paths: bool,
+    /// Bytes of analysed scans kept in processed/. Scans whose result the hub has not
+    /// acknowledged are always kept (they rebuild a result the outbox loses); the
+    /// others are pruned, oldest first, past this budget or `processed_keep_days`.
+    pub processed_budget_bytes: u64,
+    pub processed_keep_days: u32,
 }
 
 impl Default for IntakeSettings {
@@ -56,6 +61,8 @@ impl Default for IntakeSettings {
             max_attempts: 3,
             max_analysis_s: 300,
             log_paths: false,
+            processed_budget_bytes: 2 << 30,
+            processed_keep_days: 30,
         }
     }
 }
@@ -108,6 +115,11 @@ pub struct SyncSettings {
     pub backoff_max_ms: u64,
     /// Try gRPC after this many failed MQTT connection attempts in a row.
     pub grpc_fallback_after: u32,
+    /// Anti-entropy: besides after each (re)connect, send the hub the digests of what
+    /// it acknowledged this often (seconds); it asks back for what it lost.
+    pub reconcile_interval_s: u64,
+    /// Acknowledged results kept for anti-entropy (days of analysis, ~200 B each).
+    pub acked_retention_days: u32,
 }
 
 impl Default for SyncSettings {
@@ -119,9 +131,15 @@ impl Default for SyncSettings {
             backoff_min_ms: 250,
             backoff_max_ms: 60_000,
             grpc_fallback_after: 4,
+            reconcile_interval_s: 600,
+            acked_retention_days: 90,
         }
     }
 }
+
+/// Longest `sync.acked_retention_days`: the hub compares at most
+/// `pleura_shared::holdings::MAX_HOLDINGS_DAYS` days.
+pub const MAX_ACKED_RETENTION_DAYS: u32 = 365;
 
 impl SyncSettings {
     pub fn ack_timeout(&self) -> Duration {
@@ -221,6 +239,14 @@ impl EdgeConfig {
         if s.backoff_min_ms == 0 || s.backoff_min_ms > s.backoff_max_ms {
             return inv("sync.backoff_min_ms must be > 0 and <= sync.backoff_max_ms".into());
         }
+        if s.reconcile_interval_s == 0 {
+            return inv("sync.reconcile_interval_s must be positive".into());
+        }
+        if s.acked_retention_days == 0 || s.acked_retention_days > MAX_ACKED_RETENTION_DAYS {
+            return inv(format!(
+                "sync.acked_retention_days must be 1-{MAX_ACKED_RETENTION_DAYS}"
+            ));
+        }
         if s.ack_timeout_ms < 100 {
             return inv("sync.ack_timeout_ms must be at least 100".into());
         }
@@ -232,6 +258,13 @@ impl EdgeConfig {
         }
         if self.intake.max_scan_bytes == 0 || self.intake.max_attempts == 0 {
             return inv("intake.max_scan_bytes and intake.max_attempts must be positive".into());
+        }
+        if self.intake.processed_keep_days == 0
+            || self.intake.processed_keep_days > self.sync.acked_retention_days
+        {
+            // A kept scan whose acknowledged record was already forgotten would be
+            // taken for a lost result and analysed (and sent) again.
+            return inv("intake.processed_keep_days must be 1 to sync.acked_retention_days".into());
         }
         if self.intake.max_analysis_s == 0 {
             return inv("intake.max_analysis_s must be positive".into());
@@ -281,7 +314,11 @@ impl EdgeConfig {
          ack_timeout_ms = 15000\n\
          backoff_min_ms = 250\n\
          backoff_max_ms = 60000\n\
-         grpc_fallback_after = 4\n\n\
+         grpc_fallback_after = 4\n\
+         # Anti-entropy: how often the hub is told what it acknowledged (it asks back\n\
+         # for what its store lost), and how long acknowledged results are kept for it.\n\
+         reconcile_interval_s = 600\n\
+         acked_retention_days = 90\n\n\
          [inference]\n\
          model = \"models/lusnet-s.onnx\"\n\
          backend = \"tract\"   # or \"onnxruntime\" with onnxruntime_library = \"/path/libonnxruntime.so\"\n\
@@ -297,7 +334,12 @@ impl EdgeConfig {
          # failed attempt) so one file cannot stall the inbox; status alarms while one is slow.\n\
          max_analysis_s = 300\n\
          # Log inbox file and folder names. They name patients: local debugging only.\n\
-         log_paths = false\n"
+         log_paths = false\n\
+         # Analysed scans stay in processed/ until the hub acknowledges their result (they\n\
+         # rebuild a result the outbox loses); then they are pruned, oldest first, past\n\
+         # this many bytes (2 GiB) or days.\n\
+         processed_budget_bytes = 2147483648\n\
+         processed_keep_days = 30\n"
             .to_string()
     }
 }
@@ -348,6 +390,23 @@ mod tests {
         let mut bad = cfg.clone();
         bad.tls = None;
         assert!(bad.validate().unwrap_err().to_string().contains("[tls]"));
+        let d = SyncSettings::default();
+        assert_eq!(cfg.sync.reconcile_interval_s, d.reconcile_interval_s);
+        assert_eq!(cfg.sync.acked_retention_days, d.acked_retention_days);
+        let mut bad = cfg.clone();
+        bad.sync.reconcile_interval_s = 0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reconcile_interval_s"));
+        let mut bad = cfg.clone();
+        bad.sync.acked_retention_days = 0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("acked_retention_days"));
         let mut bad = cfg;
         bad.sync.batch_size = 0;
         assert!(bad

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
 use crate::intake::Intake;
-use crate::outbox::{Outbox, SledOutbox};
+use crate::outbox::{Outbox, OutboxError, SledOutbox};
 use crate::status::{self, Shared};
 use crate::sync::SyncWorker;
 
@@ -178,6 +178,70 @@ pub fn open_outbox(cfg: &EdgeConfig) -> Result<SledOutbox> {
         .with_context(|| format!("opening the outbox in {}", cfg.data_dir.display()))
 }
 
+/// The daemon's open: opening writes (sled recovers its log), so on a full disk the
+/// reserve kept for this moment is given up and the agent starts degraded, syncing what
+/// it holds, instead of exiting (and being restarted in a loop by systemd). Only the
+/// daemon does this; `status` and the other commands never touch the reserve.
+fn open_outbox_for_daemon(cfg: &EdgeConfig) -> Result<SledOutbox> {
+    match SledOutbox::open(&cfg.data_dir, cfg.quota_bytes) {
+        Err(OutboxError::DiskFull(e))
+            if std::fs::remove_file(reserve_path(&cfg.data_dir)).is_ok() =>
+        {
+            tracing::error!(error = %e, "disk full: released the disk reserve to open the outbox; new scans wait until there is room");
+            open_outbox(cfg)
+        }
+        Err(OutboxError::DiskFull(e)) => Err(anyhow::anyhow!(
+            "disk full: {e} (and no disk reserve left to release)"
+        ))
+        .with_context(|| format!("opening the outbox in {}", cfg.data_dir.display())),
+        other => other.with_context(|| format!("opening the outbox in {}", cfg.data_dir.display())),
+    }
+}
+
+/// Space set aside in the data folder so that the outbox can still be opened (and the
+/// results in it synced) when the disk has filled up.
+const RESERVE_BYTES: usize = 4 << 20;
+
+fn reserve_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("disk-reserve")
+}
+
+/// Makes the reserve if it is missing and there is room for it. Whether it exists.
+pub fn keep_reserve(data_dir: &Path) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = reserve_path(data_dir);
+    if path
+        .metadata()
+        .is_ok_and(|m| m.len() == RESERVE_BYTES as u64)
+    {
+        return true;
+    }
+    let tmp = data_dir.join("disk-reserve.tmp");
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            // Written, not sparse: the blocks must really be held.
+            f.write_all(&vec![0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    match made {
+        Ok(()) => {
+            tracing::info!(bytes = RESERVE_BYTES, "disk reserve in place");
+            true
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            false
+        }
+    }
+}
+
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     // The inbox is shared with the exporting device; its mode is the installer's choice.
     std::fs::create_dir_all(&cfg.inbox)
@@ -219,8 +283,22 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         )
         .context("starting the inference pool")?,
     );
-    let outbox: Arc<dyn Outbox> = Arc::new(open_outbox(&cfg)?);
+    let outbox: Arc<dyn Outbox> = Arc::new(open_outbox_for_daemon(&cfg)?);
+    let reserve_dir = cfg.data_dir.clone();
+    let sd = shutdown.clone();
+    // Restored as soon as there is room again.
+    let reserve = tokio::spawn(async move {
+        while !sd.is_cancelled() {
+            let d = reserve_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || keep_reserve(&d)).await;
+            tokio::select! {
+                _ = sd.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    });
     let shared = Arc::new(Shared::default());
+    shared.restore(&cfg.status_file());
     shared.update(|s| {
         s.pid = std::process::id();
         s.clinic = cfg.clinic.clone();
@@ -255,7 +333,12 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         }
     });
     let status_path = cfg.status_file();
-    tracker.spawn(status_writer(outbox, shared, status_path, shutdown.clone()));
+    tracker.spawn(status::writer(
+        outbox,
+        shared,
+        status_path,
+        shutdown.clone(),
+    ));
     tracker.close();
     tracing::info!(clinic = %cfg.clinic, device = %cfg.device, "agent running");
     shutdown.cancelled().await;
@@ -265,31 +348,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     {
         tracing::warn!("workers did not stop within 10 s");
     }
+    reserve.abort();
     tracing::info!("agent stopped");
     Ok(())
-}
-
-async fn status_writer(
-    outbox: Arc<dyn Outbox>,
-    shared: Arc<Shared>,
-    path: std::path::PathBuf,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let ob = outbox.clone();
-        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || ob.stats()).await {
-            shared.update(|s| {
-                s.outbox = stats;
-                s.updated_ms = status::now_ms();
-            });
-        }
-        let snap = shared.snapshot();
-        if let Err(e) = status::write_file(&path, &snap) {
-            tracing::warn!(error = %e, "writing status file");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }

@@ -12,8 +12,13 @@
 //! are patient identifiers.
 
 mod attempts;
+mod identity;
 mod inbox;
+mod recover;
+mod report;
 mod setaside;
+
+pub use identity::{entry_ref, result_id, zone_from_name};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -23,19 +28,16 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use hmac::{Hmac, Mac};
 use pleura_inference::decode::file::{self as scan_file, ReadScanError};
-use pleura_inference::{AnalyzeError, InferencePool, ScanReport};
-use pleura_shared::record::is_zone;
-use pleura_shared::{PseudonymKey, ResultId, ScanRecord};
-use sha2::{Digest, Sha256};
+use pleura_inference::{AnalyzeError, InferencePool};
+use pleura_shared::PseudonymKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
 use crate::outbox::{Outbox, OutboxError};
-use crate::status::{now_ms, Shared};
+use crate::status::Shared;
 use attempts::Attempts;
 use inbox::{list_inbox, open_place, Entry, FileId, Place, PlaceError};
 
@@ -52,6 +54,8 @@ pub struct Intake {
     pub abandoned: Arc<AtomicUsize>,
 }
 
+/// How often processed/ is checked for lost results to rebuild and scans to prune.
+const TEND_EVERY: Duration = Duration::from_secs(600);
 /// How long a scan may be in analysis before status raises an alarm naming it.
 const SLOW_ALARM_AFTER: Duration = Duration::from_secs(30);
 /// Status is refreshed this often while a scan is in analysis.
@@ -95,77 +99,7 @@ fn open_inbox(inbox: &Path) -> std::io::Result<File> {
         .open(inbox)
 }
 
-/// Content-derived result id: the same scan re-analysed after a crash keeps its id.
-pub fn result_id(clinic: &str, device: &str, bytes: &[u8]) -> ResultId {
-    let mut h = Sha256::new();
-    h.update(b"pleura-result-v1\0");
-    h.update(clinic.as_bytes());
-    h.update([0]);
-    h.update(device.as_bytes());
-    h.update([0]);
-    h.update(bytes);
-    ResultId::from_slice(&h.finalize()[..16]).expect("16 bytes")
-}
-
-/// "L1".."R6" from the file name (e.g. `scan_R2.mp4`), if present.
-pub fn zone_from_name(path: &Path) -> Option<String> {
-    let stem = path.file_stem()?.to_string_lossy().to_uppercase();
-    stem.split(|c: char| !c.is_ascii_alphanumeric())
-        .find(|t| is_zone(t))
-        .map(str::to_string)
-}
-
-/// A keyed digest of an entry's path below the inbox: how logs, status and the
-/// attempts file name it (a plain hash of a folder named by an MRN could be reversed).
-pub fn entry_ref(key: &PseudonymKey, inbox: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(inbox).unwrap_or(path);
-    // HMAC accepts keys of any length.
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()) else {
-        unreachable!("HMAC-SHA256 takes keys of any length")
-    };
-    mac.update(b"pleura-inbox-entry-v1\0");
-    mac.update(rel.as_os_str().as_encoded_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..8])
-}
-
-fn day_of(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as u32)
-        .unwrap_or(0)
-}
-
 impl Intake {
-    pub fn build_record(
-        &self,
-        path: &Path,
-        id: ResultId,
-        dicom: crate::deid::DicomIdentity,
-        report: &ScanReport,
-        modified: SystemTime,
-    ) -> ScanRecord {
-        // inbox/<patient>/<file>: the folder is the device's patient identifier.
-        let patient = path
-            .parent()
-            .filter(|p| *p != self.cfg.inbox)
-            .and_then(|p| p.file_name())
-            .map(|n| self.key.pseudonym(&n.to_string_lossy()));
-        // A DICOM header names the patient and the study day better than the folder
-        // and the file time; only the pseudonym and the day are kept.
-        ScanRecord {
-            id,
-            clinic: self.cfg.clinic.clone(),
-            device: self.cfg.device.clone(),
-            patient_key: dicom.patient_key.or(patient),
-            zone: zone_from_name(path),
-            scan_day: dicom.scan_day.unwrap_or_else(|| day_of(modified)),
-            analysed_at_ms: now_ms(),
-            format: report.format.to_string(),
-            analysis: report.analysis.clone(),
-            localisation: ScanRecord::quantise_map(&report.localisation),
-            localisation_size: report.localisation_size as u32,
-        }
-    }
-
     /// A keyed digest of the entry's place in the inbox: names it in logs and in the
     /// attempts file without naming the patient.
     pub fn scan_ref(&self, path: &Path) -> String {
@@ -188,7 +122,17 @@ impl Intake {
         let mut failing: HashMap<String, u32> = HashMap::new();
         let poll = Duration::from_millis(self.cfg.inference.poll_ms);
         let mut last_inbox_error = None;
+        let mut rebuild_failed = HashSet::new();
+        let mut tended: Option<std::time::Instant> = None;
         loop {
+            let lost = self.outbox.lost();
+            let due = tended.is_none_or(|t| t.elapsed() >= TEND_EVERY)
+                || lost.iter().any(|id| !rebuild_failed.contains(id));
+            if due {
+                let pass = self.tend_processed(&mut rebuild_failed).await;
+                self.report_processed(&pass);
+                tended = Some(std::time::Instant::now());
+            }
             let listed =
                 open_inbox(&self.cfg.inbox).and_then(|top| Ok((list_inbox(&self.cfg.inbox)?, top)));
             let (entries, top, inbox_error) = match listed {
@@ -264,6 +208,9 @@ impl Intake {
         next_seen: &mut HashMap<PathBuf, (u64, SystemTime)>,
         attempts: &mut Attempts,
     ) -> Option<Outcome> {
+        if self.left_in_inbox(r, &entry) {
+            return None;
+        }
         Some(match entry {
             Entry::Odd { path, kind, folder } => match self.place(top, &path, folder) {
                 Ok(at) => {
@@ -307,73 +254,6 @@ impl Intake {
         }
     }
 
-    /// Status while a scan is in analysis: its digest and time, and an alarm once slow.
-    fn show_analysing(&self, r: &str, elapsed: Option<Duration>) {
-        let max = self.cfg.intake.max_analysis_s;
-        self.status.update(|s| {
-            s.alarms.retain(|a| !a.starts_with(SLOW_ALARM));
-            s.intake.analysing = elapsed.map(|e| format!("{r} for {} s", e.as_secs()));
-            if let Some(e) = elapsed {
-                if e >= SLOW_ALARM_AFTER.min(Duration::from_secs(max)) {
-                    s.alarms.push(format!(
-                        "{SLOW_ALARM}{r} in analysis for {} s (limit {max} s, intake.max_analysis_s)",
-                        e.as_secs()
-                    ));
-                }
-            }
-        });
-    }
-
-    fn report(&self, round: &Round, inbox_error: Option<String>, stuck: usize) {
-        self.status.update(|s| {
-            let i = &mut s.intake;
-            i.waiting_for_quota = round.waiting;
-            i.entry_errors += round.errors;
-            i.failing_entries = stuck as u64;
-            i.inbox_unreadable = inbox_error.is_some();
-            if let Some(e) = round.last_error.clone().or(inbox_error.clone()) {
-                i.last_error = Some(e);
-            }
-            s.alarms.retain(|a| {
-                !a.starts_with("outbox full") && !a.starts_with("inbox") && !a.starts_with("intake")
-            });
-            if round.busy > 0 {
-                s.alarms.push(format!(
-                    "intake: every analysis worker is still busy with a scan given up after {} s (intake.max_analysis_s); {} scan(s) wait in the inbox",
-                    self.cfg.intake.max_analysis_s, round.busy
-                ));
-            }
-            if round.waiting > 0 {
-                s.alarms.push(format!(
-                    "outbox full: {} scan(s) wait in the inbox until results reach the hub",
-                    round.waiting
-                ));
-            }
-            if let Some(e) = inbox_error {
-                s.alarms
-                    .push(format!("inbox cannot be read ({e}): no scans are taken in"));
-            }
-            if stuck > 0 {
-                s.alarms.push(format!(
-                    "inbox: {stuck} entr{} keep failing and cannot be set aside in rejected/ (last error: {})",
-                    if stuck == 1 { "y" } else { "ies" },
-                    s.intake.last_error.as_deref().unwrap_or("-")
-                ));
-            }
-            if let Some(e) = &round.storage {
-                s.alarms.push(format!(
-                    "intake cannot store results ({e}): scans wait in the inbox"
-                ));
-            }
-            if s.intake.rejected_after_attempts > 0 {
-                s.alarms.push(format!(
-                    "intake: {} scan(s) set aside in rejected/ after {} failed or interrupted analyses",
-                    s.intake.rejected_after_attempts, self.cfg.intake.max_attempts
-                ));
-            }
-        });
-    }
-
     async fn process(
         &self,
         at: &Place,
@@ -408,6 +288,11 @@ impl Intake {
         if self.abandoned.load(Ordering::SeqCst) >= self.cfg.inference.workers.max(1) {
             return Outcome::Busy;
         }
+        // The outbox is at its quota: wait without analysing (the scan could not be
+        // stored), until acks free room.
+        if !self.outbox.has_room() {
+            return Outcome::Quota;
+        }
         if attempts.get(r) >= max {
             let reason = format!(
                 "analysis failed or was interrupted {max} times (the agent stopped or ran out of memory while analysing it)"
@@ -422,6 +307,7 @@ impl Intake {
             Err(e) => return Outcome::Storage(format!("recording the attempt: {e}")),
         };
         tracing::debug!(scan = %r, zone, attempt = n, path = %self.shown(path), "analysing");
+        let stamp = inbox::Stamp::of(&meta);
         let bytes =
             match tokio::task::spawn_blocking(move || scan_file::read_opened(file, &meta, limit))
                 .await
@@ -440,12 +326,7 @@ impl Intake {
                     return Outcome::Storage(e.to_string());
                 }
             };
-        let id = result_id(&self.cfg.clinic, &self.cfg.device, &bytes);
-        let dicom = (pleura_inference::decode::detect(&bytes).ok()
-            == Some(pleura_inference::Format::Dicom))
-        .then(|| crate::deid::dicom_identity(&bytes, &self.key).ok())
-        .flatten()
-        .unwrap_or_default();
+        let (id, dicom) = self.identify(path, &bytes);
         let pool = self.pool.clone();
         let job = Box::pin(async move { pool.analyze_async(bytes).await });
         let max_s = self.cfg.intake.max_analysis_s;
@@ -489,10 +370,9 @@ impl Intake {
         let put = tokio::task::spawn_blocking(move || outbox.put(&record)).await;
         match put {
             Ok(Ok(_)) => {}
-            Ok(Err(e @ OutboxError::QuotaExceeded { .. })) => {
+            Ok(Err(OutboxError::QuotaExceeded { .. })) => {
                 // Not the file's fault: it waits without using up its attempts.
                 attempts.undo(r);
-                tracing::warn!(scan = %r, zone, "{e}");
                 return Outcome::Quota;
             }
             Ok(Err(e)) => {
@@ -505,11 +385,28 @@ impl Intake {
                 return Outcome::Storage(e.to_string());
             }
         }
-        // Durable in the outbox: now the source may move.
-        if let Err(e) = self.move_to(at, path, &self.cfg.processed_dir(), None) {
-            attempts.undo(r);
+        // Durable in the outbox: now the source may move. In processed/ it keeps its
+        // place, its name prefixed with its result id: see `processed`.
+        // The exporter may have replaced the file meanwhile: only the file analysed moves
+        // under this result's id (a new one is judged afresh at the next round).
+        if at.stamp().ok() != Some(stamp) {
+            attempts.clear(r);
+            tracing::warn!(scan = %r, zone, result_id = %id, "the scan changed while it was analysed; its new content is taken in at the next round");
+            return Outcome::Gone;
+        }
+        let original = path.file_name().unwrap_or_default().to_string_lossy();
+        let named = path.with_file_name(crate::processed::file_name(&id, &original));
+        if let Err(e) = self.move_to(at, &named, &self.cfg.processed_dir(), None) {
+            // Counts against the file's attempts: a scan that cannot leave the inbox must
+            // not be analysed again on every poll.
             tracing::error!(scan = %r, zone, error = %e, "analysed, but cannot move to processed/");
-            return Outcome::Storage(e.to_string());
+            return self.failed_counted(
+                at,
+                path,
+                r,
+                &format!("moving to processed/: {e}"),
+                attempts,
+            );
         }
         attempts.clear(r);
         self.status.update(|s| s.intake.analysed += 1);

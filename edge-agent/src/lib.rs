@@ -14,5 +14,7 @@ pub mod eval;
 pub mod intake;
 pub mod lock;
 pub mod outbox;
+pub mod processed;
+pub mod retract;
 pub mod status;
 pub mod sync;

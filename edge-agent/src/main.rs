@@ -6,7 +6,9 @@ fn main() -> std::process::ExitCode {
     // SAFETY: umask only sets the process's file-creation mask.
     unsafe { libc::umask(0o077) };
     let cli = edge_agent::cli::Cli::parse();
-    edge_agent::cli::init_tracing(cli.verbose);
+    // The daemon logs at info by default (RUST_LOG overrides); one-shot commands warn.
+    let daemon = matches!(cli.command, edge_agent::cli::Command::Run { .. });
+    edge_agent::cli::init_tracing(cli.verbose, daemon);
     match edge_agent::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

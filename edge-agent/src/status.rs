@@ -1,5 +1,14 @@
 //! What the agent is doing, shared by its workers, written to `status.json` every
 //! second and shown by `edge-agent status`.
+//!
+//! Counters (analysed, synced, resends…) count since installation: a starting agent
+//! seeds them from the last status file (`Shared::restore`). The writer checks the
+//! data folder's free space every round and raises a "disk full" alarm, and keeps
+//! `status.json` current on a full disk (file.rs).
+
+pub mod command;
+pub mod disk;
+pub mod file;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,6 +20,7 @@ pub use pleura_shared::now_ms;
 use crate::outbox::OutboxStats;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub pid: u32,
     pub updated_ms: u64,
@@ -20,13 +30,22 @@ pub struct Status {
     pub outbox: OutboxStats,
     pub sync: SyncStatus,
     pub intake: IntakeStatus,
+    /// Free space on the data folder's filesystem, checked every second.
+    pub disk: disk::DiskStatus,
+    /// When the counters started (the first start of this installation), ms.
+    pub counters_since_ms: u64,
     /// Conditions a person should act on.
     pub alarms: Vec<String>,
+    /// Only from `edge-agent status` on a stopped agent: the alarms it had when it
+    /// stopped (no longer current).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_alarms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SyncStatus {
-    /// idle, sending, backing-off, disconnected
+    /// idle, sending (via `transport`), connecting, reconnecting, backing-off, starting
     pub state: String,
     pub mqtt_connected: bool,
     pub transport: String,
@@ -38,9 +57,23 @@ pub struct SyncStatus {
     pub bytes_sent: u64,
     pub resends: u64,
     pub reconnects: u64,
+    /// The hub answers on some transport (MQTT connected, or the last gRPC call).
+    pub reachable: bool,
+    /// One line for the operator: how the hub is reached now (sync/state.rs `describe`).
+    pub summary: String,
+    /// Each transport: up, last successful contact, failures, last error.
+    pub mqtt: crate::sync::state::LinkStatus,
+    pub grpc: crate::sync::state::LinkStatus,
+    /// Acknowledged results queued again because the hub lacked them (anti-entropy).
+    pub resent_for_hub: u64,
+    /// When the hub last answered a holdings check (ms).
+    pub last_reconcile_ms: Option<u64>,
+    pub retractions_recorded: u64,
+    pub retractions_refused: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IntakeStatus {
     pub analysed: u64,
     pub rejected: u64,
@@ -81,21 +114,48 @@ impl Shared {
     pub fn snapshot(&self) -> Status {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Seeds the counters from the last status file (`path`), so they count since
+    /// installation, not since this start. Without one (first start, or unreadable)
+    /// they start at zero from now.
+    pub fn restore(&self, path: &Path) {
+        let prev = file::read(path).ok();
+        self.update(|s| match prev {
+            Some(p) => seed_counters(s, &p),
+            None => s.counters_since_ms = now_ms(),
+        });
+    }
 }
 
-/// Writes atomically (temp file + rename) so a reader never sees half a file.
+/// Copies the counters (not the live state) of `prev` into `s`. Not
+/// `rejected_after_attempts`: it raises an alarm while non-zero, and a restart is how
+/// an operator acknowledges it.
+pub fn seed_counters(s: &mut Status, prev: &Status) {
+    let (i, p) = (&mut s.intake, &prev.intake);
+    i.analysed = p.analysed;
+    i.rejected = p.rejected;
+    i.entry_errors = p.entry_errors;
+    i.analyses_timed_out = p.analyses_timed_out;
+    let (y, q) = (&mut s.sync, &prev.sync);
+    y.synced_total = q.synced_total;
+    y.batches_sent = q.batches_sent;
+    y.bytes_sent = q.bytes_sent;
+    y.resends = q.resends;
+    y.reconnects = q.reconnects;
+    y.last_sync_ms = q.last_sync_ms;
+    y.resent_for_hub = q.resent_for_hub;
+    y.retractions_recorded = q.retractions_recorded;
+    y.retractions_refused = q.retractions_refused;
+    s.counters_since_ms = if prev.counters_since_ms > 0 {
+        prev.counters_since_ms
+    } else {
+        now_ms()
+    };
+}
+
+/// Writes `status.json` whole (see file.rs); kept for callers that write it once.
 pub fn write_file(path: &Path, status: &Status) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?
-        .write_all(&serde_json::to_vec_pretty(status)?)?;
-    std::fs::rename(tmp, path)
+    file::StatusFile::new(path).write(status)
 }
 
 pub fn render(s: &Status, running: bool) -> String {
@@ -105,7 +165,7 @@ pub fn render(s: &Status, running: bool) -> String {
     };
     let mut out = format!(
         "agent      {} (clinic {}, device {})\nmodel      {}\nqueue      {} unsynced result(s), {} of {} bytes; oldest analysed {}\n",
-        if running { format!("running, pid {}", s.pid) } else { "NOT RUNNING (last known state below)".into() },
+        if running { format!("running, pid {}", s.pid) } else { "NOT RUNNING (counters and alarms below are as it left them; queue read now)".into() },
         s.clinic,
         s.device,
         s.model_version,
@@ -114,24 +174,46 @@ pub fn render(s: &Status, running: bool) -> String {
         s.outbox.quota_bytes,
         age(s.outbox.oldest_pending_ms),
     );
+    // The worker's own summary names the transport that works ("reachable via grpc
+    // (mqtt down: …); idle"), not only whether MQTT is up.
+    let link = if !s.sync.summary.is_empty() {
+        s.sync.summary.clone()
+    } else if s.sync.reachable || s.sync.mqtt_connected {
+        format!("reachable via {}; {}", s.sync.transport, s.sync.state)
+    } else {
+        format!("unreachable; {}", s.sync.state)
+    };
     out += &format!(
-        "hub        {} via {}; state {}; last sync {}; {} synced in total\n",
-        if s.sync.mqtt_connected {
-            "reachable"
-        } else {
-            "unreachable"
-        },
-        if s.sync.transport.is_empty() {
-            "-"
-        } else {
-            &s.sync.transport
-        },
-        s.sync.state,
+        "hub        {link}; last sync {}; {} synced in total\n",
         age(s.sync.last_sync_ms),
         s.sync.synced_total,
     );
+    if s.outbox.retractions_pending > 0 || s.sync.resent_for_hub > 0 {
+        out += &format!(
+            "sync       {} retraction(s) waiting for the hub; {} result(s) sent again because the hub had lost them\n",
+            s.outbox.retractions_pending, s.sync.resent_for_hub
+        );
+    }
+    if let Some(d) = &s.outbox.damage {
+        out += &format!(
+            "store      DAMAGED: {d}; {} lost result(s) still to rebuild\n",
+            s.outbox.lost_pending
+        );
+    }
     if let Some(e) = &s.sync.last_error {
         out += &format!("last error {e}\n");
+    }
+    out += &format!(
+        "disk       {} MiB free of {} MiB on the data folder's filesystem{}\n",
+        s.disk.free_bytes >> 20,
+        s.disk.total_bytes >> 20,
+        if s.disk.full { " (FULL)" } else { "" }
+    );
+    if s.counters_since_ms > 0 {
+        out += &format!(
+            "counters   since installation ({} days ago)\n",
+            now_ms().saturating_sub(s.counters_since_ms) / 86_400_000
+        );
     }
     out += &format!(
         "intake     {} analysed, {} rejected, {} waiting for queue space; {} parked, {} corrupt\n",
@@ -170,5 +252,55 @@ pub fn render(s: &Status, running: bool) -> String {
             out += &format!("ALARM      {a}\n");
         }
     }
+    for a in &s.last_alarms {
+        out += &format!("was alarm  {a} (when the agent stopped)\n");
+    }
     out
+}
+
+/// Refreshes the outbox figures and rewrites `status.json` every second.
+pub async fn writer(
+    outbox: std::sync::Arc<dyn crate::outbox::Outbox>,
+    shared: std::sync::Arc<Shared>,
+    path: std::path::PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let file = file::StatusFile::new(&path);
+    let data_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut failing: Option<String> = None;
+    loop {
+        let ob = outbox.clone();
+        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || ob.stats()).await {
+            shared.update(|s| s.outbox = stats);
+        }
+        let space = disk::space(&data_dir);
+        shared.update(|s| {
+            s.updated_ms = now_ms();
+            s.alarms.retain(|a| !disk::is_space_alarm(a));
+            match &space {
+                Ok(d) => {
+                    s.disk = *d;
+                    s.alarms.extend(disk::alarm(d));
+                }
+                Err(e) => s.alarms.push(disk::unknown_alarm(e)),
+            }
+        });
+        let snap = shared.snapshot();
+        // Logged once per change, not every second.
+        match file.write(&snap) {
+            Ok(()) if failing.take().is_some() => tracing::info!("status file written again"),
+            Ok(()) => {}
+            Err(e) => {
+                let e = e.to_string();
+                if failing.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "cannot write the status file");
+                    failing = Some(e);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -6,26 +6,25 @@ use std::sync::{Arc, OnceLock};
 
 use hub_server::ingest::Ingest;
 use hub_server::metrics::Metrics;
-use hub_server::store::SledStore;
+use hub_server::store::recovery::open_checked;
 
 fn ingest() -> &'static Ingest {
     static I: OnceLock<(tempfile_dir::Dir, Ingest)> = OnceLock::new();
     &I.get_or_init(|| {
         let dir = tempfile_dir::Dir::new();
-        let store = SledStore::open(&dir.0).expect("store");
+        let store = open_checked(&dir.0, Arc::new(Metrics::default())).expect("store");
         let pki_dir = dir.0.join("pki");
         let pki = hub_server::ca::Pki::init(&pki_dir, "fuzz", &[]).expect("CA");
         pki.enroll("c1", "d1", "r1", 0, 4_000_000_000, &dir.0.join("bundle"))
             .expect("enrol");
-        let ing = Ingest {
-            store: Arc::new(store),
-            metrics: Arc::new(Metrics::default()),
-            max_payload: pleura_shared::record::MAX_BATCH_BYTES,
-            max_records: pleura_shared::record::MAX_BATCH_RECORDS,
-            registry: Some(Arc::new(
+        let metrics = Arc::new(Metrics::default());
+        let ing = Ingest::new(
+            store,
+            metrics,
+            Some(Arc::new(
                 hub_server::ca::Registry::new(&pki_dir).expect("registry"),
             )),
-        };
+        );
         (dir, ing)
     })
     .1

@@ -78,7 +78,8 @@ pub struct MqttConfig {
     /// Embedded broker's public address (the TLS gate in `mtls` mode).
     #[serde(default = "default_mqtt_listen")]
     pub listen: SocketAddr,
-    /// Loopback address of rumqttd behind the gate (`mtls` mode; port 0 picks one).
+    /// Loopback address of rumqttd behind the public port (the TLS gate, or a plain relay
+    /// in insecure mode); port 0 picks one.
     #[serde(default = "default_internal")]
     pub internal_listen: SocketAddr,
     /// External broker, e.g. `mqtts://broker.example:8883` (the hub presents hub.pem).

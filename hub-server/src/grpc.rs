@@ -23,7 +23,7 @@ use crate::ca::Registry;
 use crate::ingest::{Ingest, IngestError};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Attempt, LoginLimiter};
-use crate::store::{CaseFilter, StoreError, StoredCase};
+use crate::store::{CaseFilter, Listing, StoreError, StoredCase};
 use crate::tls::peer_device;
 
 pub struct HubService {
@@ -43,6 +43,10 @@ fn store_status(e: StoreError) -> Status {
 fn ingest_status(e: IngestError) -> Status {
     match e {
         IngestError::Store(s) => store_status(s),
+        e @ IngestError::Journal(_) => {
+            tracing::error!(error = %e, "case journal write failed");
+            Status::unavailable(e.to_string())
+        }
         e @ (IngestError::Untrusted(_) | IngestError::Unsigned(_) | IngestError::Signature(_)) => {
             Status::permission_denied(e.to_string())
         }
@@ -54,10 +58,29 @@ fn ingest_status(e: IngestError) -> Status {
 }
 
 fn to_case(c: StoredCase) -> Case {
+    let (retracted, retraction_reason, retracted_at_ms) = match c.retraction {
+        Some(r) => (true, r.reason, r.at_ms),
+        None => (false, String::new(), 0),
+    };
     Case {
         result: Some(c.record.to_wire()),
         received_at_ms: c.received_at_ms,
+        retracted,
+        retraction_reason,
+        retracted_at_ms,
     }
+}
+
+/// A listing, with undecodable cases said and skipped.
+fn listed(l: Result<Listing, StoreError>) -> Result<Vec<StoredCase>, Status> {
+    let l = l.map_err(store_status)?;
+    if l.corrupt > 0 {
+        tracing::warn!(
+            corrupt = l.corrupt,
+            "stored cases that no longer decode were skipped"
+        );
+    }
+    Ok(l.cases)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -287,7 +310,7 @@ impl Hub for HubService {
             let mut f = filter;
             let limit = f.limit;
             f.limit = 0;
-            let mut all = store.list(&f).map_err(store_status)?;
+            let mut all = listed(store.list(&f))?;
             if let Some(s) = &scope {
                 all.retain(|c| s.contains(&c.record.clinic));
             }
@@ -359,7 +382,11 @@ impl Hub for HubService {
                 ..Default::default()
             };
             let mut acc: std::collections::BTreeMap<(String, u32), Aggregate> = Default::default();
-            for c in store.list(&f).map_err(store_status)? {
+            // A retracted result was a mistake: it counts nowhere.
+            for c in listed(store.list(&f))?
+                .into_iter()
+                .filter(|c| c.retraction.is_none())
+            {
                 let region = regions
                     .get(&c.record.clinic)
                     .cloned()
@@ -409,7 +436,21 @@ impl Hub for HubService {
                 .await);
         }
         let store = self.ingest.store.clone();
-        let devices = blocking(move || store.devices().map_err(store_status)).await?;
+        let mut devices = blocking(move || store.devices().map_err(store_status)).await?;
+        let missing = self.ingest.integrity.missing();
+        // A device whose stats were lost with the store still shows, with its loss.
+        for (clinic, device) in missing.keys() {
+            if !devices
+                .iter()
+                .any(|d| d.clinic == *clinic && d.device == *device)
+            {
+                devices.push(crate::store::DeviceStats {
+                    clinic: clinic.clone(),
+                    device: device.clone(),
+                    ..Default::default()
+                });
+            }
+        }
         self.audit(
             &who,
             "sync_status",
@@ -417,10 +458,14 @@ impl Hub for HubService {
             "allowed",
         )
         .await?;
+        let report = &self.ingest.integrity.report;
         Ok(Response::new(SyncStatusResponse {
             devices: devices
                 .into_iter()
                 .map(|d| DeviceStatus {
+                    missing: missing
+                        .get(&(d.clinic.clone(), d.device.clone()))
+                        .map_or(0, |s| s.len() as u64),
                     clinic_id: d.clinic,
                     device_id: d.device,
                     results: d.results,
@@ -428,6 +473,14 @@ impl Hub for HubService {
                     last_received_ms: d.last_received_ms,
                 })
                 .collect(),
+            missing: self.ingest.integrity.missing_total(),
+            journal_damaged_lines: report.journal_damaged,
+            corrupt_cases: report.corrupt_cases,
+            store_set_aside: report
+                .set_aside
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -1,17 +1,24 @@
 //! Turning an MQTT message or gRPC upload into committed results and an ack. No I/O
-//! here except through the store, so every rejection path has a plain unit test.
+//! here except through the store, its journal and the audit log, so every rejection
+//! path has a plain unit test. A batch carries results, retractions (`retraction`)
+//! and/or the device's holdings (`antientropy`); one with none of the three is refused.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use pleura_shared::holdings::{Holdings, HoldingsError};
 use pleura_shared::signing::{self, SignatureError};
 use pleura_shared::wire::{Rejection, ResultAck, ResultBatch, SignedBatch};
 use pleura_shared::{now_ms, topics, ScanRecord, SCHEMA_VERSION};
 use prost::Message;
 
+use crate::antientropy::AntiEntropy;
+use crate::audit::AuditLog;
 use crate::ca::{Registry, TrustError};
 use crate::metrics::Metrics;
-use crate::store::{Commit, HubStore, StoreError};
+use crate::store::recovery::Recovered;
+use crate::store::{Commit, HubStore, Integrity, Retraction, StoreError};
 
 /// Why a whole message was refused. `label` is the metrics reason.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +35,14 @@ pub enum IngestError {
     Schema(u32),
     #[error("batch claims {claimed} but arrived on the topic of {topic}")]
     Mismatch { claimed: String, topic: String },
-    #[error("empty batch")]
+    #[error("empty batch: no results, retractions or holdings")]
     Empty,
+    #[error("malformed holdings: {0}")]
+    Holdings(#[from] HoldingsError),
+    #[error("batch of {0} retractions exceeds the limit of {1} per batch")]
+    TooManyRetractions(usize, usize),
+    #[error("the case journal could not be written (nothing acknowledged): {0}")]
+    Journal(std::io::Error),
     #[error("sender not trusted: {0}")]
     Untrusted(#[from] TrustError),
     #[error("unsigned batch from {0} (this hub requires signed batches)")]
@@ -46,7 +59,9 @@ impl IngestError {
             IngestError::Topic(_) => "topic",
             IngestError::TooLarge(..) => "too_large",
             IngestError::TooMany(..) => "too_many_records",
-            IngestError::Decode(_) => "malformed",
+            IngestError::Decode(_) | IngestError::Holdings(_) => "malformed",
+            IngestError::TooManyRetractions(..) => "too_many_records",
+            IngestError::Journal(_) => "store",
             IngestError::Schema(_) => "schema_version",
             IngestError::Mismatch { .. } => "identity_mismatch",
             IngestError::Empty => "empty",
@@ -68,6 +83,15 @@ pub struct Ingest {
     /// Enrolled devices and their keys; None only in insecure development mode, where
     /// unsigned batches are accepted.
     pub registry: Option<Arc<Registry>>,
+    /// The journal of what was acknowledged, and what the store lost.
+    pub integrity: Arc<Integrity>,
+    /// What the hub holds per device, for anti-entropy.
+    pub holdings: Arc<AntiEntropy>,
+    /// Where retractions (and refused ones) are recorded; None only in unit tests.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Retractions are checked, audited and recorded one batch at a time, so that a
+    /// retraction arriving twice at once is audited once.
+    pub(crate) retracting: Mutex<()>,
 }
 
 /// A committed batch: the ack to send and to which device.
@@ -84,9 +108,31 @@ pub struct Prepared {
     pub device: String,
     pub good: Vec<ScanRecord>,
     pub rejected: Vec<Rejection>,
+    pub retractions: Vec<Retraction>,
+    pub holdings: Option<Holdings>,
 }
 
 impl Ingest {
+    /// Ingest over a checked store (`store::recovery::open_checked`), with the default
+    /// batch limits and no audit log (set `audit` to record retractions).
+    pub fn new(
+        recovered: Recovered,
+        metrics: Arc<Metrics>,
+        registry: Option<Arc<Registry>>,
+    ) -> Self {
+        Self {
+            store: Arc::new(recovered.store),
+            metrics,
+            max_payload: pleura_shared::record::MAX_BATCH_BYTES,
+            max_records: pleura_shared::record::MAX_BATCH_RECORDS,
+            registry,
+            integrity: Arc::new(recovered.integrity),
+            holdings: Arc::new(recovered.holdings),
+            audit: None,
+            retracting: Mutex::new(()),
+        }
+    }
+
     /// An MQTT message: the topic names the sender's clinic and device.
     pub fn mqtt_message(&self, topic: &str, payload: &[u8]) -> Result<Outcome, IngestError> {
         let p = self.prepare_mqtt(topic, payload)?;
@@ -125,6 +171,12 @@ impl Ingest {
         if batch.results.len() > self.max_records {
             return Err(IngestError::TooMany(batch.results.len(), self.max_records));
         }
+        if batch.retractions.len() > self.max_records {
+            return Err(IngestError::TooManyRetractions(
+                batch.retractions.len(),
+                self.max_records,
+            ));
+        }
         if batch.schema_version != SCHEMA_VERSION {
             return Err(IngestError::Schema(batch.schema_version));
         }
@@ -157,9 +209,15 @@ impl Ingest {
                 topic: format!("{clinic}/{device}"),
             });
         }
-        if batch.results.is_empty() {
+        if batch.results.is_empty() && batch.retractions.is_empty() && batch.holdings.is_none() {
             return Err(IngestError::Empty);
         }
+        let holdings = batch
+            .holdings
+            .as_ref()
+            .map(Holdings::from_wire)
+            .transpose()?;
+        let mut retractions = Vec::with_capacity(batch.retractions.len());
         let mut good = Vec::with_capacity(batch.results.len());
         let mut rejected = Vec::new();
         for w in batch.results {
@@ -179,6 +237,13 @@ impl Ingest {
                 }),
             }
         }
+        let now = now_ms();
+        for w in batch.retractions {
+            match crate::retraction::validate(w, &clinic, &device, now) {
+                Ok(r) => retractions.push(r),
+                Err(rej) => rejected.push(rej),
+            }
+        }
         for r in &rejected {
             tracing::warn!(clinic, device, reason = %r.reason, "result rejected");
         }
@@ -187,6 +252,8 @@ impl Ingest {
             device,
             good,
             rejected,
+            retractions,
+            holdings,
         })
     }
 
@@ -207,6 +274,27 @@ impl Ingest {
             &self.metrics.commit_micros,
             started.elapsed().as_micros() as u64,
         );
+        // The holdings mirror the store: what it now holds counts whatever the journal
+        // write below does. (Added after it, a failed append would leave these out for
+        // good: their re-sending comes back as Duplicate, which never adds.)
+        for (r, c) in all.iter().zip(&outcome) {
+            match c {
+                Commit::New => self.holdings.add(r),
+                Commit::Duplicate => self.follow_rebuilt(r),
+                Commit::Conflict => {}
+            }
+        }
+        // Journaled (and synced) before any ack: what was acked is known even if the
+        // store later loses it.
+        let held: Vec<&ScanRecord> = all
+            .iter()
+            .zip(&outcome)
+            .filter(|(_, c)| **c != Commit::Conflict)
+            .map(|(r, _)| r)
+            .collect();
+        self.integrity
+            .committed(&held)
+            .map_err(IngestError::Journal)?;
         let count = |k: Commit| outcome.iter().filter(|c| **c == k).count() as u64;
         Metrics::inc(&self.metrics.results_committed, count(Commit::New));
         Metrics::inc(&self.metrics.results_duplicate, count(Commit::Duplicate));
@@ -224,17 +312,73 @@ impl Ingest {
                     }
                 }
                 Metrics::inc(&self.metrics.results_rejected, p.rejected.len() as u64);
+                // Per message, after its results are stored: a retraction that cannot be
+                // recorded is left unacknowledged (the device sends it again); it never
+                // costs this or any other message its results' acks.
+                let retracted = self.retract(&p.clinic, &p.device, &p.retractions, &mut p.rejected);
+                let resend_days = p
+                    .holdings
+                    .as_ref()
+                    .map(|h| self.resend_days(&p.clinic, &p.device, h))
+                    .unwrap_or_default();
                 Outcome {
                     ack: ResultAck {
                         schema_version: SCHEMA_VERSION,
                         committed,
                         rejected: p.rejected,
+                        retracted,
+                        resend_days,
                     },
                     clinic: p.clinic,
                     device: p.device,
                 }
             })
             .collect())
+    }
+
+    /// Days whose results the hub lacks, for the ack: those where the hub's holdings
+    /// fall short of `theirs`, and the days of this device's results the journal names
+    /// and the store lost (`Integrity::missing`), as long as `theirs` names that day or
+    /// it lies within the days `theirs` spans. The second catches a hub loss the digests
+    /// cannot show: the device holding no more results of that day than the hub (the
+    /// edge lost some acknowledged records too).
+    fn resend_days(&self, clinic: &str, device: &str, theirs: &Holdings) -> Vec<u32> {
+        Metrics::inc(&self.metrics.holdings_checks, 1);
+        let mut days: BTreeSet<u32> = self
+            .holdings
+            .lacking(clinic, device, theirs)
+            .into_iter()
+            .collect();
+        if let (Some(first), Some(last)) = (theirs.0.keys().next(), theirs.0.keys().last()) {
+            days.extend(
+                self.integrity
+                    .missing_days(clinic, device)
+                    .into_iter()
+                    .filter(|d| (first..=last).contains(&d)),
+            );
+        }
+        let days: Vec<u32> = days.into_iter().collect();
+        if !days.is_empty() {
+            Metrics::inc(&self.metrics.resend_requests, 1);
+            Metrics::inc(&self.metrics.resend_days, days.len() as u64);
+            tracing::info!(
+                clinic,
+                device,
+                days = ?days,
+                "the hub lacks results the device holds as acknowledged; asking for these days again"
+            );
+        }
+        days
+    }
+
+    /// A duplicate may be a copy rebuilt at the edge with another `analysed_at_ms`,
+    /// filed there under another day: the holdings count it where the device does.
+    fn follow_rebuilt(&self, sent: &ScanRecord) {
+        if let Ok(Some(held)) = self.store.get(&sent.id) {
+            if held.record.analysed_at_ms != sent.analysed_at_ms {
+                self.holdings.rebuilt(&held.record, sent);
+            }
+        }
     }
 
     /// A result whose id another record holds: never acked as committed, never stored
@@ -265,287 +409,4 @@ impl Ingest {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::SledStore;
-    use pleura_shared::record::sample_record;
-
-    fn ingest(dir: &std::path::Path) -> Ingest {
-        Ingest {
-            store: Arc::new(SledStore::open(dir).unwrap()),
-            metrics: Arc::new(Metrics::default()),
-            max_payload: 4096,
-            max_records: 500,
-            registry: None,
-        }
-    }
-
-    fn batch(clinic: &str, device: &str, recs: &[ScanRecord]) -> ResultBatch {
-        ResultBatch {
-            schema_version: SCHEMA_VERSION,
-            clinic_id: clinic.into(),
-            device_id: device.into(),
-            results: recs.iter().map(|r| r.to_wire()).collect(),
-        }
-    }
-
-    /// An unsigned envelope (insecure mode).
-    fn env(b: &ResultBatch) -> Vec<u8> {
-        SignedBatch {
-            batch: b.encode_to_vec(),
-            signature: vec![],
-        }
-        .encode_to_vec()
-    }
-
-    fn signed(b: &ResultBatch, key: &std::path::Path) -> SignedBatch {
-        let batch = b.encode_to_vec();
-        let signature = signing::BatchSigner::from_pem_file(key)
-            .unwrap()
-            .sign(&batch);
-        SignedBatch { batch, signature }
-    }
-
-    #[test]
-    fn only_the_enrolled_unrevoked_device_can_vouch_for_its_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let pki_dir = dir.path().join("pki");
-        let pki = crate::ca::Pki::init(&pki_dir, "t", &["localhost".into()]).unwrap();
-        let now = (now_ms() / 1000) as i64;
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        pki.enroll("c1", "a", "north", now - 60, now + 3600, &a)
-            .unwrap();
-        pki.enroll("c2", "b", "south", now - 60, now + 3600, &b)
-            .unwrap();
-        let mut ing = ingest(&dir.path().join("store"));
-        ing.registry = Some(Arc::new(Registry::new(&pki_dir).unwrap()));
-        let r = sample_record("c1", "a", 2, true);
-        let good = batch("c1", "a", std::slice::from_ref(&r));
-        let label = |res: Result<Outcome, IngestError>| res.err().map(|e| e.label());
-
-        // Unsigned, or signed by another device's key, or claiming another device.
-        assert_eq!(
-            label(ing.upload(SignedBatch::decode(env(&good).as_slice()).unwrap(), None)),
-            Some("signature")
-        );
-        assert_eq!(
-            label(ing.upload(signed(&good, &b.join("device.key")), None)),
-            Some("signature")
-        );
-        let forged = batch("c2", "b", &[sample_record("c2", "b", 2, true)]);
-        assert_eq!(
-            label(ing.upload(
-                signed(&forged, &a.join("device.key")),
-                Some(("c1".into(), "a".into()))
-            )),
-            Some("signature")
-        );
-        // Correctly signed by b but sent over a's connection: the transport identity wins.
-        assert_eq!(
-            label(ing.upload(
-                signed(&forged, &b.join("device.key")),
-                Some(("c1".into(), "a".into()))
-            )),
-            Some("identity_mismatch")
-        );
-        // Tampered after signing.
-        let mut t = signed(&good, &a.join("device.key"));
-        let last = t.batch.len() - 1;
-        t.batch[last] ^= 1;
-        assert!(ing.upload(t, None).is_err());
-        assert_eq!(ing.store.count().unwrap(), 0);
-
-        let out = ing
-            .upload(signed(&good, &a.join("device.key")), None)
-            .unwrap();
-        assert_eq!(out.ack.committed.len(), 1);
-
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        pki.revoke("c1", "a").unwrap();
-        assert_eq!(
-            label(ing.upload(signed(&good, &a.join("device.key")), None)),
-            Some("untrusted_device")
-        );
-    }
-
-    #[test]
-    fn a_device_cannot_preempt_another_devices_result_id() {
-        use std::sync::atomic::Ordering::Relaxed;
-        let dir = tempfile::tempdir().unwrap();
-        let ing = ingest(dir.path());
-        let genuine = sample_record("c2", "b", 3, true);
-        // Device a sends a record of its own under b's future result id.
-        let mut squat = sample_record("c1", "a", 0, false);
-        squat.id = genuine.id;
-        ing.mqtt_message(
-            &topics::results("c1", "a"),
-            &env(&batch("c1", "a", &[squat])),
-        )
-        .unwrap();
-        // b's genuine severity-3 result: not acked, not counted as a duplicate.
-        let send_b = || {
-            ing.mqtt_message(
-                &topics::results("c2", "b"),
-                &env(&batch("c2", "b", std::slice::from_ref(&genuine))),
-            )
-            .unwrap()
-        };
-        let out = send_b();
-        assert!(out.ack.committed.is_empty(), "acked as if committed");
-        assert_eq!(out.ack.rejected.len(), 1);
-        assert!(out.ack.rejected[0].reason.contains("conflict"));
-        assert_eq!(ing.metrics.results_duplicate.load(Relaxed), 0);
-        assert_eq!(ing.metrics.results_conflict.load(Relaxed), 1);
-        // Redelivered, still refused; nothing overwritten either way.
-        assert!(send_b().ack.committed.is_empty());
-        assert_eq!(
-            ing.store.get(&genuine.id).unwrap().unwrap().record.device,
-            "a"
-        );
-
-        // The same device re-using an id for different content is a conflict as well.
-        let first = sample_record("c2", "b", 1, false);
-        let mut changed = first.clone();
-        changed.analysis.flagged = true;
-        let topic = topics::results("c2", "b");
-        ing.mqtt_message(
-            &topic,
-            &env(&batch("c2", "b", std::slice::from_ref(&first))),
-        )
-        .unwrap();
-        let out = ing
-            .mqtt_message(&topic, &env(&batch("c2", "b", &[changed, first.clone()])))
-            .unwrap();
-        assert_eq!(out.ack.committed, vec![first.id.0.to_vec()]);
-        assert_eq!(out.ack.rejected.len(), 1);
-        assert_eq!(ing.metrics.results_conflict.load(Relaxed), 3);
-        assert_eq!(ing.store.get(&first.id).unwrap().unwrap().record, first);
-    }
-
-    #[test]
-    fn one_batch_limit_holds_for_mqtt_and_grpc() {
-        use pleura_shared::record::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
-        let dir = tempfile::tempdir().unwrap();
-        let mut ing = ingest(dir.path());
-        ing.max_payload = MAX_BATCH_BYTES;
-        ing.max_records = MAX_BATCH_RECORDS;
-        let topic = topics::results("c1", "d1");
-        let recs = |n: usize| -> Vec<ScanRecord> {
-            (0..n)
-                .map(|_| sample_record("c1", "d1", 1, false))
-                .collect()
-        };
-        let grpc = |ing: &Ingest, b: &ResultBatch| {
-            ing.upload(SignedBatch::decode(env(b).as_slice()).unwrap(), None)
-                .err()
-                .map(|e| e.label())
-        };
-        // The 1,500-result batch gRPC used to take: refused on both paths.
-        let big = batch("c1", "d1", &recs(1500));
-        assert!(env(&big).len() > 250_000);
-        assert_eq!(grpc(&ing, &big), Some("too_large"));
-        assert_eq!(
-            ing.mqtt_message(&topic, &env(&big))
-                .err()
-                .map(|e| e.label()),
-            Some("too_large")
-        );
-        // Past the count limit, even under the byte limit.
-        ing.max_payload = 1 << 20;
-        let many = batch("c1", "d1", &recs(MAX_BATCH_RECORDS + 1));
-        assert_eq!(grpc(&ing, &many), Some("too_many_records"));
-        assert_eq!(
-            ing.mqtt_message(&topic, &env(&many))
-                .err()
-                .map(|e| e.label()),
-            Some("too_many_records")
-        );
-        assert_eq!(ing.store.count().unwrap(), 0);
-        // What the edge sends by default (50 results) passes; ~300 fit in the byte limit.
-        ing.max_payload = MAX_BATCH_BYTES;
-        let per = env(&batch("c1", "d1", &recs(100))).len() / 100;
-        assert!(MAX_BATCH_BYTES / per >= 250, "{per} bytes a result");
-        assert_eq!(grpc(&ing, &batch("c1", "d1", &recs(50))), None);
-        assert_eq!(grpc(&ing, &batch("c1", "d1", &recs(250))), None);
-        assert_eq!(ing.store.count().unwrap(), 300);
-    }
-
-    #[test]
-    fn bad_messages_are_refused_with_their_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let ing = ingest(dir.path());
-        let topic = topics::results("c1", "d1");
-        let r = sample_record("c1", "d1", 2, true);
-        let label = |res: Result<Outcome, IngestError>| res.err().map(|e| e.label());
-        assert_eq!(
-            label(ing.mqtt_message(&topic, b"\xff\xff garbage")),
-            Some("malformed")
-        );
-        assert_eq!(
-            label(ing.mqtt_message(&topic, &vec![0; 5000])),
-            Some("too_large")
-        );
-        assert_eq!(
-            label(ing.mqtt_message("pleura/v1/other", b"")),
-            Some("topic")
-        );
-        let mut b = batch("c1", "d1", std::slice::from_ref(&r));
-        b.schema_version = 99;
-        assert_eq!(
-            label(ing.mqtt_message(&topic, &env(&b))),
-            Some("schema_version")
-        );
-        let b = batch("c2", "d1", std::slice::from_ref(&r));
-        assert_eq!(
-            label(ing.mqtt_message(&topic, &env(&b))),
-            Some("identity_mismatch")
-        );
-        assert_eq!(ing.store.count().unwrap(), 0);
-
-        // A valid message afterwards still goes through.
-        let out = ing
-            .mqtt_message(&topic, &env(&batch("c1", "d1", std::slice::from_ref(&r))))
-            .unwrap();
-        assert_eq!(out.ack.committed, vec![r.id.0.to_vec()]);
-        assert_eq!(ing.store.count().unwrap(), 1);
-    }
-
-    #[test]
-    fn a_bad_record_is_rejected_alone_and_duplicates_are_acked_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let ing = ingest(dir.path());
-        let good = sample_record("c1", "d1", 1, false);
-        let foreign = sample_record("c9", "d1", 1, false);
-        let mut b = batch("c1", "d1", &[good.clone(), foreign.clone()]);
-        b.results.push({
-            let mut w = good.to_wire();
-            w.result_id = vec![1; 16];
-            w.severity = 7;
-            w
-        });
-        let out = ing
-            .upload(SignedBatch::decode(env(&b).as_slice()).unwrap(), None)
-            .unwrap();
-        assert_eq!(out.ack.committed.len(), 1);
-        assert_eq!(out.ack.rejected.len(), 2);
-        assert!(out.ack.rejected[0].reason.contains("c9/d1"));
-        assert!(out.ack.rejected[1].reason.contains("severity"));
-        let again = ing
-            .upload(
-                SignedBatch::decode(
-                    env(&batch("c1", "d1", std::slice::from_ref(&good))).as_slice(),
-                )
-                .unwrap(),
-                None,
-            )
-            .unwrap();
-        assert_eq!(again.ack.committed, vec![good.id.0.to_vec()]);
-        assert_eq!(
-            ing.metrics
-                .results_duplicate
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-        assert_eq!(ing.store.count().unwrap(), 1);
-    }
-}
+mod tests;

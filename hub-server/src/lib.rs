@@ -2,6 +2,7 @@
 //! rumqttd behind a TLS gate, or an external broker) and gRPC, checks every batch's
 //! device signature, stores them, and serves cases to people by role.
 
+pub mod antientropy;
 pub mod audit;
 pub mod auth;
 pub mod broker;
@@ -9,6 +10,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod denials;
+pub mod device_port;
 pub mod gate;
 pub mod grpc;
 pub mod http;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod perms;
 pub mod ratelimit;
+pub mod retraction;
 pub mod store;
 pub mod tls;
 
@@ -30,17 +33,19 @@ use crate::audit::AuditLog;
 use crate::auth::Auth;
 use crate::ca::Registry;
 use crate::config::{BrokerKind, HubConfig, SecurityMode};
+use crate::device_port::DevicePort;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::{HubStore, SledStore};
 
 /// Runs the hub until `shutdown` is cancelled. Config must already be validated.
 pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Case data and keys: 0700 directories, 0600 files, including what was there before.
     perms::private_tree(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {} (0700)", cfg.data_dir.display()))?;
-    let store: Arc<dyn HubStore> =
-        Arc::new(SledStore::open(&cfg.data_dir).context("opening the case store")?);
+    let metrics = Arc::new(Metrics::default());
+    // A damaged store is set aside or reported here, never a reason not to start.
+    let recovered = store::recovery::open_checked(&cfg.data_dir, metrics.clone())
+        .context("opening the case store")?;
     perms::private_tree(&cfg.data_dir)
         .with_context(|| format!("making data_dir {} private", cfg.data_dir.display()))?;
     let sec = &cfg.security;
@@ -56,14 +61,14 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             None
         }
     };
-    let metrics = Arc::new(Metrics::default());
-    let ingest = Arc::new(Ingest {
-        store,
-        metrics: metrics.clone(),
-        max_payload: cfg.mqtt.max_payload,
-        max_records: pleura_shared::record::MAX_BATCH_RECORDS,
-        registry: registry.clone(),
-    });
+    let audit = Arc::new(
+        AuditLog::open(&cfg.data_dir, metrics.clone())
+            .with_context(|| format!("opening the audit log in {}", cfg.data_dir.display()))?,
+    );
+    let mut ingest = Ingest::new(recovered, metrics.clone(), registry.clone());
+    ingest.max_payload = cfg.mqtt.max_payload;
+    ingest.audit = Some(audit.clone());
+    let ingest = Arc::new(ingest);
     let auth = Arc::new(
         Auth::open(
             &sec.accounts_file,
@@ -72,14 +77,10 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         )
         .context("opening accounts")?,
     );
-    let audit = Arc::new(
-        AuditLog::open(&cfg.data_dir, metrics.clone())
-            .with_context(|| format!("opening the audit log in {}", cfg.data_dir.display()))?,
-    );
     let denials = tokio::spawn(flush_denials(audit.clone(), shutdown.clone()));
 
     let max_packet = cfg.mqtt.max_payload * 4 + 1024;
-    let (host, port, client_tls) = match (cfg.mqtt.broker, &registry) {
+    let (host, port, client_tls, device_port) = match (cfg.mqtt.broker, &registry) {
         (BrokerKind::Embedded, Some(reg)) => {
             let internal = loopback_port(cfg.mqtt.internal_listen)?;
             broker::start(internal, max_packet)
@@ -94,19 +95,27 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
                 metrics: metrics.clone(),
                 registry: reg.clone(),
             });
-            tokio::spawn(gate.serve(listener, shutdown.clone()));
             tracing::info!(listen = %cfg.mqtt.listen, %internal, "MQTT gate (TLS, client certificates) and embedded broker started");
-            (internal.ip().to_string(), internal.port(), None)
+            (
+                internal.ip().to_string(),
+                internal.port(),
+                None,
+                Some(DevicePort::Gate(gate, listener)),
+            )
         }
         (BrokerKind::Embedded, None) => {
-            broker::start(cfg.mqtt.listen, max_packet).with_context(|| {
-                format!("starting the embedded MQTT broker on {}", cfg.mqtt.listen)
-            })?;
-            tracing::info!(listen = %cfg.mqtt.listen, "embedded MQTT broker started (plaintext)");
+            let internal = loopback_port(cfg.mqtt.internal_listen)?;
+            broker::start(internal, max_packet)
+                .with_context(|| format!("starting the embedded MQTT broker on {internal}"))?;
+            let listener = tokio::net::TcpListener::bind(cfg.mqtt.listen)
+                .await
+                .with_context(|| format!("binding MQTT on {}", cfg.mqtt.listen))?;
+            tracing::info!(listen = %cfg.mqtt.listen, %internal, "embedded MQTT broker started (plaintext)");
             (
-                cfg.mqtt.listen.ip().to_string(),
-                cfg.mqtt.listen.port(),
+                internal.ip().to_string(),
+                internal.port(),
                 None,
+                Some(DevicePort::Plain(listener, internal)),
             )
         }
         (BrokerKind::External, _) => {
@@ -127,7 +136,9 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             } else {
                 None
             };
-            (h, p, client_tls)
+            // The hub's session on an external broker is persistent: once subscribed,
+            // the broker queues results for it across hub restarts.
+            (h, p, client_tls, None)
         }
     };
 
@@ -138,6 +149,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("binding metrics on {}", cfg.metrics_listen))?;
 
+    let (subscribed, when_subscribed) = tokio::sync::oneshot::channel();
     let mqtt = tokio::spawn(mqtt::run(
         mqtt::MqttSettings {
             host,
@@ -149,7 +161,11 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         },
         ingest.clone(),
         shutdown.clone(),
+        subscribed,
     ));
+    if let Some(port) = device_port {
+        port.open_when(when_subscribed, shutdown.clone());
+    }
 
     let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
         ingest: ingest.clone(),

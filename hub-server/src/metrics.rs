@@ -24,6 +24,21 @@ pub struct Metrics {
     pub logins_throttled: AtomicU64,
     /// Sequence number of the audit log's last entry.
     pub audit_seq: AtomicU64,
+    /// Results the hub acknowledged that its store no longer holds (gauge).
+    pub store_missing: AtomicU64,
+    /// Damaged lines found in the case journal at start (gauge).
+    pub journal_damaged: AtomicU64,
+    /// Stored cases found undecodable at start (gauge).
+    pub corrupt_cases: AtomicU64,
+    /// 1 when the store could not be opened at start and was set aside (gauge).
+    pub store_set_aside: AtomicU64,
+    /// Batches carrying holdings, and those answered with days to resend.
+    pub holdings_checks: AtomicU64,
+    pub resend_requests: AtomicU64,
+    pub resend_days: AtomicU64,
+    /// Retractions recorded, and those refused (another device's result).
+    pub retractions: AtomicU64,
+    pub retractions_denied: AtomicU64,
     /// MAC of the audit log's last entry (hex).
     audit_head: Mutex<String>,
     /// Rejected messages by reason (a short, fixed label).
@@ -123,6 +138,54 @@ impl Metrics {
             "pleura_hub_logins_throttled_total",
             "Logins refused by the per-account or per-source attempt limit.",
             g(&self.logins_throttled),
+        );
+        counter(
+            "pleura_hub_holdings_checks_total",
+            "Batches carrying a device's holdings (anti-entropy).",
+            g(&self.holdings_checks),
+        );
+        counter(
+            "pleura_hub_resend_requests_total",
+            "Acks asking a device to send days again (the hub lacked their results).",
+            g(&self.resend_requests),
+        );
+        counter(
+            "pleura_hub_resend_days_total",
+            "Days requested again, summed over all requests.",
+            g(&self.resend_days),
+        );
+        counter(
+            "pleura_hub_retractions_total",
+            "Retractions recorded (each once).",
+            g(&self.retractions),
+        );
+        counter(
+            "pleura_hub_retractions_denied_total",
+            "Retractions refused: the result is another device's.",
+            g(&self.retractions_denied),
+        );
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "pleura_hub_store_missing_results",
+            "Results this hub acknowledged that its case store no longer holds (damage); 0 when whole.",
+            g(&self.store_missing),
+        );
+        gauge(
+            "pleura_hub_journal_damaged_lines",
+            "Damaged lines in the case journal at start.",
+            g(&self.journal_damaged),
+        );
+        gauge(
+            "pleura_hub_corrupt_cases",
+            "Stored cases that no longer decode, at start.",
+            g(&self.corrupt_cases),
+        );
+        gauge(
+            "pleura_hub_store_set_aside",
+            "1 if the case store could not be opened at start and was set aside for a fresh one.",
+            g(&self.store_set_aside),
         );
         let head = self
             .audit_head

@@ -24,11 +24,16 @@ pub struct MqttSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// Polls the hub's broker session until `shutdown`. `subscribed` fires at the first
+/// SubAck that grants the results subscription: until then a broker (rumqttd at least)
+/// drops every result a device publishes, since no subscription matches it.
 pub async fn run(
     settings: MqttSettings,
     ingest: Arc<Ingest>,
     shutdown: CancellationToken,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
+    let mut subscribed = Some(subscribed);
     let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     opts.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
@@ -47,6 +52,12 @@ pub async fn run(
     let metrics = ingest.metrics.clone();
     let worker = tokio::spawn(ingest_loop(rx, client.clone(), ingest));
     let filter = topics::results_subscription(settings.share_group.as_deref());
+    // Test hook: widens the window between connecting and subscribing, so the e2e test
+    // of the first batch after a start (issue #11 item 7) does not depend on timing.
+    let subscribe_delay = std::env::var("PLEURA_TEST_SUBSCRIBE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
@@ -61,13 +72,27 @@ pub async fn run(
                 let c = client.clone();
                 let f = filter.clone();
                 tokio::spawn(async move {
+                    if let Some(d) = subscribe_delay {
+                        tokio::time::sleep(d).await;
+                    }
                     if let Err(e) = c.subscribe(f, QoS::AtLeastOnce).await {
                         tracing::warn!(error = %e, "subscribe failed");
                     }
                 });
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(filter = %filter, "the broker refused the hub's results subscription");
+                    continue;
+                }
                 metrics.mqtt_connected.store(1, Ordering::Relaxed);
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 Metrics::inc(&metrics.mqtt_messages, 1);

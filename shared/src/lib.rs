@@ -3,7 +3,9 @@
 
 pub mod analysis;
 pub mod fsutil;
+pub mod holdings;
 pub mod ids;
+pub mod journal;
 pub mod pki;
 pub mod pseudonym;
 pub mod record;

@@ -318,6 +318,7 @@ mod tests {
             clinic_id: "clinic-with-a-long-name".into(),
             device_id: "pi-1".into(),
             results: recs[..n].iter().map(ScanRecord::to_wire).collect(),
+            ..Default::default()
         }
         .encode_to_vec();
         let signed = pb::SignedBatch {

@@ -18,7 +18,7 @@ pub use proxy::CountingProxy;
 
 use anyhow::{bail, Context, Result};
 use pleura_proto::v1::hub_client::HubClient;
-use pleura_proto::v1::{ListCasesRequest, LoginRequest, SyncStatusRequest};
+use pleura_proto::v1::{Case, ListCasesRequest, LoginRequest, SyncStatusRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// `target/<profile>/<name>`, built by `cargo build --bins` (scripts/test.sh does).
@@ -432,8 +432,8 @@ impl Hub {
         format!("{scheme}://127.0.0.1:{port}")
     }
 
-    /// Result ids (hex) of every stored case, via the gRPC API, as the operator.
-    pub fn case_ids(&self) -> Result<Vec<String>> {
+    /// Every stored case, via the gRPC API, as the operator sees them.
+    pub fn cases(&self) -> Result<Vec<Case>> {
         block_on(async move {
             let token = self.login(OPERATOR.0, OPERATOR.1).await?;
             let mut c = HubClient::new(self.channel(None).await?);
@@ -447,11 +447,17 @@ impl Hub {
                 ))
                 .await?
                 .into_inner();
-            Ok(r.cases
-                .into_iter()
-                .filter_map(|c| c.result.map(|r| hex(&r.result_id)))
-                .collect())
+            Ok(r.cases)
         })
+    }
+
+    /// Result ids (hex) of every stored case.
+    pub fn case_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .cases()?
+            .into_iter()
+            .filter_map(|c| c.result.map(|r| hex(&r.result_id)))
+            .collect())
     }
 
     /// (results, duplicates) the hub has seen from each device.

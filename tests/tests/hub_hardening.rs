@@ -23,6 +23,7 @@ fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> 
         clinic_id: clinic.into(),
         device_id: device.into(),
         results: records.iter().map(ScanRecord::to_wire).collect(),
+        ..Default::default()
     }
     .encode_to_vec();
     let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))

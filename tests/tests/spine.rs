@@ -196,6 +196,7 @@ fn garbage_and_oversized_payloads_are_rejected_counted_and_valid_traffic_flows()
         clinic_id: "clinic-a".into(),
         device_id: "rogue-1".into(),
         results: vec![],
+        ..Default::default()
     };
     let envelope = pleura_proto::v1::SignedBatch {
         batch: prost::Message::encode_to_vec(&future),

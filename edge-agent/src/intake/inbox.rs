@@ -11,6 +11,8 @@ use std::time::SystemTime;
 
 use pleura_inference::decode::file as scan_file;
 
+mod across;
+
 pub(super) enum Entry {
     File {
         path: PathBuf,
@@ -206,6 +208,90 @@ impl Place {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Moves the entry to `dest`; across filesystems (a mounted share as the inbox:
+    /// rename fails with EXDEV) by copying it and removing the inbox entry.
+    pub(crate) fn move_to(&self, dest: &Path) -> std::io::Result<Moved> {
+        match self.rename_to(dest) {
+            Ok(()) => Ok(Moved::Renamed),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => across::copy_across(self, dest),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The entry's stamp now (the entry itself, not what a link points to).
+    pub(crate) fn stamp(&self) -> std::io::Result<Stamp> {
+        let name = self.c_name()?;
+        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a valid buffer.
+        let rc = unsafe {
+            libc::fstatat(
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Stamp {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime_ns: (st.st_mtime.max(0) as u128) * 1_000_000_000 + st.st_mtime_nsec as u128,
+        })
+    }
+
+    pub(crate) fn c_name(&self) -> std::io::Result<CString> {
+        CString::new(self.name.as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    }
+}
+
+/// How an entry left (or did not leave) the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// Renamed within one filesystem.
+    Renamed,
+    /// Copied to another filesystem, and the inbox entry removed.
+    Copied,
+    /// Copied, but the inbox entry was replaced meanwhile: the new one was left alone.
+    CopiedReplaced,
+    /// Copied, but the inbox entry cannot be removed (a read-only share): it must be
+    /// skipped from now on.
+    CopiedKept { stamp: Stamp, error: String },
+}
+
+/// What identifies an inbox entry's content without reading it: (device, inode),
+/// size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: u128,
+}
+
+impl Stamp {
+    pub(crate) fn new(id: FileId, size: u64, mtime: SystemTime) -> Self {
+        let mtime_ns = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Self {
+            dev: id.0,
+            ino: id.1,
+            size,
+            mtime_ns,
+        }
+    }
+
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        Self::new((meta.dev(), meta.ino()), meta.len(), mtime)
     }
 }
 

@@ -7,9 +7,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::attempts::Attempts;
-use super::inbox::Place;
+use super::inbox::{Entry, Moved, Place, Stamp};
 use super::{private_dir, zone_from_name, Intake, Outcome};
 use crate::status::now_ms;
+
+mod kept;
+use kept::Kept;
 
 impl Intake {
     /// A failure of the file itself before an attempt was recorded: records one.
@@ -61,7 +64,7 @@ impl Intake {
         let zone = zone_from_name(path);
         let zone = zone.as_deref().unwrap_or("-");
         match self.move_to(at, path, &self.cfg.rejected_dir(), Some(reason)) {
-            Ok(()) => {
+            Ok(_) => {
                 attempts.clear(r);
                 self.status.update(|s| s.intake.rejected += 1);
                 tracing::warn!(scan = %r, zone, %reason, path = %self.shown(path), "scan rejected");
@@ -75,15 +78,49 @@ impl Intake {
         }
     }
 
+    /// Where entries copied out of a read-only inbox are listed (kept.rs).
+    fn kept_file(&self) -> PathBuf {
+        self.cfg.data_dir.join("intake-kept.json")
+    }
+
+    /// True for an entry that was copied out but could not be removed from the inbox
+    /// (and is still the same file): it was taken in once and is skipped, with an alarm.
+    pub(super) fn left_in_inbox(&self, r: &str, entry: &Entry) -> bool {
+        let stamp = match entry {
+            Entry::File {
+                size, mtime, id, ..
+            } => Stamp::new(*id, *size, *mtime),
+            Entry::Odd { path, .. } => match path.symlink_metadata() {
+                Ok(m) => Stamp::of(&m),
+                Err(_) => return false,
+            },
+            Entry::Unreadable { .. } => return false,
+        };
+        let Some(kept) = Kept::load(&self.kept_file()) else {
+            return false;
+        };
+        if !kept.holds(r, &stamp) {
+            return false;
+        }
+        self.status.update(|s| {
+            if !s.alarms.iter().any(|a| a.contains(kept::ALARM_MARK)) {
+                s.alarms.push(kept::alarm(kept.len()));
+            }
+        });
+        true
+    }
+
     /// Moves the entry at `at` (the entry itself inside the inbox, never what a link
     /// points to) to `dir`, keeping its place below the inbox (`path`) as its name.
+    /// Across filesystems it is copied; an entry that cannot then be removed from the
+    /// inbox is listed so that it is never taken in again, and alarmed.
     pub(super) fn move_to(
         &self,
         at: &Place,
         path: &Path,
         dir: &Path,
         reason: Option<&str>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Moved> {
         let rel = path.strip_prefix(&self.cfg.inbox).unwrap_or(path);
         let mut dest = dir.join(rel);
         if let Some(parent) = dest.parent() {
@@ -108,7 +145,11 @@ impl Intake {
                 .open(PathBuf::from(r))?;
             f.write_all(format!("{reason}\n").as_bytes())?;
         }
-        at.rename_to(&dest)?;
+        let moved = at.move_to(&dest)?;
+        if let Moved::CopiedKept { stamp, error } = &moved {
+            // `path` may carry the name it gets in `dir`; the entry's own is `at.name`.
+            self.keep_in_inbox(&path.with_file_name(&at.name), *stamp, error)?;
+        }
         // A rename keeps the exporter's mode; case data here is the agent's alone.
         // (Not links: chmod would follow them.)
         if dest
@@ -117,6 +158,25 @@ impl Intake {
         {
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
         }
+        Ok(moved)
+    }
+
+    /// Lists an entry copied out but left in the inbox, and raises the alarm. Fails
+    /// (so the scan is not counted as moved) only if the list cannot be written.
+    pub(super) fn keep_in_inbox(
+        &self,
+        path: &Path,
+        stamp: Stamp,
+        error: &str,
+    ) -> std::io::Result<()> {
+        let r = self.scan_ref(path);
+        let zone = zone_from_name(path);
+        let n = Kept::record(&self.kept_file(), &r, stamp)?;
+        tracing::warn!(scan = %r, zone = zone.as_deref().unwrap_or("-"), %error, "copied out of the inbox, but the inbox entry cannot be removed (read-only share?); it is skipped from now on");
+        self.status.update(|s| {
+            s.alarms.retain(|a| !a.contains(kept::ALARM_MARK));
+            s.alarms.push(kept::alarm(n));
+        });
         Ok(())
     }
 }

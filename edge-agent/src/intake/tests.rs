@@ -7,13 +7,27 @@ fn zones_and_ids() {
         Some("R2")
     );
     assert_eq!(zone_from_name(Path::new("in/clip.mp4")), None);
-    let a = result_id("c", "d", b"scan");
-    assert_eq!(a, result_id("c", "d", b"scan"));
-    assert_ne!(a, result_id("c", "d2", b"scan"));
-    assert_ne!(a, result_id("c", "d", b"scan2"));
+    let p1 = [1u8; 16];
+    let a = result_id("c", "d", Some(&p1), Some("R1"), b"scan");
+    assert_eq!(a, result_id("c", "d", Some(&p1), Some("R1"), b"scan"));
+    assert_ne!(a, result_id("c", "d2", Some(&p1), Some("R1"), b"scan"));
+    assert_ne!(a, result_id("c", "d", Some(&p1), Some("R1"), b"scan2"));
+    // The same bytes are another result under another patient, zone, or none.
+    assert_ne!(
+        a,
+        result_id("c", "d", Some(&[2u8; 16]), Some("R1"), b"scan")
+    );
+    assert_ne!(a, result_id("c", "d", Some(&p1), Some("R2"), b"scan"));
+    assert_ne!(a, result_id("c", "d", None, Some("R1"), b"scan"));
+    assert_ne!(a, result_id("c", "d", Some(&p1), None, b"scan"));
+    // Fields cannot run into each other.
+    assert_ne!(
+        result_id("cd", "", None, None, b""),
+        result_id("c", "d", None, None, b"")
+    );
 }
 
-fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::SledOutbox>) {
+pub(super) fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::SledOutbox>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     pleura_inference::backend::init(&pleura_inference::BackendConfig::default()).unwrap();
     let model = pleura_inference::ModelFile::load(&root.join("models/lusnet-s.onnx")).unwrap();
@@ -36,7 +50,7 @@ fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::SledOutbox>) {
     (i, outbox)
 }
 
-fn place_of(i: &Intake, path: &Path) -> Place {
+pub(super) fn place_of(i: &Intake, path: &Path) -> Place {
     let top = open_inbox(&i.cfg.inbox).unwrap();
     match open_place(&top, &i.cfg.inbox, path, None) {
         Ok(p) => p,
@@ -216,4 +230,105 @@ async fn a_slow_scan_raises_an_alarm_and_a_held_pool_never_costs_an_attempt() {
     assert!(matches!(o, Outcome::Busy));
     assert_eq!(attempts.get(&r), 0);
     assert!(scan.exists());
+}
+
+/// An inbox on another filesystem than the data folder (/dev/shm is tmpfs), or None.
+fn inbox_elsewhere() -> Option<tempfile::TempDir> {
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let here = std::fs::metadata(std::env::temp_dir()).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev()
+    });
+    match shm {
+        Some(s)
+            if std::fs::metadata(s.path()).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.dev()
+            }) != here =>
+        {
+            Some(s)
+        }
+        _ => {
+            assert!(
+                std::env::var("PLEURA_REQUIRE_MOUNT").as_deref() != Ok("1"),
+                "PLEURA_REQUIRE_MOUNT=1 but /dev/shm and the temp folder are one filesystem"
+            );
+            eprintln!("SKIPPED: /dev/shm and the temp folder are one filesystem here");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_on_another_filesystem_is_moved_once_and_a_kept_one_skipped() {
+    let Some(shm) = inbox_elsewhere() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut i, outbox) = intake(dir.path(), 1 << 20);
+    i.cfg.inbox = shm.path().join("inbox");
+    std::fs::create_dir_all(i.cfg.inbox.join("p1")).unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scan = i.cfg.inbox.join("p1/scan_R1.png");
+    std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
+    let r = i.scan_ref(&scan);
+    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let at = place_of(&i, &scan);
+    let o = i
+        .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+        .await;
+    assert!(
+        matches!(o, Outcome::Done),
+        "rename fails with EXDEV: copied"
+    );
+    assert!(!scan.exists(), "removed from the inbox");
+    let moved: Vec<_> = std::fs::read_dir(i.cfg.processed_dir().join("p1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(moved[0].to_string_lossy().ends_with("scan_R1.png"));
+    assert_eq!(
+        std::fs::read(&moved[0]).unwrap(),
+        std::fs::read(root.join("fixtures/scans/pocus_pneu_emdocs1.png")).unwrap()
+    );
+    assert_eq!(i.status.snapshot().intake.analysed, 1);
+    assert_eq!(outbox.stats().unwrap().pending, 1);
+
+    // One that could not be removed (a read-only share) is listed and then skipped.
+    let kept = i.cfg.inbox.join("p1/scan_L2.png");
+    std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &kept).unwrap();
+    let stamp = inbox::Stamp::of(&std::fs::symlink_metadata(&kept).unwrap());
+    i.keep_in_inbox(&kept, stamp, "Read-only file system (os error 30)")
+        .unwrap();
+    let entries = list_inbox(&i.cfg.inbox).unwrap();
+    assert_eq!(entries.len(), 1);
+    let seen: HashMap<PathBuf, (u64, SystemTime)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File {
+                path, size, mtime, ..
+            } => Some((path.clone(), (*size, *mtime))),
+            _ => None,
+        })
+        .collect();
+    let top = open_inbox(&i.cfg.inbox).unwrap();
+    for e in entries {
+        let r = i.scan_ref(e.path());
+        let o = i
+            .take(&top, e, &r, &seen, &mut HashMap::new(), &mut attempts)
+            .await;
+        assert!(o.is_none(), "skipped, though stable");
+    }
+    let s = i.status.snapshot();
+    assert_eq!(s.intake.analysed, 1, "not analysed again");
+    assert!(
+        s.alarms
+            .iter()
+            .any(|a| a.contains("cannot be removed") && a.contains("read-only share?")),
+        "{:?}",
+        s.alarms
+    );
+    // New content under the same name is a new scan.
+    std::fs::write(&kept, b"new").unwrap();
+    let e = list_inbox(&i.cfg.inbox).unwrap().remove(0);
+    assert!(!i.left_in_inbox(&i.scan_ref(e.path()), &e));
 }

@@ -1,12 +1,20 @@
 //! sled backend. `queue` is keyed by (255 - priority, analysed-at, id) so that a plain
 //! scan yields the most urgent, then oldest, result first; `index` maps id → queue key.
+//! Acknowledged results stay in `acked` (day ‖ id → record; `acked_ix` id → day) for
+//! anti-entropy until pruned. Every change is also written to the ledger (journal),
+//! which is compared with the store at open: see `ledger`.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
+use pleura_shared::holdings::{day_of_ms, Holdings};
+use pleura_shared::record::MAX_RECORD_BYTES;
 use pleura_shared::{ResultId, ScanRecord};
 
-use super::{Outbox, OutboxError, OutboxStats, Put};
+use super::ledger::{Ledger, Line, State};
+use super::{Held, Outbox, OutboxError, OutboxStats, Put};
 
 pub struct SledOutbox {
     db: sled::Db,
@@ -14,14 +22,29 @@ pub struct SledOutbox {
     index: sled::Tree,
     parked: sled::Tree,
     corrupt: sled::Tree,
+    acked: sled::Tree,
+    acked_ix: sled::Tree,
+    retract: sled::Tree,
     quota_bytes: u64,
     pending_bytes: AtomicU64,
-    // Serialises put's quota check with its insert.
-    write: std::sync::Mutex<()>,
+    /// Serialises writers; holds the journal.
+    ledger: Mutex<Ledger>,
+    damage: Option<String>,
 }
 
 fn backend(e: impl std::fmt::Display) -> OutboxError {
     OutboxError::Backend(e.to_string())
+}
+
+fn sled_err(e: sled::Error) -> OutboxError {
+    match e {
+        sled::Error::Io(io) => OutboxError::from_io(&io),
+        other => backend(other),
+    }
+}
+
+fn io_err(e: std::io::Error) -> OutboxError {
+    OutboxError::from_io(&e)
 }
 
 fn queue_key(r: &ScanRecord) -> [u8; 25] {
@@ -32,48 +55,100 @@ fn queue_key(r: &ScanRecord) -> [u8; 25] {
     k
 }
 
+fn acked_key(day: u32, id: &ResultId) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&day.to_be_bytes());
+    k[4..].copy_from_slice(id.as_bytes());
+    k
+}
+
 impl SledOutbox {
     pub fn open(dir: &Path, quota_bytes: u64) -> Result<Self, OutboxError> {
+        let path = dir.join("outbox.sled");
         // Case data: the store's folder is the agent's alone, whatever the umask.
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir.join("outbox.sled"))
-                .map_err(backend)?;
+        crate::intake::private_dir(&path).map_err(io_err)?;
+        let mut ledger = Ledger::open(&dir.join("outbox.journal")).map_err(io_err)?;
+        let (trees, reset) = match open_caught(&path) {
+            Ok(t) => (t, None),
+            Err(Damaged::Io(e)) => return Err(io_err(e)),
+            Err(Damaged::Corrupt(why)) => {
+                let aside = set_aside(&path).map_err(io_err)?;
+                tracing::error!(store = %path.display(), moved_to = %aside.display(), reason = %why,
+                    "the outbox store is damaged; set aside, starting a fresh one and rebuilding from the journal and processed/");
+                let t = match open_caught(&path) {
+                    Ok(t) => t,
+                    Err(Damaged::Io(e)) => return Err(io_err(e)),
+                    Err(Damaged::Corrupt(w)) => return Err(backend(w)),
+                };
+                (
+                    t,
+                    Some(format!(
+                        "store damaged ({why}), set aside as {}",
+                        aside.display()
+                    )),
+                )
+            }
+        };
+        let (check, lost_retractions) = ledger.reconcile(&trees.held).map_err(io_err)?;
+        for id in &lost_retractions {
+            // The reason went with the store; the retraction itself must not be lost.
+            trees
+                .retract
+                .insert(
+                    id.as_bytes(),
+                    &b"retraction (reason lost with a damaged store)"[..],
+                )
+                .map_err(sled_err)?;
         }
-        let db = sled::Config::new()
-            .path(dir.join("outbox.sled"))
-            .open()
-            .map_err(backend)?;
-        let queue = db.open_tree("queue").map_err(backend)?;
-        let mut bytes = 0u64;
-        for kv in queue.iter() {
-            let (_, v) = kv.map_err(backend)?;
-            bytes += v.len() as u64;
+        if let Err(e) = trees.db.flush() {
+            // Nothing new is claimed by it; a full disk must not stop the agent.
+            tracing::warn!(error = %e, "flushing the outbox after its check");
+        }
+        let damage = damage_record(dir, describe(&check, reset));
+        match &damage {
+            Some(d) => tracing::error!(damage = %d, "the outbox store holds less than its journal"),
+            None if check.adopted > 0 => {
+                tracing::info!(
+                    adopted = check.adopted,
+                    "outbox journal rebuilt from the store"
+                )
+            }
+            None => {}
         }
         Ok(Self {
-            index: db.open_tree("index").map_err(backend)?,
-            parked: db.open_tree("parked").map_err(backend)?,
-            corrupt: db.open_tree("corrupt").map_err(backend)?,
-            queue,
-            db,
+            db: trees.db,
+            queue: trees.queue,
+            index: trees.index,
+            parked: trees.parked,
+            corrupt: trees.corrupt,
+            acked: trees.acked,
+            acked_ix: trees.acked_ix,
+            retract: trees.retract,
             quota_bytes,
-            pending_bytes: AtomicU64::new(bytes),
-            write: std::sync::Mutex::new(()),
+            pending_bytes: AtomicU64::new(trees.pending_bytes),
+            ledger: Mutex::new(ledger),
+            damage,
         })
     }
 
     fn flush(&self) -> Result<(), OutboxError> {
-        self.db.flush().map(drop).map_err(backend)
+        self.db.flush().map(drop).map_err(sled_err)
     }
 
-    /// Sets an undecodable entry aside so it neither blocks the queue nor is lost.
+    fn ledger(&self) -> Result<std::sync::MutexGuard<'_, Ledger>, OutboxError> {
+        self.ledger.lock().map_err(|_| backend("poisoned lock"))
+    }
+
+    /// Sets an undecodable entry aside so it neither blocks the queue nor is lost; its
+    /// result is rebuilt from its scan.
     fn quarantine(&self, key: &[u8], value: &[u8], why: &str) -> Result<(), OutboxError> {
         tracing::error!(key = %hex::encode(key), reason = why, "corrupt outbox record set aside");
-        self.corrupt.insert(key, value).map_err(backend)?;
-        self.queue.remove(key).map_err(backend)?;
+        self.corrupt.insert(key, value).map_err(sled_err)?;
+        self.queue.remove(key).map_err(sled_err)?;
+        if let Some(id) = key.get(9..).and_then(|b| ResultId::from_slice(b).ok()) {
+            self.index.remove(id.as_bytes()).map_err(sled_err)?;
+            self.ledger()?.record(&[Line::Lost(id)]).map_err(io_err)?;
+        }
         self.sub_bytes(value.len());
         Ok(())
     }
@@ -85,16 +160,35 @@ impl SledOutbox {
                 Some(b.saturating_sub(n as u64))
             });
     }
+
+    /// Queues `record` in the trees and flushes; on any failure takes it out again, so
+    /// nothing in memory claims a record the disk does not hold.
+    fn enqueue(&self, record: &ScanRecord, value: &[u8]) -> Result<(), OutboxError> {
+        let key = queue_key(record);
+        let done = self
+            .queue
+            .insert(key, value)
+            .and_then(|_| self.index.insert(record.id.as_bytes(), &key[..]))
+            .map_err(sled_err)
+            .and_then(|_| self.flush());
+        if let Err(e) = done {
+            let _ = self.queue.remove(key);
+            let _ = self.index.remove(record.id.as_bytes());
+            let _ = self.db.flush();
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 impl Outbox for SledOutbox {
     fn put(&self, record: &ScanRecord) -> Result<Put, OutboxError> {
-        let _guard = self.write.lock().map_err(|_| backend("poisoned lock"))?;
-        if self
-            .index
-            .contains_key(record.id.as_bytes())
-            .map_err(backend)?
-        {
+        let mut ledger = self.ledger()?;
+        let id = record.id.as_bytes();
+        let known = self.index.contains_key(id).map_err(sled_err)?
+            || self.acked_ix.contains_key(id).map_err(sled_err)?
+            || self.parked.contains_key(id).map_err(sled_err)?;
+        if known {
             return Ok(Put::AlreadyQueued);
         }
         let value = record.encode();
@@ -105,14 +199,15 @@ impl Outbox for SledOutbox {
                 quota_bytes: self.quota_bytes,
             });
         }
-        let key = queue_key(record);
-        // Queue entry first: after a crash between the two inserts, the entry is
-        // still sent (and reindexed on ack by id scan), never lost.
-        self.queue.insert(key, value.as_slice()).map_err(backend)?;
-        self.index
-            .insert(record.id.as_bytes(), &key[..])
-            .map_err(backend)?;
-        self.flush()?;
+        self.enqueue(record, &value)?;
+        // The journal line after the store: a crash in between leaves a stored result
+        // the journal adopts at open, never a false "lost".
+        if let Err(e) = ledger.record(&[Line::Queued(record.id)]) {
+            let _ = self.queue.remove(queue_key(record));
+            let _ = self.index.remove(id);
+            let _ = self.db.flush();
+            return Err(io_err(e));
+        }
         self.pending_bytes
             .fetch_add(value.len() as u64, Ordering::Relaxed);
         Ok(Put::Stored)
@@ -129,7 +224,7 @@ impl Outbox for SledOutbox {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = kv.map_err(backend)?;
+            let (k, v) = kv.map_err(sled_err)?;
             if k.len() != 25 {
                 bad.push((k, v, "bad key length".to_string()));
                 continue;
@@ -154,33 +249,44 @@ impl Outbox for SledOutbox {
     }
 
     fn remove(&self, ids: &[ResultId]) -> Result<usize, OutboxError> {
-        let mut removed = 0;
+        let mut ledger = self.ledger()?;
+        let mut lines = Vec::new();
         for id in ids {
-            let key = match self.index.remove(id.as_bytes()).map_err(backend)? {
-                Some(k) => k,
-                None => continue,
+            let Some(key) = self.index.remove(id.as_bytes()).map_err(sled_err)? else {
+                continue;
             };
-            if let Some(v) = self.queue.remove(&key).map_err(backend)? {
+            if let Some(v) = self.queue.remove(&key).map_err(sled_err)? {
                 self.sub_bytes(v.len());
-                removed += 1;
+                let day = ScanRecord::decode(&v)
+                    .map(|r| day_of_ms(r.analysed_at_ms))
+                    .unwrap_or_else(|_| day_of_ms(pleura_shared::now_ms()));
+                self.acked.insert(acked_key(day, id), v).map_err(sled_err)?;
+                self.acked_ix
+                    .insert(id.as_bytes(), &day.to_be_bytes())
+                    .map_err(sled_err)?;
+                lines.push(Line::Acked(*id, day));
             }
         }
-        if removed > 0 {
+        if !lines.is_empty() {
             self.flush()?;
+            ledger.record(&lines).map_err(io_err)?;
+            ledger.compact_if_large().map_err(io_err)?;
         }
-        Ok(removed)
+        Ok(lines.len())
     }
 
     fn park(&self, id: &ResultId, reason: &str) -> Result<(), OutboxError> {
-        if let Some(key) = self.index.remove(id.as_bytes()).map_err(backend)? {
-            if let Some(v) = self.queue.remove(&key).map_err(backend)? {
+        let mut ledger = self.ledger()?;
+        if let Some(key) = self.index.remove(id.as_bytes()).map_err(sled_err)? {
+            if let Some(v) = self.queue.remove(&key).map_err(sled_err)? {
                 self.sub_bytes(v.len());
                 let mut entry = reason.as_bytes().to_vec();
                 entry.push(0);
                 entry.extend_from_slice(&v);
-                self.parked.insert(id.as_bytes(), entry).map_err(backend)?;
+                self.parked.insert(id.as_bytes(), entry).map_err(sled_err)?;
             }
             self.flush()?;
+            ledger.record(&[Line::Parked(*id)]).map_err(io_err)?;
         }
         Ok(())
     }
@@ -188,12 +294,13 @@ impl Outbox for SledOutbox {
     fn stats(&self) -> Result<OutboxStats, OutboxError> {
         let mut oldest: Option<u64> = None;
         for kv in self.queue.iter() {
-            let (k, _) = kv.map_err(backend)?;
+            let (k, _) = kv.map_err(sled_err)?;
             if k.len() == 25 {
                 let t = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
             }
         }
+        let lost_pending = self.ledger()?.lost().len() as u64;
         Ok(OutboxStats {
             pending: self.queue.len() as u64,
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
@@ -201,34 +308,144 @@ impl Outbox for SledOutbox {
             oldest_pending_ms: oldest,
             parked: self.parked.len() as u64,
             corrupt: self.corrupt.len() as u64,
+            acked: self.acked_ix.len() as u64,
+            retractions_pending: self.retract.len() as u64,
+            lost_pending,
+            damage: self.damage.clone(),
         })
     }
+
+    fn has_room(&self) -> bool {
+        self.pending_bytes.load(Ordering::Relaxed) + MAX_RECORD_BYTES as u64 <= self.quota_bytes
+    }
+
+    fn held(&self, id: &ResultId) -> Result<Option<Held>, OutboxError> {
+        let k = id.as_bytes();
+        Ok(if self.index.contains_key(k).map_err(sled_err)? {
+            Some(Held::Queued)
+        } else if self.acked_ix.contains_key(k).map_err(sled_err)? {
+            Some(Held::Acked)
+        } else if self.parked.contains_key(k).map_err(sled_err)? {
+            Some(Held::Parked)
+        } else {
+            match self.ledger()?.state.get(id) {
+                Some(State::Lost) => Some(Held::Lost),
+                Some(State::Gone(_)) => Some(Held::Acked),
+                _ => None,
+            }
+        })
+    }
+
+    fn lost(&self) -> Vec<ResultId> {
+        self.ledger().map(|l| l.lost()).unwrap_or_default()
+    }
+
+    fn holdings(&self) -> Result<Holdings, OutboxError> {
+        let mut h = Holdings::default();
+        for kv in self.acked_ix.iter() {
+            let (k, v) = kv.map_err(sled_err)?;
+            if let (Ok(id), Ok(day)) = (ResultId::from_slice(&k), <[u8; 4]>::try_from(&v[..])) {
+                h.add(u32::from_be_bytes(day), &id);
+            }
+        }
+        Ok(h)
+    }
+
+    fn requeue_days(&self, days: &[u32]) -> Result<usize, OutboxError> {
+        let mut ledger = self.ledger()?;
+        let mut lines = Vec::new();
+        let mut added = 0u64;
+        let days: HashSet<u32> = days.iter().copied().collect();
+        for day in days {
+            for kv in self.acked.scan_prefix(day.to_be_bytes()) {
+                let (_, v) = kv.map_err(sled_err)?;
+                let Ok(r) = ScanRecord::decode(&v) else {
+                    continue;
+                };
+                if self.index.contains_key(r.id.as_bytes()).map_err(sled_err)? {
+                    continue;
+                }
+                let key = queue_key(&r);
+                self.queue.insert(key, v.clone()).map_err(sled_err)?;
+                self.index
+                    .insert(r.id.as_bytes(), &key[..])
+                    .map_err(sled_err)?;
+                added += v.len() as u64;
+                lines.push(Line::Queued(r.id));
+            }
+        }
+        if !lines.is_empty() {
+            self.flush()?;
+            ledger.record(&lines).map_err(io_err)?;
+            self.pending_bytes.fetch_add(added, Ordering::Relaxed);
+        }
+        Ok(lines.len())
+    }
+
+    fn prune_acked(&self, before_day: u32) -> Result<usize, OutboxError> {
+        let mut ledger = self.ledger()?;
+        let mut lines = Vec::new();
+        for kv in self.acked.range(..before_day.to_be_bytes()) {
+            let (k, _) = kv.map_err(sled_err)?;
+            self.acked.remove(&k).map_err(sled_err)?;
+            if let Some(id) = k.get(4..).and_then(|b| ResultId::from_slice(b).ok()) {
+                self.acked_ix.remove(id.as_bytes()).map_err(sled_err)?;
+                lines.push(Line::Pruned(id));
+            }
+        }
+        let stored = lines.len();
+        lines.extend(ledger.gone_before(before_day).into_iter().map(Line::Pruned));
+        if !lines.is_empty() {
+            self.flush()?;
+            ledger.record(&lines).map_err(io_err)?;
+            ledger.compact_if_large().map_err(io_err)?;
+        }
+        Ok(stored)
+    }
+
+    fn retract(&self, id: &ResultId, reason: &str) -> Result<(), OutboxError> {
+        let mut ledger = self.ledger()?;
+        self.retract
+            .insert(id.as_bytes(), reason.as_bytes())
+            .map_err(sled_err)?;
+        self.flush()?;
+        ledger.record(&[Line::RetractAsked(*id)]).map_err(io_err)
+    }
+
+    fn retractions(&self) -> Result<Vec<(ResultId, String)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.retract.iter() {
+            let (k, v) = kv.map_err(sled_err)?;
+            if let Ok(id) = ResultId::from_slice(&k) {
+                out.push((id, String::from_utf8_lossy(&v).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn retracted(&self, ids: &[ResultId]) -> Result<usize, OutboxError> {
+        let mut ledger = self.ledger()?;
+        let mut lines = Vec::new();
+        for id in ids {
+            if self
+                .retract
+                .remove(id.as_bytes())
+                .map_err(sled_err)?
+                .is_some()
+            {
+                lines.push(Line::RetractDone(*id));
+            }
+        }
+        if !lines.is_empty() {
+            self.flush()?;
+            ledger.record(&lines).map_err(io_err)?;
+        }
+        Ok(lines.len())
+    }
 }
 
+mod open;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn sled_outbox_passes_the_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        super::super::suite::run(|quota| SledOutbox::open(dir.path(), quota).unwrap());
-    }
-
-    #[test]
-    fn a_corrupt_entry_is_set_aside_and_the_rest_still_flows() {
-        let dir = tempfile::tempdir().unwrap();
-        let ob = SledOutbox::open(dir.path(), 1 << 20).unwrap();
-        let good = pleura_shared::record::sample_record("c", "d", 1, false);
-        ob.put(&good).unwrap();
-        let mut bad_key = [0u8; 25];
-        bad_key[0] = 0; // sorts first
-        ob.queue
-            .insert(bad_key, &b"\xff\xfenot a record"[..])
-            .unwrap();
-        let batch = ob.next_batch(10, &|_| false).unwrap();
-        assert_eq!(batch, vec![good]);
-        let s = ob.stats().unwrap();
-        assert_eq!((s.pending, s.corrupt), (1, 1));
-    }
-}
+use open::{damage_record, describe, open_caught, set_aside, Damaged};

@@ -73,4 +73,54 @@ pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
     assert_eq!(ob.stats().unwrap().pending, 2);
     ob.remove(&[old_mild.id]).unwrap();
     assert_eq!(ob.put(&extra).unwrap(), Put::Stored);
+    acknowledged_results_stay_for_anti_entropy(&ob, &severe, &old_mild);
+    drop(ob);
+    retractions_wait_for_the_hub(&open);
+}
+
+fn acknowledged_results_stay_for_anti_entropy<O: Outbox>(
+    ob: &O,
+    severe: &pleura_shared::ScanRecord,
+    old_mild: &pleura_shared::ScanRecord,
+) {
+    use super::Held;
+    use pleura_shared::holdings::day_of_ms;
+    assert_eq!(ob.held(&severe.id).unwrap(), Some(Held::Acked));
+    assert_eq!(
+        ob.put(severe).unwrap(),
+        Put::AlreadyQueued,
+        "acked is not queued again"
+    );
+    let h = ob.holdings().unwrap();
+    assert_eq!(h.total(), 2);
+    // The hub lost the day of old_mild: it is queued again, once.
+    let day = day_of_ms(old_mild.analysed_at_ms);
+    assert_eq!(
+        ob.requeue_days(&[day, day]).unwrap(),
+        2,
+        "both acked results of day 0"
+    );
+    assert_eq!(ob.held(&old_mild.id).unwrap(), Some(Held::Queued));
+    assert_eq!(ob.requeue_days(&[day]).unwrap(), 0, "already queued");
+    assert_eq!(ob.remove(&[old_mild.id, severe.id]).unwrap(), 2);
+    assert_eq!(ob.holdings().unwrap(), h, "re-acked, not counted twice");
+    assert_eq!(ob.prune_acked(day + 1).unwrap(), 2);
+    assert_eq!(ob.held(&old_mild.id).unwrap(), None);
+    assert_eq!(ob.stats().unwrap().acked, 0);
+}
+
+fn retractions_wait_for_the_hub<O: Outbox>(open: &impl Fn(u64) -> O) {
+    let id = ResultId::random();
+    {
+        let ob = open(10_000);
+        ob.retract(&id, "filed under the wrong patient").unwrap();
+    }
+    let ob = open(10_000);
+    assert_eq!(
+        ob.retractions().unwrap(),
+        vec![(id, "filed under the wrong patient".to_string())]
+    );
+    assert_eq!(ob.retracted(&[id]).unwrap(), 1);
+    assert_eq!(ob.retracted(&[id]).unwrap(), 0);
+    assert!(ob.retractions().unwrap().is_empty());
 }

@@ -1,18 +1,28 @@
-//! The sync worker: sends queued results to the hub and removes them from the outbox
+//! The sync worker: sends queued results to the hub and moves them out of the queue
 //! only on the hub's own acknowledgement (sent after the hub committed them). MQTT
-//! first; gRPC when MQTT has failed `grpc_fallback_after` times in a row.
+//! first; gRPC when MQTT has failed `grpc_fallback_after` times in a row. Besides
+//! results it sends retractions (retractions.rs) and, after each (re)connect and every
+//! `sync.reconcile_interval_s`, the holdings the hub should have (reconcile.rs). Batches
+//! are built in messages.rs, sent in send.rs, and acks applied in acks.rs. `status`
+//! shows the link per transport (state.rs `describe`); the log has one line per sync
+//! round (round.rs).
 
+mod acks;
 mod grpc;
+mod messages;
 mod mqtt;
+mod reconcile;
+mod retractions;
+mod round;
+mod send;
 pub mod state;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pleura_shared::record::batch_fit;
-use pleura_shared::wire::{ResultAck, ResultBatch, SignedBatch};
-use pleura_shared::{ResultId, ScanRecord, SCHEMA_VERSION};
+use pleura_shared::holdings::day_of_ms;
+use pleura_shared::wire::ResultAck;
+use pleura_shared::SCHEMA_VERSION;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +30,7 @@ use crate::config::EdgeConfig;
 use crate::credentials::Credentials;
 use crate::outbox::Outbox;
 use crate::status::{now_ms, Shared};
-use state::{Backoff, InFlight};
+use state::{Backoff, InFlight, LinkStatus};
 
 /// What the MQTT event-loop task reports to the worker.
 #[derive(Debug)]
@@ -36,6 +46,18 @@ pub struct SyncWorker {
     pub status: Arc<Shared>,
     pub queued: Arc<Notify>,
     pub creds: Credentials,
+}
+
+/// The worker's state between rounds.
+struct Session {
+    flight: InFlight,
+    retractions: retractions::Pending,
+    reconcile: reconcile::Schedule,
+    tally: round::Tally,
+    mqtt: LinkStatus,
+    grpc: LinkStatus,
+    /// Results still queued after the last gRPC call (gRPC's "sending").
+    grpc_busy: bool,
 }
 
 impl SyncWorker {
@@ -61,158 +83,135 @@ impl SyncWorker {
             Duration::from_millis(self.cfg.sync.backoff_max_ms),
         );
         let mut grpc_next = Instant::now();
-        let mut flight = InFlight::new(self.cfg.sync.max_in_flight, self.cfg.sync.ack_timeout());
-        let mut connected = false;
-        let mut mqtt_failures = 0u32;
+        let s = &self.cfg.sync;
+        let mut sess = Session {
+            flight: InFlight::new(s.max_in_flight, s.ack_timeout()),
+            retractions: retractions::Pending::new(s.ack_timeout()),
+            reconcile: reconcile::Schedule::new(
+                Duration::from_secs(s.reconcile_interval_s),
+                s.ack_timeout(),
+                Instant::now(),
+            ),
+            tally: round::Tally::default(),
+            mqtt: LinkStatus::default(),
+            grpc: LinkStatus::default(),
+            grpc_busy: false,
+        };
+        self.seed_counters(&mut sess);
+        let mut next_spool = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut active = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = events.recv() => match ev {
                     Some(LinkEvent::Connected) => {
-                        connected = true;
-                        mqtt_failures = 0;
+                        if sess.mqtt.ok(now_ms()) {
+                            tracing::info!("connected to the hub by MQTT");
+                        }
+                        // gRPC is not in use while MQTT is: its "up" would go stale.
+                        sess.grpc.up = false;
                         // Whatever was unacknowledged goes again; the hub deduplicates.
-                        flight.clear();
-                        self.status.update(|s| {
-                            s.sync.mqtt_connected = true;
-                            s.sync.transport = "mqtt".into();
-                            s.sync.reconnects += 1;
-                            s.sync.last_error = None;
-                        });
+                        sess.flight.clear();
+                        sess.retractions.reset();
+                        sess.reconcile.on_connect(Instant::now());
+                        self.status.update(|s| s.sync.reconnects += 1);
                     }
                     Some(LinkEvent::Disconnected(e)) => {
-                        connected = false;
-                        mqtt_failures += 1;
-                        self.status.update(|s| {
-                            s.sync.mqtt_connected = false;
-                            s.sync.state = "backing-off".into();
-                            s.sync.last_error = Some(e);
-                        });
+                        if sess.mqtt.failed(e.clone()) {
+                            tracing::info!(error = %e, "MQTT link to the hub down; retrying with backoff");
+                        }
                     }
-                    Some(LinkEvent::Ack(payload)) => self.on_ack(&payload, &mut flight).await,
+                    Some(LinkEvent::Ack(payload)) => {
+                        active = true;
+                        self.on_mqtt_ack(&payload, &mut sess).await;
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {}
                 _ = self.queued.notified() => {}
             }
-            let resent = flight.expire(Instant::now());
+            let now = Instant::now();
+            if now >= next_spool {
+                next_spool = now + Duration::from_secs(1);
+                if self.take_spool().await > 0 {
+                    sess.retractions.dirty = true;
+                }
+            }
+            if sess.reconcile.prune_due(now) {
+                self.prune().await;
+            }
+            let resent = sess.flight.expire(now);
             if resent > 0 {
-                tracing::info!(resent, "no hub ack in time; results will be sent again");
+                active = true;
+                sess.tally.touch(now, "mqtt");
+                sess.tally.resent += resent as u64;
                 self.status.update(|s| s.sync.resends += resent as u64);
             }
-            if connected {
-                self.send_mqtt(&link, &mut flight).await;
-            } else if mqtt_failures >= self.cfg.sync.grpc_fallback_after
-                && Instant::now() >= grpc_next
-            {
+            sess.retractions.expire(now);
+            if sess.mqtt.up {
+                active |= self.send_mqtt(&link, &mut sess).await;
+            } else if sess.mqtt.failures >= self.cfg.sync.grpc_fallback_after && now >= grpc_next {
                 if let Some(g) = grpc.as_mut() {
-                    match self.send_grpc(g).await {
-                        Ok(_) => grpc_backoff.reset(),
+                    match self.grpc_round(g, &mut sess).await {
+                        Ok(did) => {
+                            grpc_backoff.reset();
+                            active |= did;
+                        }
                         Err(e) => {
                             let d = grpc_backoff.next_delay(rand::random());
                             grpc_next = Instant::now() + d;
+                            if sess.grpc.failed(format!("{e:#}")) {
+                                tracing::info!(error = %format!("{e:#}"), "gRPC fallback to the hub failing; retrying with backoff");
+                            }
                             tracing::debug!(error = %e, retry_in = ?d, "gRPC fallback failed");
                         }
                     }
                 }
             }
-            self.status.update(|s| {
-                s.sync.in_flight = flight.len();
-                if connected {
-                    s.sync.state = if flight.is_empty() { "idle" } else { "sending" }.into();
-                }
-            });
+            self.publish_state(&sess);
+            if let Some(line) = sess.tally.finish(Instant::now(), active) {
+                tracing::info!("{line}");
+            }
         }
         link.stop().await;
         Ok(())
     }
 
-    /// The next results to send, cut to what one batch may carry (the hub refuses a
-    /// larger one on either transport); the rest stay queued for the next batch.
-    async fn next_batch(&self, limit: usize, skip: HashSet<ResultId>) -> Vec<ScanRecord> {
-        let outbox = self.outbox.clone();
-        match tokio::task::spawn_blocking(move || outbox.next_batch(limit, &|id| skip.contains(id)))
-            .await
-        {
-            Ok(Ok(mut b)) => {
-                b.truncate(batch_fit(&b, &self.cfg.clinic, &self.cfg.device));
-                b
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading the outbox");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "outbox task failed");
-                Vec::new()
-            }
-        }
+    /// The link as `status` shows it, from what each transport did last.
+    fn publish_state(&self, sess: &Session) {
+        let busy = if sess.mqtt.up {
+            !sess.flight.is_empty()
+        } else {
+            sess.grpc_busy
+        };
+        let grpc = self.cfg.hub.grpc_url.as_ref().map(|_| &sess.grpc);
+        let view = state::describe(&sess.mqtt, grpc, busy, self.cfg.sync.grpc_fallback_after);
+        self.status.update(|s| {
+            let y = &mut s.sync;
+            y.in_flight = sess.flight.len();
+            y.mqtt_connected = sess.mqtt.up;
+            y.state = view.state.into();
+            y.transport = view.transport.into();
+            y.reachable = view.reachable;
+            y.summary = view.summary;
+            y.mqtt = sess.mqtt.clone();
+            y.grpc = sess.grpc.clone();
+            y.last_error = sess
+                .mqtt
+                .last_error
+                .clone()
+                .filter(|_| !view.reachable || view.transport == "grpc");
+        });
     }
 
-    /// The batch, encoded and signed with the device key (unsigned only without one).
-    fn batch_message(&self, records: &[ScanRecord]) -> SignedBatch {
-        use prost::Message;
-        let batch = ResultBatch {
-            schema_version: SCHEMA_VERSION,
-            clinic_id: self.cfg.clinic.clone(),
-            device_id: self.cfg.device.clone(),
-            results: records.iter().map(ScanRecord::to_wire).collect(),
-        }
-        .encode_to_vec();
-        let signature = self
-            .creds
-            .signer
-            .as_ref()
-            .map(|s| s.sign(&batch))
-            .unwrap_or_default();
-        SignedBatch { batch, signature }
-    }
-
-    async fn send_mqtt(&self, link: &mqtt::Link, flight: &mut InFlight) {
-        while flight.room() > 0 {
-            let skip: HashSet<ResultId> = flight.ids().collect();
-            let limit = self.cfg.sync.batch_size.min(flight.room());
-            let batch = self.next_batch(limit, skip).await;
-            if batch.is_empty() {
-                return;
-            }
-            let msg = self.batch_message(&batch);
-            let bytes = match link.publish(&msg).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish failed");
-                    return;
-                }
-            };
-            flight.mark_sent(batch.iter().map(|r| r.id), Instant::now());
-            self.status.update(|s| {
-                s.sync.batches_sent += 1;
-                s.sync.bytes_sent += bytes as u64;
-            });
-        }
-    }
-
-    async fn send_grpc(&self, g: &mut grpc::Fallback) -> anyhow::Result<usize> {
-        let batch = self
-            .next_batch(self.cfg.sync.batch_size, HashSet::new())
-            .await;
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let msg = self.batch_message(&batch);
-        let ack = g.upload(msg).await?;
-        self.status.update(|s| s.sync.transport = "grpc".into());
-        self.apply_ack(ack, None).await;
-        Ok(batch.len())
-    }
-
-    async fn on_ack(&self, payload: &[u8], flight: &mut InFlight) {
+    async fn on_mqtt_ack(&self, payload: &[u8], sess: &mut Session) {
         use prost::Message;
         match ResultAck::decode(payload) {
             Ok(ack) if ack.schema_version == SCHEMA_VERSION => {
-                self.apply_ack(ack, Some(flight)).await
+                sess.tally.touch(Instant::now(), "mqtt");
+                self.take_ack(ack, sess).await
             }
             Ok(ack) => tracing::warn!(
                 version = ack.schema_version,
@@ -222,50 +221,104 @@ impl SyncWorker {
         }
     }
 
-    /// Applies the hub's ack; `flight` is None for gRPC, whose acks answer the call.
-    async fn apply_ack(&self, ack: ResultAck, flight: Option<&mut InFlight>) {
-        let committed: Vec<ResultId> = ack
-            .committed
-            .iter()
-            .filter_map(|b| ResultId::from_slice(b).ok())
-            .collect();
-        let rejected: Vec<(ResultId, String)> = ack
-            .rejected
-            .into_iter()
-            .filter_map(|r| {
-                ResultId::from_slice(&r.result_id)
-                    .ok()
-                    .map(|id| (id, r.reason))
-            })
-            .collect();
-        let outbox = self.outbox.clone();
-        let c = committed.clone();
-        let rj = rejected.clone();
-        let res =
-            tokio::task::spawn_blocking(move || -> Result<usize, crate::outbox::OutboxError> {
-                let n = outbox.remove(&c)?;
-                for (id, reason) in &rj {
-                    outbox.park(id, reason)?;
-                }
-                Ok(n)
-            })
-            .await;
-        match res {
-            Ok(Ok(removed)) => {
-                if let Some(flight) = flight {
-                    flight.settle(&committed);
-                    flight.settle(&rejected.iter().map(|r| r.0).collect::<Vec<_>>());
-                }
-                for (id, reason) in &rejected {
-                    tracing::error!(result_id = %id, %reason, "hub rejected a result; parked");
-                }
-                self.status.update(|s| {
-                    s.sync.synced_total += removed as u64;
-                    s.sync.last_sync_ms = Some(now_ms());
-                });
+    /// Applies the hub's ack (either transport) to the outbox, the flight and status.
+    async fn take_ack(&self, ack: ResultAck, sess: &mut Session) {
+        let parts = acks::AckParts::from_ack(ack);
+        if parts.answers_holdings_only() {
+            sess.reconcile.answered();
+            self.status
+                .update(|s| s.sync.last_reconcile_ms = Some(now_ms()));
+        }
+        let applied = match acks::apply_async(self.outbox.clone(), parts.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "could not apply the hub's ack; will resend");
+                return;
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "could not apply hub ack; will resend"),
-            Err(e) => tracing::error!(error = %e, "ack task failed"),
+        };
+        sess.flight.settle(&parts.settled_results());
+        sess.retractions.settle(&parts.settled_retractions());
+        for (id, reason) in &parts.parked {
+            tracing::error!(result_id = %id, %reason, "hub rejected a result; parked");
+        }
+        for (id, reason) in &parts.refused_retractions {
+            tracing::error!(result_id = %id, %reason, "hub refused a retraction; dropped");
+        }
+        if applied.requeued > 0 {
+            tracing::info!(
+                results = applied.requeued,
+                days = parts.resend_days.len(),
+                "the hub lacks acknowledged results; queued them again"
+            );
+            self.queued.notify_one();
+        }
+        let t = &mut sess.tally;
+        t.acked += applied.acked as u64;
+        t.parked += applied.parked as u64;
+        t.requeued += applied.requeued as u64;
+        t.retracted += parts.retracted.len() as u64;
+        t.retractions_refused += parts.refused_retractions.len() as u64;
+        self.status.update(|s| {
+            let y = &mut s.sync;
+            y.synced_total += applied.acked as u64;
+            y.last_sync_ms = Some(now_ms());
+            y.resent_for_hub += applied.requeued as u64;
+            y.retractions_recorded += parts.retracted.len() as u64;
+            y.retractions_refused += parts.refused_retractions.len() as u64;
+        });
+    }
+
+    /// The sync counters added for anti-entropy and retractions count since
+    /// installation too, and each transport's last contact is kept: seeded from the
+    /// last status file (the daemon seeds the other counters).
+    fn seed_counters(&self, sess: &mut Session) {
+        let Ok(prev) = crate::status::file::read(&self.cfg.status_file()) else {
+            return;
+        };
+        let p = prev.sync;
+        sess.mqtt.last_ok_ms = p.mqtt.last_ok_ms;
+        sess.grpc.last_ok_ms = p.grpc.last_ok_ms;
+        self.status.update(|s| {
+            let y = &mut s.sync;
+            y.resent_for_hub = y.resent_for_hub.max(p.resent_for_hub);
+            y.retractions_recorded = y.retractions_recorded.max(p.retractions_recorded);
+            y.retractions_refused = y.retractions_refused.max(p.retractions_refused);
+            y.last_reconcile_ms = y.last_reconcile_ms.max(p.last_reconcile_ms);
+        });
+    }
+
+    /// Takes `edge-agent retract` requests into the outbox; how many.
+    async fn take_spool(&self) -> usize {
+        let outbox = self.outbox.clone();
+        let dir = self.cfg.data_dir.clone();
+        match tokio::task::spawn_blocking(move || retractions::take_spool(outbox.as_ref(), &dir))
+            .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "taking spooled retraction requests");
+                0
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retraction spool task failed");
+                0
+            }
+        }
+    }
+
+    /// Forgets acknowledged results past `sync.acked_retention_days`.
+    async fn prune(&self) {
+        let before =
+            reconcile::prune_before(day_of_ms(now_ms()), self.cfg.sync.acked_retention_days);
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.prune_acked(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                results = n,
+                "acknowledged results past their retention forgotten"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning acknowledged results"),
+            Err(e) => tracing::error!(error = %e, "prune task failed"),
         }
     }
 }

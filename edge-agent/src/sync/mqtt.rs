@@ -110,7 +110,8 @@ async fn poll_loop(
             Ok(_) => None,
             Err(e) => {
                 let delay = backoff.next_delay(rand::random());
-                tracing::info!(error = %e, retry_in = ?delay, "hub broker unreachable");
+                // The worker logs the transition once (info); each retry only at debug.
+                tracing::debug!(error = %e, retry_in = ?delay, "hub broker unreachable");
                 if events
                     .send(LinkEvent::Disconnected(e.to_string()))
                     .await

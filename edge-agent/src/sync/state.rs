@@ -1,10 +1,12 @@
 //! The sync protocol without I/O: what is in flight, what an ack releases, when an
-//! unacknowledged batch is sent again, and how long to wait before reconnecting.
+//! unacknowledged batch is sent again, how long to wait before reconnecting, and what
+//! the agent tells its operator about the link (`describe`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pleura_shared::ResultId;
+use serde::{Deserialize, Serialize};
 
 /// Results sent but not yet acknowledged by the hub.
 #[derive(Debug)]
@@ -112,6 +114,140 @@ impl Backoff {
     }
 }
 
+/// What is known of one transport to the hub (in `status.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkStatus {
+    /// MQTT: connected and subscribed to its acks. gRPC: the last call was answered.
+    pub up: bool,
+    /// The last time the hub answered on this transport, ms since the epoch.
+    pub last_ok_ms: Option<u64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// Why the last attempt failed (cleared by a success).
+    pub last_error: Option<String>,
+}
+
+impl LinkStatus {
+    /// The hub answered. Returns true when the link was not up before (a transition
+    /// worth one log line).
+    pub fn ok(&mut self, now_ms: u64) -> bool {
+        let was_up = self.up;
+        self.up = true;
+        self.last_ok_ms = Some(now_ms);
+        self.failures = 0;
+        self.last_error = None;
+        !was_up
+    }
+
+    /// An attempt failed. Returns true when this is news (the link was up, or this is
+    /// the first failure): one log line per transition, not per retry.
+    pub fn failed(&mut self, error: String) -> bool {
+        let news = self.up || self.failures == 0;
+        self.up = false;
+        self.failures = self.failures.saturating_add(1);
+        self.last_error = Some(error);
+        news
+    }
+}
+
+/// How the agent reaches the hub now, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    /// idle, sending, connecting, reconnecting, backing-off
+    pub state: &'static str,
+    /// The transport in use: "mqtt", "grpc", or "" when none works.
+    pub transport: &'static str,
+    /// Whether the hub answers on some transport.
+    pub reachable: bool,
+    /// One line for the operator, e.g. "reachable via grpc (mqtt down: …); idle".
+    pub summary: String,
+}
+
+/// The link as the operator should see it. `grpc` is None without a gRPC URL; `busy`
+/// says whether results wait for the hub (MQTT: in flight; gRPC: still queued);
+/// `fallback_after` is `sync.grpc_fallback_after`.
+pub fn describe(
+    mqtt: &LinkStatus,
+    grpc: Option<&LinkStatus>,
+    busy: bool,
+    fallback_after: u32,
+) -> LinkView {
+    let work = if busy { "sending" } else { "idle" };
+    let err = |l: &LinkStatus| l.last_error.clone().unwrap_or_else(|| "no answer".into());
+    if mqtt.up {
+        return LinkView {
+            state: work,
+            transport: "mqtt",
+            reachable: true,
+            summary: format!("reachable via mqtt; {work}"),
+        };
+    }
+    if grpc.is_some_and(|g| g.up) {
+        return LinkView {
+            state: work,
+            transport: "grpc",
+            reachable: true,
+            summary: format!("reachable via grpc (mqtt down: {}); {work}", err(mqtt)),
+        };
+    }
+    if mqtt.failures == 0 {
+        return LinkView {
+            state: "connecting",
+            transport: "",
+            reachable: false,
+            summary: "connecting to the hub by mqtt".into(),
+        };
+    }
+    match grpc {
+        Some(g) if g.failures > 0 => LinkView {
+            state: "backing-off",
+            transport: "",
+            reachable: false,
+            summary: format!(
+                "unreachable: mqtt fails ({}) and grpc fails ({}); retrying with backoff",
+                err(mqtt),
+                err(g)
+            ),
+        },
+        Some(_) if mqtt.failures >= fallback_after => LinkView {
+            state: "reconnecting",
+            transport: "",
+            reachable: false,
+            summary: format!("unreachable via mqtt ({}); trying grpc", err(mqtt)),
+        },
+        Some(_) => LinkView {
+            state: "reconnecting",
+            transport: "",
+            reachable: false,
+            summary: format!(
+                "unreachable via mqtt ({}); retrying, grpc after {fallback_after} failures",
+                err(mqtt)
+            ),
+        },
+        None => LinkView {
+            state: "backing-off",
+            transport: "",
+            reachable: false,
+            summary: format!(
+                "unreachable via mqtt ({}); retrying with backoff (no grpc_url)",
+                err(mqtt)
+            ),
+        },
+    }
+}
+
+/// For `edge-agent status` on a stopped agent: the link fields of its last status file
+/// are no longer current. Keeps the last contacts (`last_ok_ms`) and errors as history.
+pub fn mark_stopped(sync: &mut crate::status::SyncStatus) {
+    sync.reachable = false;
+    sync.mqtt.up = false;
+    sync.grpc.up = false;
+    sync.mqtt_connected = false;
+    sync.transport.clear();
+    sync.summary = "agent not running: nothing is sent to the hub".into();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +303,79 @@ mod tests {
         assert_eq!(b.ceiling(), Duration::from_secs(30));
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_working_grpc_fallback_is_reported_as_reachable_not_backing_off() {
+        // MQTT blocked, gRPC answering: the "hub unreachable … backing-off"
+        // after a successful drain over gRPC.
+        let mut mqtt = LinkStatus::default();
+        let mut grpc = LinkStatus::default();
+        for _ in 0..5 {
+            mqtt.failed("connection refused".into());
+        }
+        assert!(grpc.ok(1_000));
+        let v = describe(&mqtt, Some(&grpc), false, 3);
+        assert_eq!((v.state, v.transport, v.reachable), ("idle", "grpc", true));
+        assert_eq!(
+            v.summary,
+            "reachable via grpc (mqtt down: connection refused); idle"
+        );
+        assert_eq!(describe(&mqtt, Some(&grpc), true, 3).state, "sending");
+        // gRPC fails too: now it is backing off, and both errors are named.
+        grpc.failed("deadline exceeded".into());
+        let v = describe(&mqtt, Some(&grpc), true, 3);
+        assert_eq!((v.state, v.reachable), ("backing-off", false));
+        assert!(
+            v.summary.contains("connection refused") && v.summary.contains("deadline exceeded")
+        );
+        // MQTT back: reachable via mqtt whatever gRPC did.
+        mqtt.ok(2_000);
+        let v = describe(&mqtt, Some(&grpc), false, 3);
+        assert_eq!((v.state, v.transport, v.reachable), ("idle", "mqtt", true));
+    }
+
+    #[test]
+    fn link_states_before_and_between_fallbacks() {
+        let mut mqtt = LinkStatus::default();
+        let grpc = LinkStatus::default();
+        assert_eq!(describe(&mqtt, Some(&grpc), false, 3).state, "connecting");
+        mqtt.failed("refused".into());
+        let v = describe(&mqtt, Some(&grpc), false, 3);
+        assert_eq!((v.state, v.reachable), ("reconnecting", false));
+        assert!(v.summary.contains("grpc after 3"), "{}", v.summary);
+        assert!(describe(&mqtt, None, false, 3)
+            .summary
+            .contains("no grpc_url"));
+    }
+
+    #[test]
+    fn link_transitions_are_news_once() {
+        let mut l = LinkStatus::default();
+        assert!(l.failed("a".into()), "the first failure is news");
+        assert!(!l.failed("b".into()), "a retry is not");
+        assert_eq!(l.failures, 2);
+        assert!(l.ok(5));
+        assert!(!l.ok(6));
+        assert_eq!(
+            (l.failures, l.last_ok_ms, l.last_error.clone()),
+            (0, Some(6), None)
+        );
+        assert!(l.failed("c".into()), "up to down is news");
+    }
+
+    #[test]
+    fn a_stopped_agent_shows_no_live_link() {
+        let mut y = crate::status::SyncStatus {
+            reachable: true,
+            summary: "reachable via grpc (mqtt down: x); idle".into(),
+            transport: "grpc".into(),
+            ..Default::default()
+        };
+        y.grpc.ok(7);
+        mark_stopped(&mut y);
+        assert!(!y.reachable && !y.grpc.up && y.transport.is_empty());
+        assert_eq!(y.grpc.last_ok_ms, Some(7), "history kept");
+        assert!(y.summary.starts_with("agent not running"));
     }
 }

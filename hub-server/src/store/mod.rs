@@ -2,10 +2,13 @@
 //! so a PostgreSQL backend can follow for national scale; `suite` is the one test
 //! suite every backend must pass.
 
+pub mod integrity;
+pub mod recovery;
 mod sled_store;
 #[cfg(test)]
 pub mod suite;
 
+pub use integrity::Integrity;
 pub use sled_store::SledStore;
 
 use pleura_shared::{ResultId, ScanRecord};
@@ -15,6 +18,57 @@ use serde::Serialize;
 pub struct StoredCase {
     pub record: ScanRecord,
     pub received_at_ms: u64,
+    /// Set once the device that sent the result withdrew it. The case is kept.
+    pub retraction: Option<Retraction>,
+}
+
+/// A device withdrawing one of its results (a mistaken export). Recorded even before
+/// the result itself arrives; it applies only to a result of the same clinic/device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Retraction {
+    pub id: ResultId,
+    pub clinic: String,
+    pub device: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// Matching cases, and how many stored cases (or retractions) could not be read
+/// (damaged on disk): they are skipped, never the reason a listing fails.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub cases: Vec<StoredCase>,
+    pub corrupt: u64,
+}
+
+/// What a start-up scan finds: every readable case (who sent it, its analysis day), the
+/// ids of those that no longer decode, and every recorded retraction.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub cases: Vec<CaseSummary>,
+    pub corrupt: Vec<ResultId>,
+    pub retractions: Vec<Retraction>,
+    /// Stored retractions that no longer decode (skipped; the device records them again).
+    pub corrupt_retractions: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseSummary {
+    pub id: ResultId,
+    pub clinic: String,
+    pub device: String,
+    pub analysed_at_ms: u64,
+}
+
+impl CaseSummary {
+    pub fn of(r: &ScanRecord) -> Self {
+        Self {
+            id: r.id,
+            clinic: r.clinic.clone(),
+            device: r.device.clone(),
+            analysed_at_ms: r.analysed_at_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -52,8 +106,12 @@ pub struct DeviceStats {
 /// What a commit did with one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
+    /// Stored now (also when it replaces a stored value that no longer decodes: the
+    /// device re-sending a result the hub lost).
     New,
-    /// The very same record (same device, same content) is already stored.
+    /// The very same record (same device, same content) is already stored, or the same
+    /// device's record that differs only in `analysed_at_ms` (rebuilt at the edge by
+    /// re-analysing its scan): the stored one is kept.
     Duplicate,
     /// A different record holds this id: another device's, or different content from
     /// the same device. Nothing is stored or overwritten; the sender is not told
@@ -65,22 +123,40 @@ pub enum Commit {
 pub enum StoreError {
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The store's files cannot be read back (checksum failure, unreadable page,
+    /// panic in the backend): what the start-up check sets aside.
+    #[error("the case store is damaged: {0}")]
+    Damaged(String),
     #[error("stored case {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
 }
 
 pub trait HubStore: Send + Sync + 'static {
     /// Commits `records` durably (on disk when this returns), each at most once. A
-    /// result's identity is its id *and* its signer and content: only a byte-identical
-    /// record from the same clinic/device is a duplicate.
+    /// result's identity is its id *and* its signer and content: only a record from the
+    /// same clinic/device, byte-identical but for `analysed_at_ms`, is a duplicate.
     fn commit(
         &self,
         records: &[ScanRecord],
         received_at_ms: u64,
     ) -> Result<Vec<Commit>, StoreError>;
     fn get(&self, id: &ResultId) -> Result<Option<StoredCase>, StoreError>;
-    /// Matching cases, newest scan day first.
-    fn list(&self, filter: &CaseFilter) -> Result<Vec<StoredCase>, StoreError>;
+    /// Matching cases, newest scan day first; cases that no longer decode are counted
+    /// and skipped.
+    fn list(&self, filter: &CaseFilter) -> Result<Listing, StoreError>;
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError>;
     fn count(&self) -> Result<u64, StoreError>;
+    /// Records retractions durably (on disk when this returns). Recording one again
+    /// keeps the first, unless the stored one no longer decodes.
+    fn retract(&self, retractions: &[Retraction]) -> Result<(), StoreError>;
+    /// The retraction `clinic`/`device` recorded for `id`, if any (one that no longer
+    /// decodes counts as none).
+    fn retraction(
+        &self,
+        id: &ResultId,
+        clinic: &str,
+        device: &str,
+    ) -> Result<Option<Retraction>, StoreError>;
+    /// Reads everything once (at start, to check the store against the journal).
+    fn scan(&self) -> Result<Scan, StoreError>;
 }

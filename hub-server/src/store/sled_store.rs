@@ -1,5 +1,6 @@
 //! sled backend: `cases` maps result id → received-at (8 bytes BE) + encoded record;
-//! `devices` maps "clinic/device" → JSON stats. One transaction and one flush per batch.
+//! `devices` maps "clinic/device" → JSON stats; `retractions` maps result id +
+//! "clinic/device" → JSON `Retraction`. One transaction and one flush per batch.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,27 +9,95 @@ use pleura_shared::{ResultId, ScanRecord};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{CaseFilter, Commit, DeviceStats, HubStore, StoreError, StoredCase};
+use super::{
+    CaseFilter, CaseSummary, Commit, DeviceStats, HubStore, Listing, Retraction, Scan, StoreError,
+    StoredCase,
+};
+
+/// The store's folder inside the hub's data directory.
+pub const STORE_DIR: &str = "cases.sled";
 
 pub struct SledStore {
     db: sled::Db,
     cases: sled::Tree,
     devices: sled::Tree,
+    retractions: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Whether an error opening the store is the machine's (a second hub holding the lock,
+/// permissions, a full disk), not damaged files: such a store must not be set aside.
+fn environmental(e: &sled::Error) -> bool {
+    let sled::Error::Io(io) = e else {
+        return false;
+    };
+    matches!(io.kind(), std::io::ErrorKind::PermissionDenied)
+        || matches!(
+            io.raw_os_error(),
+            Some(
+                libc::ENOSPC
+                    | libc::EDQUOT
+                    | libc::EROFS
+                    | libc::EMFILE
+                    | libc::ENFILE
+                    | libc::EACCES
+            )
+        )
+        || io.to_string().contains("could not acquire lock")
+}
+
+fn open_error(e: sled::Error) -> StoreError {
+    if environmental(&e) {
+        StoreError::Backend(e.to_string())
+    } else {
+        StoreError::Damaged(e.to_string())
+    }
+}
+
+/// Whether `new` is `held` rebuilt by its device (re-analysed from the same scan after
+/// the edge's store was damaged): byte-identical to the stored record once its
+/// `analysed_at_ms` is set back, which also means the same clinic and device.
+fn rebuilt(held: &ScanRecord, new: &ScanRecord) -> bool {
+    if held.clinic != new.clinic || held.device != new.device {
+        return false;
+    }
+    let mut again = new.clone();
+    again.analysed_at_ms = held.analysed_at_ms;
+    again.encode() == held.encode()
+}
+
+/// A stored retraction value, or None (with a warning) if it no longer decodes: such a
+/// value is skipped, counted, and overwritten when its device records it again.
+fn decode_retraction(key: &[u8], v: &[u8]) -> Option<Retraction> {
+    match serde_json::from_slice(v) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(key = %hex::encode(key), error = %e,
+                "stored retraction no longer decodes; skipped until its device records it again");
+            None
+        }
+    }
+}
+
+fn retraction_key(id: &ResultId, clinic: &str, device: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.extend_from_slice(format!("{clinic}/{device}").as_bytes());
+    k
+}
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
-            .path(dir.join("cases.sled"))
+            .path(dir.join(STORE_DIR))
             .open()
-            .map_err(backend)?;
+            .map_err(open_error)?;
         Ok(Self {
-            cases: db.open_tree("cases").map_err(backend)?,
-            devices: db.open_tree("devices").map_err(backend)?,
+            cases: db.open_tree("cases").map_err(open_error)?,
+            devices: db.open_tree("devices").map_err(open_error)?,
+            retractions: db.open_tree("retractions").map_err(open_error)?,
             db,
         })
     }
@@ -43,10 +112,27 @@ impl SledStore {
         }
         let received_at_ms = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
         let record = ScanRecord::decode(&v[8..]).map_err(|e| corrupt(e.to_string()))?;
+        if record.id.as_bytes() != key {
+            return Err(corrupt("stored under another id".into()));
+        }
         Ok(StoredCase {
             record,
             received_at_ms,
+            retraction: None,
         })
+    }
+
+    /// Every readable retraction, and how many stored ones no longer decode.
+    fn all_retractions(&self) -> Result<(Vec<Retraction>, u64), StoreError> {
+        let mut out = (Vec::new(), 0);
+        for kv in self.retractions.iter() {
+            let (k, v) = kv.map_err(backend)?;
+            match decode_retraction(&k, &v) {
+                Some(r) => out.0.push(r),
+                None => out.1 += 1,
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -76,15 +162,24 @@ impl HubStore for SledStore {
                 s.last_received_ms = received_at_ms;
                 let encoded = r.encode();
                 if let Some(old) = cases.get(r.id.as_bytes())? {
-                    // Same bytes means same clinic, device and content.
+                    // Same bytes means same clinic, device and content. A value that no
+                    // longer decodes was damaged on disk: the re-sent record replaces it.
                     if old.get(8..) == Some(encoded.as_slice()) {
                         s.duplicates += 1;
                         outcome.push(Commit::Duplicate);
-                    } else {
-                        s.conflicts += 1;
-                        outcome.push(Commit::Conflict);
+                        continue;
                     }
-                    continue;
+                    if let Ok(held) = Self::decode(r.id.as_bytes(), &old) {
+                        if rebuilt(&held.record, r) {
+                            // Re-analysed at the edge from its scan: the stored one stands.
+                            s.duplicates += 1;
+                            outcome.push(Commit::Duplicate);
+                        } else {
+                            s.conflicts += 1;
+                            outcome.push(Commit::Conflict);
+                        }
+                        continue;
+                    }
                 }
                 let mut v = received_at_ms.to_be_bytes().to_vec();
                 v.extend_from_slice(&encoded);
@@ -106,26 +201,51 @@ impl HubStore for SledStore {
     }
 
     fn get(&self, id: &ResultId) -> Result<Option<StoredCase>, StoreError> {
-        match self.cases.get(id.as_bytes()).map_err(backend)? {
-            Some(v) => Self::decode(id.as_bytes(), &v).map(Some),
-            None => Ok(None),
-        }
+        let Some(v) = self.cases.get(id.as_bytes()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let mut case = Self::decode(id.as_bytes(), &v)?;
+        case.retraction = self.retraction(id, &case.record.clinic, &case.record.device)?;
+        Ok(Some(case))
     }
 
-    fn list(&self, filter: &CaseFilter) -> Result<Vec<StoredCase>, StoreError> {
-        let mut out = Vec::new();
+    fn list(&self, filter: &CaseFilter) -> Result<Listing, StoreError> {
+        let (retractions, corrupt) = self.all_retractions()?;
+        let retracted: HashMap<Vec<u8>, Retraction> = retractions
+            .into_iter()
+            .map(|r| (retraction_key(&r.id, &r.clinic, &r.device), r))
+            .collect();
+        let mut out = Listing {
+            corrupt,
+            ..Default::default()
+        };
         for kv in self.cases.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            let case = Self::decode(&k, &v)?;
+            let Ok((k, v)) = kv else {
+                // sled's iterator cannot step past a damaged page.
+                out.corrupt += 1;
+                break;
+            };
+            let mut case = match Self::decode(&k, &v) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored case skipped");
+                    out.corrupt += 1;
+                    continue;
+                }
+            };
             if filter.matches(&case.record) {
-                out.push(case);
+                let r = &case.record;
+                case.retraction = retracted
+                    .get(&retraction_key(&r.id, &r.clinic, &r.device))
+                    .cloned();
+                out.cases.push(case);
             }
         }
-        out.sort_by(|a, b| {
+        out.cases.sort_by(|a, b| {
             (b.record.scan_day, b.received_at_ms).cmp(&(a.record.scan_day, a.received_at_ms))
         });
         if filter.limit > 0 {
-            out.truncate(filter.limit);
+            out.cases.truncate(filter.limit);
         }
         Ok(out)
     }
@@ -146,13 +266,147 @@ impl HubStore for SledStore {
     fn count(&self) -> Result<u64, StoreError> {
         Ok(self.cases.len() as u64)
     }
+
+    fn retract(&self, retractions: &[Retraction]) -> Result<(), StoreError> {
+        for r in retractions {
+            let v = serde_json::to_vec(r).map_err(backend)?;
+            let k = retraction_key(&r.id, &r.clinic, &r.device);
+            // The first recording stands (its time and reason are what was audited),
+            // unless what is stored no longer decodes: then this one replaces it.
+            let swapped = self
+                .retractions
+                .compare_and_swap(&k, None::<&[u8]>, Some(v.clone()))
+                .map_err(backend)?;
+            if let Err(cas) = swapped {
+                if let Some(bad) = cas.current.filter(|c| decode_retraction(&k, c).is_none()) {
+                    let _ = self
+                        .retractions
+                        .compare_and_swap(&k, Some(bad), Some(v))
+                        .map_err(backend)?;
+                }
+            }
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn retraction(
+        &self,
+        id: &ResultId,
+        clinic: &str,
+        device: &str,
+    ) -> Result<Option<Retraction>, StoreError> {
+        let k = retraction_key(id, clinic, device);
+        Ok(self
+            .retractions
+            .get(&k)
+            .map_err(backend)?
+            .and_then(|v| decode_retraction(&k, &v)))
+    }
+
+    fn scan(&self) -> Result<Scan, StoreError> {
+        let (retractions, corrupt_retractions) = self.all_retractions()?;
+        let mut scan = Scan {
+            retractions,
+            corrupt_retractions,
+            ..Default::default()
+        };
+        for kv in self.cases.iter() {
+            let (k, v) = kv.map_err(backend)?;
+            match Self::decode(&k, &v) {
+                Ok(c) => scan.cases.push(CaseSummary::of(&c.record)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored case no longer decodes");
+                    if let Ok(id) = ResultId::from_slice(&k) {
+                        scan.corrupt.push(id);
+                    }
+                }
+            }
+        }
+        Ok(scan)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use pleura_shared::record::sample_record;
+
     #[test]
     fn sled_store_passes_the_suite() {
         let dir = tempfile::tempdir().unwrap();
-        super::super::suite::run(|| super::SledStore::open(dir.path()).unwrap());
+        super::super::suite::run(|| SledStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_case_that_no_longer_decodes_is_counted_skipped_and_can_be_resent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let good = sample_record("c1", "d1", 2, true);
+        let damaged = sample_record("c1", "d1", 1, false);
+        store.commit(&[good.clone(), damaged.clone()], 5).unwrap();
+        // What a damaged page looks like to the store: the value's bytes are garbage.
+        let mut v = store
+            .cases
+            .get(damaged.id.as_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        v.truncate(20);
+        store.cases.insert(damaged.id.as_bytes(), v).unwrap();
+
+        let listing = store.list(&CaseFilter::default()).unwrap();
+        assert_eq!(listing.corrupt, 1);
+        assert_eq!(listing.cases.len(), 1);
+        assert_eq!(listing.cases[0].record, good);
+        assert!(store.get(&damaged.id).is_err());
+        let scan = store.scan().unwrap();
+        assert_eq!(scan.corrupt, vec![damaged.id]);
+        assert_eq!(scan.cases, vec![CaseSummary::of(&good)]);
+
+        // The device re-sending it repairs the case; it is not a conflict.
+        assert_eq!(
+            store.commit(std::slice::from_ref(&damaged), 9).unwrap(),
+            vec![Commit::New]
+        );
+        assert_eq!(store.get(&damaged.id).unwrap().unwrap().record, damaged);
+        assert_eq!(store.list(&CaseFilter::default()).unwrap().corrupt, 0);
+    }
+
+    #[test]
+    fn a_retraction_that_no_longer_decodes_is_counted_skipped_and_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = sample_record("c1", "d1", 2, true);
+        store.commit(std::slice::from_ref(&a), 5).unwrap();
+        let retraction = |reason: &str| Retraction {
+            id: a.id,
+            clinic: "c1".into(),
+            device: "d1".into(),
+            reason: reason.into(),
+            at_ms: 6,
+        };
+        store.retract(&[retraction("wrong patient")]).unwrap();
+        // What a damaged page looks like: the value's bytes are garbage.
+        store
+            .retractions
+            .insert(retraction_key(&a.id, "c1", "d1"), b"{\"id\":\x01".to_vec())
+            .unwrap();
+
+        assert_eq!(store.retraction(&a.id, "c1", "d1").unwrap(), None);
+        assert_eq!(store.get(&a.id).unwrap().unwrap().retraction, None);
+        let listing = store.list(&CaseFilter::default()).unwrap();
+        assert_eq!((listing.cases.len(), listing.corrupt), (1, 1));
+        let scan = store.scan().unwrap();
+        assert_eq!(scan.corrupt_retractions, 1);
+        assert!(scan.retractions.is_empty());
+
+        // The device recording it again replaces the bad value; a readable one stays.
+        store.retract(&[retraction("recorded again")]).unwrap();
+        store.retract(&[retraction("a third time")]).unwrap();
+        let got = store.get(&a.id).unwrap().unwrap().retraction.unwrap();
+        assert_eq!(got.reason, "recorded again");
+        assert_eq!(store.list(&CaseFilter::default()).unwrap().corrupt, 0);
+        assert_eq!(store.scan().unwrap().corrupt_retractions, 0);
     }
 }

@@ -166,6 +166,7 @@ fn baseline(port: u16, batch: usize) -> Result<f64> {
                 clinic_id: "c".into(),
                 device_id: "d".into(),
                 results: (0..batch).map(|_| pleura_shared_sample()).collect(),
+                ..Default::default()
             };
             prost::Message::encode_to_vec(&b)
         })

@@ -1,0 +1,228 @@
+//! Keeping processed/ honest: a result the outbox lost (its store was damaged) is
+//! rebuilt by analysing its scan again from processed/, and scans whose result the hub
+//! has acknowledged are pruned within the configured budget. Scans whose result is
+//! still queued, parked or lost are never pruned.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pleura_shared::ResultId;
+
+use super::{wait_with_deadline, Intake, Waited, ANALYSIS_TICK};
+use crate::outbox::{Held, OutboxError};
+
+/// Why a lost result was not rebuilt this pass.
+enum Rebuild {
+    /// No room in the outbox or on the disk: tried again at the next pass.
+    Wait(String),
+    Failed(String),
+}
+
+impl From<String> for Rebuild {
+    fn from(e: String) -> Self {
+        Rebuild::Failed(e)
+    }
+}
+
+impl From<&str> for Rebuild {
+    fn from(e: &str) -> Self {
+        Rebuild::Failed(e.to_string())
+    }
+}
+use crate::processed;
+
+/// A scan in processed/.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub path: PathBuf,
+    pub id: Option<ResultId>,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// Every regular file below `dir` (links and odd entries are left alone).
+pub fn walk(dir: &Path) -> std::io::Result<Vec<Kept>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let meta = e.path().symlink_metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                out.push(Kept {
+                    id: processed::id_of(&e.path()),
+                    path: e.path(),
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What one pass over processed/ did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub rebuilt: u64,
+    pub pruned: u64,
+    pub pruned_bytes: u64,
+    /// Lost results with no scan left to rebuild them from.
+    pub unrecoverable: u64,
+    /// Bytes of scans that must be kept (result not yet acknowledged).
+    pub pinned_bytes: u64,
+    pub failed: u64,
+}
+
+impl Intake {
+    /// Rebuilds lost results from processed/ and prunes it. `failed` remembers scans
+    /// whose rebuild failed this run, so one bad file is not analysed on every pass.
+    pub(super) async fn tend_processed(&self, failed: &mut HashSet<ResultId>) -> Pass {
+        let mut pass = Pass::default();
+        let dir = self.cfg.processed_dir();
+        let kept = match tokio::task::spawn_blocking(move || walk(&dir)).await {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot list processed/");
+                return pass;
+            }
+            Err(_) => return pass,
+        };
+        let keep_for = Duration::from_secs(u64::from(self.cfg.intake.processed_keep_days) * 86_400);
+        let now = SystemTime::now();
+        let mut prunable = Vec::new();
+        let mut present = HashSet::new();
+        let mut waiting = false;
+        for k in kept {
+            let Some(id) = k.id else {
+                // From before results were named in processed/: judged by age and size.
+                prunable.push(k);
+                continue;
+            };
+            present.insert(id);
+            let held = self.outbox.held(&id).unwrap_or(Some(Held::Queued));
+            match held {
+                Some(Held::Acked) => prunable.push(k),
+                // Lost by the store (or unknown to store and journal both, or forgotten
+                // after its retention): analysed again; the hub deduplicates.
+                Some(Held::Lost) | None => {
+                    pass.pinned_bytes += k.size;
+                    if failed.contains(&id) || waiting {
+                        continue;
+                    }
+                    match self.rebuild(&k, id).await {
+                        Ok(()) => pass.rebuilt += 1,
+                        // No room: the rebuild waits like a new scan, and is not a failure.
+                        Err(Rebuild::Wait(e)) => {
+                            tracing::warn!(result_id = %id, error = %e, "rebuilding a lost result waits for room");
+                            waiting = true;
+                        }
+                        Err(Rebuild::Failed(e)) => {
+                            tracing::error!(result_id = %id, error = %e, "cannot rebuild a lost result from its scan");
+                            failed.insert(id);
+                            pass.failed += 1;
+                        }
+                    }
+                }
+                Some(Held::Queued) | Some(Held::Parked) => pass.pinned_bytes += k.size,
+            }
+        }
+        let unrecoverable: Vec<ResultId> = self
+            .outbox
+            .lost()
+            .into_iter()
+            .filter(|id| !present.contains(id))
+            .collect();
+        pass.unrecoverable = unrecoverable.len() as u64;
+        // Not looked for again at every poll: only at the next periodic pass.
+        failed.extend(unrecoverable);
+        prunable.sort_by_key(|k| k.modified);
+        let mut total: u64 = pass.pinned_bytes + prunable.iter().map(|k| k.size).sum::<u64>();
+        for k in prunable {
+            let old = now.duration_since(k.modified).unwrap_or_default() > keep_for;
+            if !old && total <= self.cfg.intake.processed_budget_bytes {
+                continue;
+            }
+            match std::fs::remove_file(&k.path) {
+                Ok(()) => {
+                    total -= k.size;
+                    pass.pruned += 1;
+                    pass.pruned_bytes += k.size;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot prune a scan from processed/"),
+            }
+        }
+        if pass.pruned > 0 {
+            tracing::info!(
+                scans = pass.pruned,
+                bytes = pass.pruned_bytes,
+                "pruned acknowledged scans from processed/"
+            );
+        }
+        pass
+    }
+
+    /// Analyses a scan in processed/ again and queues its result under its own id.
+    async fn rebuild(&self, k: &Kept, id: ResultId) -> Result<(), Rebuild> {
+        let inbox_path = processed::inbox_path(&self.cfg.processed_dir(), &self.cfg.inbox, &k.path)
+            .ok_or("not a processed/ scan name")?;
+        let path = k.path.clone();
+        let limit = self.cfg.intake.max_scan_bytes;
+        let bytes = tokio::task::spawn_blocking(move || read_limited(&path, limit))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading it: {e}"))?;
+        let (again, dicom) = self.identify(&inbox_path, &bytes);
+        if again != id {
+            return Err(Rebuild::Failed(format!(
+                "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed?)"
+            )));
+        }
+        let pool = self.pool.clone();
+        let job = Box::pin(async move { pool.analyze_async(bytes).await });
+        let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
+        let report = match wait_with_deadline(job, max, ANALYSIS_TICK, |_| {}).await {
+            Waited::Done(r) => r.map_err(|e| e.to_string())?,
+            Waited::TimedOut(_) => return Err("analysis took too long".into()),
+        };
+        let record = self.build_record(&inbox_path, id, dicom, &report, k.modified);
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.put(&record)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e @ (OutboxError::QuotaExceeded { .. } | OutboxError::DiskFull(_)))) => {
+                return Err(Rebuild::Wait(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(Rebuild::Failed(e.to_string())),
+            Err(e) => return Err(Rebuild::Failed(e.to_string())),
+        }
+        tracing::warn!(result_id = %id, "result lost by the outbox store rebuilt from its scan in processed/");
+        self.queued.notify_one();
+        Ok(())
+    }
+}
+
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut out = Vec::new();
+    f.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other("larger than intake.max_scan_bytes"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
