@@ -96,7 +96,7 @@ impl Intake {
             },
             Entry::Unreadable { .. } => return false,
         };
-        let Some(kept) = Kept::load(&self.kept_file()) else {
+        let Some(kept) = Kept::load_cached(&self.kept_file()) else {
             return false;
         };
         if !kept.holds(r, &stamp) {

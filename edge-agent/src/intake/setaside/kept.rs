@@ -36,6 +36,29 @@ impl Kept {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// `load`, parsed again only when the file changed (it is asked for every inbox
+    /// entry at every poll; on a read-only share it may list thousands).
+    pub(crate) fn load_cached(path: &Path) -> Option<std::sync::Arc<Self>> {
+        use std::os::unix::fs::MetadataExt;
+        type Cache = Option<(
+            std::path::PathBuf,
+            (i64, i64, u64, u64),
+            std::sync::Arc<Kept>,
+        )>;
+        static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(None);
+        let m = std::fs::metadata(path).ok()?;
+        let key = (m.mtime(), m.mtime_nsec(), m.len(), m.ino());
+        let mut c = CACHE.lock().ok()?;
+        if let Some((p, k, kept)) = c.as_ref() {
+            if p == path && *k == key {
+                return Some(kept.clone());
+            }
+        }
+        let kept = std::sync::Arc::new(Self::load(path)?);
+        *c = Some((path.to_path_buf(), key, kept.clone()));
+        Some(kept)
+    }
+
     pub(crate) fn holds(&self, r: &str, stamp: &Stamp) -> bool {
         self.entries.get(r).is_some_and(|(_, s)| s == stamp)
     }
