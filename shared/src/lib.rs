@@ -10,6 +10,7 @@ pub mod pki;
 pub mod pseudonym;
 pub mod record;
 pub mod signing;
+pub mod sled_open;
 pub mod topics;
 
 pub use analysis::{

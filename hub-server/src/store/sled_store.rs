@@ -46,7 +46,7 @@ fn environmental(e: &sled::Error) -> bool {
                     | libc::EACCES
             )
         )
-        || io.to_string().contains("could not acquire lock")
+        || pleura_shared::sled_open::is_lock_error(e)
 }
 
 fn open_error(e: sled::Error) -> StoreError {
@@ -90,9 +90,7 @@ fn retraction_key(id: &ResultId, clinic: &str, device: &str) -> Vec<u8> {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join(STORE_DIR))
-            .open()
+        let db = pleura_shared::sled_open::open(&sled::Config::new().path(dir.join(STORE_DIR)))
             .map_err(open_error)?;
         Ok(Self {
             cases: db.open_tree("cases").map_err(open_error)?,

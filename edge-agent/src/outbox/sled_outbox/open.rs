@@ -23,7 +23,7 @@ pub(super) struct Trees {
 /// Opens the store and reads all of it: any corruption sled reports (or panics on)
 /// surfaces here, at open, not in the middle of a sync.
 fn open_trees(path: &Path) -> Result<Trees, sled::Error> {
-    let db = sled::Config::new().path(path).open()?;
+    let db = pleura_shared::sled_open::open(&sled::Config::new().path(path))?;
     let t = |n: &str| db.open_tree(n);
     let (queue, index, parked, corrupt) = (t("queue")?, t("index")?, t("parked")?, t("corrupt")?);
     let (acked, acked_ix, retract) = (t("acked")?, t("acked_ix")?, t("retract")?);

@@ -8,7 +8,7 @@ use crate::store::{CaseFilter, DeviceStats, Listing, Scan, StoredCase};
 
 /// Deletes cases behind the store's back, as a damaged page would.
 fn lose(dir: &std::path::Path, ids: &[ResultId]) {
-    let db = sled::open(dir.join("cases.sled")).unwrap();
+    let db = pleura_shared::sled_open::open_path(dir.join("cases.sled")).unwrap();
     let cases = db.open_tree("cases").unwrap();
     for id in ids {
         cases.remove(id.as_bytes()).unwrap();

@@ -22,7 +22,7 @@ fn commit(r: &Recovered, recs: &[ScanRecord]) {
 
 /// Deletes cases behind the store's back, as a damaged page would.
 fn lose(dir: &Path, ids: &[ResultId]) {
-    let db = sled::open(dir.join(STORE_DIR)).unwrap();
+    let db = pleura_shared::sled_open::open_path(dir.join(STORE_DIR)).unwrap();
     let cases = db.open_tree("cases").unwrap();
     for id in ids {
         cases.remove(id.as_bytes()).unwrap();
@@ -241,7 +241,7 @@ fn a_retraction_that_no_longer_decodes_neither_stops_the_start_nor_listings() {
         .unwrap();
     drop(r);
     {
-        let db = sled::open(dir.path().join(STORE_DIR)).unwrap();
+        let db = pleura_shared::sled_open::open_path(dir.path().join(STORE_DIR)).unwrap();
         let t = db.open_tree("retractions").unwrap();
         let (k, _) = t.iter().next().unwrap().unwrap();
         t.insert(k, b"\xff not json".to_vec()).unwrap();
