@@ -17,6 +17,9 @@ ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/lib
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1
 echo "ONNX Runtime library: $ORT_DYLIB_PATH"
 
+# The house limits on the code's shape (file sizes, no import cycle between modules).
+python3 scripts/structure.py
+
 # The end-to-end tests launch the real binaries; cargo builds every package's binaries
 # before running any test (each binary's package has an integration test), with the
 # same features as the tests, so nothing is compiled twice.

@@ -161,11 +161,23 @@ pub struct InferenceSettings {
 impl Default for InferenceSettings {
     fn default() -> Self {
         Self {
-            model: crate::cli::default_model(),
+            model: pleura_inference::engine::default_model(),
             backend: BackendKind::Tract,
             onnxruntime_library: None,
             workers: 1,
             poll_ms: 500,
+        }
+    }
+}
+
+impl InferenceSettings {
+    /// What `pleura_inference::engine` starts for the daemon.
+    pub fn engine(&self) -> pleura_inference::EngineSpec {
+        pleura_inference::EngineSpec {
+            backend: self.backend,
+            onnxruntime_library: self.onnxruntime_library.clone(),
+            model: self.model.clone(),
+            workers: self.workers,
         }
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pleura_inference::{backend, BackendConfig, InferencePool, ModelFile, PoolConfig};
 use pleura_shared::PseudonymKey;
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +85,7 @@ pub fn load_or_create_key_in(path: &Path, data_dir: Option<&Path>) -> Result<Pse
     }
     let key = PseudonymKey::generate();
     if let Some(dir) = path.parent() {
-        crate::intake::private_dir(dir)?;
+        pleura_shared::fsutil::private_dir(dir)?;
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -172,7 +171,7 @@ fn tighten_file(path: &Path) -> Result<()> {
 }
 
 pub fn open_outbox(cfg: &EdgeConfig) -> Result<SledOutbox> {
-    crate::intake::private_dir(&cfg.data_dir)
+    pleura_shared::fsutil::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     SledOutbox::open(&cfg.data_dir, cfg.quota_bytes)
         .with_context(|| format!("opening the outbox in {}", cfg.data_dir.display()))
@@ -251,7 +250,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.processed_dir(),
         cfg.rejected_dir(),
     ] {
-        crate::intake::private_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+        pleura_shared::fsutil::private_dir(&d)
+            .with_context(|| format!("creating {}", d.display()))?;
     }
     let _lock = crate::lock::DirLock::take(&cfg.data_dir, Duration::from_secs(10))?;
     let key = load_or_create_key_in(&cfg.pseudonym_key_file, Some(&cfg.data_dir))?;
@@ -266,23 +266,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     }
     // Before any scan is taken in: a wrong bundle must stop the agent, not strand results.
     let creds = crate::credentials::Credentials::load(&cfg).context("loading the [tls] bundle")?;
-    backend::init(&BackendConfig {
-        kind: cfg.inference.backend,
-        onnxruntime_library: cfg.inference.onnxruntime_library.clone(),
-    })
-    .context("starting the inference backend")?;
-    let model = ModelFile::load(&cfg.inference.model)
-        .with_context(|| format!("loading model {}", cfg.inference.model.display()))?;
-    let pool = Arc::new(
-        InferencePool::start(
-            &model,
-            PoolConfig {
-                workers: cfg.inference.workers,
-                ..PoolConfig::default()
-            },
-        )
-        .context("starting the inference pool")?,
-    );
+    let pleura_inference::Engine { model, pool } = cfg.inference.engine().start()?;
+    let pool = Arc::new(pool);
     let outbox: Arc<dyn Outbox> = Arc::new(open_outbox_for_daemon(&cfg)?);
     let reserve_dir = cfg.data_dir.clone();
     let sd = shutdown.clone();
@@ -313,7 +298,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         cfg: cfg.clone(),
         pool,
         outbox: outbox.clone(),
-        key,
+        key: Arc::new(key),
         status: shared.clone(),
         queued: queued.clone(),
         abandoned: Arc::default(),

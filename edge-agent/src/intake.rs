@@ -10,10 +10,20 @@
 //! agent down) goes to `rejected/` after `intake.max_attempts`. Logs name an entry by
 //! a keyed digest of its path (`scan`) and its zone, never by its path: folder names
 //! are patient identifiers.
+//!
+//! Where the work runs: this loop, on an async task, only decides and waits. Every
+//! filesystem call (listing, opening, reading, the attempts file, moves, the outbox)
+//! runs on a blocking thread (`off_async`), and everything heavy about a scan's
+//! content — decoding, the DICOM header, the result-id hash, the model — runs once,
+//! in one pool job on an inference thread (`job`). One scan is in flight at a time
+//! (plus at most one per worker given up after `intake.max_analysis_s`), so a burst
+//! of big files waits in the inbox, not in memory.
 
 mod attempts;
 mod identity;
 mod inbox;
+mod job;
+mod process;
 mod recover;
 mod report;
 mod setaside;
@@ -23,20 +33,19 @@ pub use identity::{entry_ref, result_id, zone_from_name};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pleura_inference::decode::file::{self as scan_file, ReadScanError};
-use pleura_inference::{AnalyzeError, InferencePool};
+use pleura_inference::InferencePool;
 use pleura_shared::PseudonymKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::Outbox;
 use crate::status::Shared;
 use attempts::Attempts;
 use inbox::{list_inbox, open_place, Entry, FileId, Place, PlaceError};
@@ -45,7 +54,7 @@ pub struct Intake {
     pub cfg: EdgeConfig,
     pub pool: Arc<InferencePool>,
     pub outbox: Arc<dyn Outbox>,
-    pub key: PseudonymKey,
+    pub key: std::sync::Arc<PseudonymKey>,
     pub status: Arc<Shared>,
     /// Wakes the sync worker when something new is queued.
     pub queued: Arc<tokio::sync::Notify>,
@@ -91,6 +100,28 @@ pub(crate) async fn wait_with_deadline<F: Future>(
     }
 }
 
+/// Runs `f` (filesystem work) on a blocking thread, never on an async worker. A step
+/// that panicked, or a runtime shutting down, is storage trouble: the scan waits.
+async fn off_async<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Outcome> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Outcome::Storage(e.to_string()))
+}
+
+/// An inbox entry as listed, with its keyed digest, and whether it was copied out
+/// once already but could not be removed (then it is skipped: `left_in_inbox`).
+struct Listed {
+    entry: Entry,
+    r: String,
+    kept: bool,
+}
+
+/// One listing of the inbox: its entries, and the inbox folder's descriptor, or why
+/// it cannot be listed.
+type Listing = Result<(Vec<Listed>, Arc<File>), String>;
+
 /// The inbox folder, opened once per pass: every entry is opened and moved relative to it.
 fn open_inbox(inbox: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
@@ -116,28 +147,33 @@ impl Intake {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempts = Attempts::load(self.cfg.attempts_file());
+        let me = Arc::new(self);
+        let file = me.cfg.attempts_file();
+        let Ok(attempts) = off_async(move || Attempts::load(file)).await else {
+            tracing::error!("cannot load the intake attempts file");
+            return;
+        };
         let mut seen: HashMap<PathBuf, (u64, SystemTime)> = HashMap::new();
         // Consecutive rounds in which an entry could be neither analysed nor set aside.
         let mut failing: HashMap<String, u32> = HashMap::new();
-        let poll = Duration::from_millis(self.cfg.inference.poll_ms);
+        let poll = Duration::from_millis(me.cfg.inference.poll_ms);
         let mut last_inbox_error = None;
         let mut rebuild_failed = HashSet::new();
         let mut tended: Option<std::time::Instant> = None;
         loop {
-            let lost = self.outbox.lost();
+            let lost = me.outbox.lost();
             let due = tended.is_none_or(|t| t.elapsed() >= TEND_EVERY)
                 || lost.iter().any(|id| !rebuild_failed.contains(id));
             if due {
-                let pass = self.tend_processed(&mut rebuild_failed).await;
-                self.report_processed(&pass);
+                let pass = me.tend_processed(&mut rebuild_failed).await;
+                let me = me.clone();
+                // Reads the store's stats: off the async workers too.
+                let _ = off_async(move || me.report_processed(&pass)).await;
                 tended = Some(std::time::Instant::now());
             }
-            let listed =
-                open_inbox(&self.cfg.inbox).and_then(|top| Ok((list_inbox(&self.cfg.inbox)?, top)));
-            let (entries, top, inbox_error) = match listed {
+            let (entries, top, inbox_error) = match me.list().await {
                 Ok((f, top)) => (f, Some(top), None),
-                Err(e) => (Vec::new(), None, Some(e.to_string())),
+                Err(e) => (Vec::new(), None, Some(e)),
             };
             // Once per change, not every poll: the alarm in status stays up meanwhile.
             if inbox_error != last_inbox_error {
@@ -150,16 +186,14 @@ impl Intake {
             let mut round = Round::default();
             let mut next_seen = HashMap::new();
             let mut present = HashSet::new();
-            for entry in entries {
+            for listed in entries {
                 if shutdown.is_cancelled() {
                     return;
                 }
                 let Some(top) = top.as_ref() else { break };
-                let r = self.scan_ref(entry.path());
+                let r = listed.r.clone();
                 present.insert(r.clone());
-                let Some(outcome) = self
-                    .take(top, entry, &r, &seen, &mut next_seen, &mut attempts)
-                    .await
+                let Some(outcome) = me.take(top, listed, &seen, &mut next_seen, &attempts).await
                 else {
                     continue;
                 };
@@ -170,7 +204,10 @@ impl Intake {
                     Outcome::Quota => round.waiting += 1,
                     Outcome::Busy => round.busy += 1,
                     Outcome::Storage(e) => round.storage = Some(e),
-                    Outcome::Shutdown => return,
+                    Outcome::Shutdown => {
+                        tracing::info!("intake stops: the inference pool is shut down");
+                        return;
+                    }
                     Outcome::Failed(e) => {
                         round.errors += 1;
                         round.last_error = Some(e);
@@ -181,13 +218,14 @@ impl Intake {
             seen = next_seen;
             failing.retain(|k, _| present.contains(k));
             if !attempts.is_empty() && inbox_error.is_none() {
-                attempts.retain(|k| present.contains(k));
+                let a = attempts.clone();
+                let _ = off_async(move || a.retain(|k| present.contains(k))).await;
             }
             let stuck = failing
                 .values()
-                .filter(|n| **n >= self.cfg.intake.max_attempts)
+                .filter(|n| **n >= me.cfg.intake.max_attempts)
                 .count();
-            self.report(&round, inbox_error, stuck);
+            me.report(&round, inbox_error, stuck);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
@@ -195,30 +233,57 @@ impl Intake {
         }
     }
 
-    /// One listed entry: set aside, analysed, or (still being written) left for the
-    /// next round (`None`). Everything is opened and moved relative to `top`, the
-    /// inbox folder's descriptor, and the patient folder opened from it without
-    /// following links: an entry swapped for a link after the listing is never followed.
+    /// Lists the inbox (on a blocking thread), each entry with its digest and whether
+    /// it is one to skip.
+    async fn list(self: &Arc<Self>) -> Listing {
+        let me = self.clone();
+        let listed = off_async(move || {
+            let top = open_inbox(&me.cfg.inbox).map_err(|e| e.to_string())?;
+            let entries = list_inbox(&me.cfg.inbox).map_err(|e| e.to_string())?;
+            let listed = entries
+                .into_iter()
+                .map(|entry| {
+                    let r = me.scan_ref(entry.path());
+                    let kept = me.left_in_inbox(&r, &entry);
+                    Listed { entry, r, kept }
+                })
+                .collect();
+            Ok((listed, Arc::new(top)))
+        });
+        listed
+            .await
+            .unwrap_or_else(|_| Err("listing the inbox failed".into()))
+    }
+
+    /// One listed entry: set aside, analysed, or (still being written, or copied out
+    /// once already) left for the next round (`None`). Everything is opened and moved
+    /// relative to `top`, the inbox folder's descriptor, and the patient folder opened
+    /// from it without following links: an entry swapped for a link after the listing
+    /// is never followed.
     async fn take(
-        &self,
-        top: &File,
-        entry: Entry,
-        r: &str,
+        self: &Arc<Self>,
+        top: &Arc<File>,
+        listed: Listed,
         seen: &HashMap<PathBuf, (u64, SystemTime)>,
         next_seen: &mut HashMap<PathBuf, (u64, SystemTime)>,
-        attempts: &mut Attempts,
+        attempts: &Attempts,
     ) -> Option<Outcome> {
-        if self.left_in_inbox(r, &entry) {
+        let Listed { entry, r, kept } = listed;
+        if kept {
             return None;
         }
         Some(match entry {
-            Entry::Odd { path, kind, folder } => match self.place(top, &path, folder) {
-                Ok(at) => {
-                    let reason = format!("{kind}: not read; scans must be regular files");
-                    self.reject(&at, &path, r, &reason, attempts)
-                }
-                Err(o) => o,
-            },
+            Entry::Odd { path, kind, folder } => {
+                let (me, top, attempts) = (self.clone(), top.clone(), attempts.clone());
+                let set_aside = move || match me.place(&top, &path, folder) {
+                    Ok(at) => {
+                        let reason = format!("{kind}: not read; scans must be regular files");
+                        me.reject(&at, &path, &r, &reason, &attempts)
+                    }
+                    Err(o) => o,
+                };
+                off_async(set_aside).await.unwrap_or_else(|o| o)
+            }
             Entry::Unreadable { error, .. } => Outcome::Failed(error.to_string()),
             Entry::File {
                 path,
@@ -233,8 +298,10 @@ impl Intake {
                 if !stable {
                     return None;
                 }
-                let o = match self.place(top, &path, folder) {
-                    Ok(at) => self.process(&at, &path, Some(id), r, mtime, attempts).await,
+                let (me, top, p) = (self.clone(), top.clone(), path.clone());
+                let placed = off_async(move || me.place(&top, &p, folder)).await;
+                let o = match placed.and_then(|p| p) {
+                    Ok(at) => self.process(at, &path, Some(id), &r, mtime, attempts).await,
                     Err(o) => o,
                 };
                 if matches!(o, Outcome::Done | Outcome::Gone) {
@@ -253,176 +320,9 @@ impl Intake {
             Err(PlaceError::Io(e)) => Err(Outcome::Failed(format!("opening its folder: {e}"))),
         }
     }
-
-    async fn process(
-        &self,
-        at: &Place,
-        path: &Path,
-        listed: Option<FileId>,
-        r: &str,
-        mtime: SystemTime,
-        attempts: &mut Attempts,
-    ) -> Outcome {
-        let zone = zone_from_name(path);
-        let zone = zone.as_deref().unwrap_or("-");
-        let limit = self.cfg.intake.max_scan_bytes;
-        let max = self.cfg.intake.max_attempts;
-        let opened = scan_file::open_scan_at(&at.dir, &at.name, limit);
-        let (file, meta) = match opened {
-            Ok(f) => f,
-            Err(ReadScanError::Vanished) => return Outcome::Gone,
-            Err(e @ (ReadScanError::PermissionDenied | ReadScanError::Io(_))) => {
-                // The file's own failure: it counts against its budget.
-                return self.failed(at, path, r, &format!("{e}"), attempts);
-            }
-            Err(e) => return self.reject(at, path, r, &format!("{e}"), attempts),
-        };
-        {
-            use std::os::unix::fs::MetadataExt;
-            // Not the file the listing saw (replaced meanwhile): judged afresh next round.
-            if listed.is_some_and(|id| id != (meta.dev(), meta.ino())) {
-                return Outcome::Gone;
-            }
-        }
-        // Every worker is held by an analysis given up on: wait, without using an attempt.
-        if self.abandoned.load(Ordering::SeqCst) >= self.cfg.inference.workers.max(1) {
-            return Outcome::Busy;
-        }
-        // The outbox is at its quota: wait without analysing (the scan could not be
-        // stored), until acks free room.
-        if !self.outbox.has_room() {
-            return Outcome::Quota;
-        }
-        if attempts.get(r) >= max {
-            let reason = format!(
-                "analysis failed or was interrupted {max} times (the agent stopped or ran out of memory while analysing it)"
-            );
-            self.status
-                .update(|s| s.intake.rejected_after_attempts += 1);
-            return self.reject(at, path, r, &reason, attempts);
-        }
-        // Durable before the first byte is read: a crash or OOM kill from here on counts.
-        let n = match attempts.begin(r) {
-            Ok(n) => n,
-            Err(e) => return Outcome::Storage(format!("recording the attempt: {e}")),
-        };
-        tracing::debug!(scan = %r, zone, attempt = n, path = %self.shown(path), "analysing");
-        let stamp = inbox::Stamp::of(&meta);
-        let bytes =
-            match tokio::task::spawn_blocking(move || scan_file::read_opened(file, &meta, limit))
-                .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(ReadScanError::Vanished)) => {
-                    attempts.clear(r);
-                    return Outcome::Gone;
-                }
-                Ok(Err(e @ ReadScanError::Grew { .. })) => {
-                    return self.reject(at, path, r, &format!("{e}"), attempts)
-                }
-                Ok(Err(e)) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
-                Err(e) => {
-                    attempts.undo(r);
-                    return Outcome::Storage(e.to_string());
-                }
-            };
-        let (id, dicom) = self.identify(path, &bytes);
-        let pool = self.pool.clone();
-        let job = Box::pin(async move { pool.analyze_async(bytes).await });
-        let max_s = self.cfg.intake.max_analysis_s;
-        self.show_analysing(r, Some(Duration::ZERO));
-        let waited = wait_with_deadline(job, Duration::from_secs(max_s), ANALYSIS_TICK, |e| {
-            self.show_analysing(r, Some(e))
-        })
-        .await;
-        self.show_analysing(r, None);
-        let analysed = match waited {
-            Waited::Done(a) => a,
-            Waited::TimedOut(job) => {
-                // The pool cannot cancel a job: stop waiting, and count the worker it
-                // holds until it ends so new scans are not charged for the wait.
-                let held = self.abandoned.clone();
-                held.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let _ = job.await;
-                    held.fetch_sub(1, Ordering::SeqCst);
-                });
-                self.status.update(|s| s.intake.analyses_timed_out += 1);
-                let why = format!(
-                    "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
-                );
-                return self.failed_counted(at, path, r, &why, attempts);
-            }
-        };
-        let report = match analysed {
-            Ok(r) => r,
-            Err(AnalyzeError::PoolClosed) => {
-                attempts.undo(r);
-                return Outcome::Shutdown;
-            }
-            Err(e @ AnalyzeError::Decode(_)) => {
-                return self.reject(at, path, r, &format!("{e}"), attempts)
-            }
-            Err(e) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
-        };
-        let record = self.build_record(path, id, dicom, &report, mtime);
-        let outbox = self.outbox.clone();
-        let put = tokio::task::spawn_blocking(move || outbox.put(&record)).await;
-        match put {
-            Ok(Ok(_)) => {}
-            Ok(Err(OutboxError::QuotaExceeded { .. })) => {
-                // Not the file's fault: it waits without using up its attempts.
-                attempts.undo(r);
-                return Outcome::Quota;
-            }
-            Ok(Err(e)) => {
-                attempts.undo(r);
-                tracing::error!(scan = %r, zone, error = %e, "scan left in the inbox");
-                return Outcome::Storage(e.to_string());
-            }
-            Err(e) => {
-                attempts.undo(r);
-                return Outcome::Storage(e.to_string());
-            }
-        }
-        // Durable in the outbox: now the source may move. In processed/ it keeps its
-        // place, its name prefixed with its result id: see `processed`.
-        // The exporter may have replaced the file meanwhile: only the file analysed moves
-        // under this result's id (a new one is judged afresh at the next round).
-        if at.stamp().ok() != Some(stamp) {
-            attempts.clear(r);
-            tracing::warn!(scan = %r, zone, result_id = %id, "the scan changed while it was analysed; its new content is taken in at the next round");
-            return Outcome::Gone;
-        }
-        let original = path.file_name().unwrap_or_default().to_string_lossy();
-        let named = path.with_file_name(crate::processed::file_name(&id, &original));
-        if let Err(e) = self.move_to(at, &named, &self.cfg.processed_dir(), None) {
-            // Counts against the file's attempts: a scan that cannot leave the inbox must
-            // not be analysed again on every poll.
-            tracing::error!(scan = %r, zone, error = %e, "analysed, but cannot move to processed/");
-            return self.failed_counted(
-                at,
-                path,
-                r,
-                &format!("moving to processed/: {e}"),
-                attempts,
-            );
-        }
-        attempts.clear(r);
-        self.status.update(|s| s.intake.analysed += 1);
-        tracing::info!(result_id = %id, scan = %r, zone, path = %self.shown(path), flagged = report.analysis.flagged, "scan analysed and queued");
-        self.queued.notify_one();
-        Outcome::Done
-    }
 }
 
-/// Creates `dir` (and missing parents) readable by the agent only.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+pub use pleura_shared::fsutil::private_dir;
 
 #[derive(Default)]
 struct Round {

@@ -1,16 +1,11 @@
 //! Pleura's clinic agent: analyses lung-ultrasound scans next to the probe, keeps
 //! every result in a durable outbox, and syncs them to the regional hub.
 
-pub mod analyze;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
-pub mod datasets;
 pub mod deid;
-pub mod engine;
-pub mod eval;
 pub mod intake;
 pub mod lock;
 pub mod outbox;

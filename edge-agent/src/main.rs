@@ -1,23 +1,42 @@
-use clap::Parser;
+use std::process::ExitCode;
 
-fn main() -> std::process::ExitCode {
-    // Case data, keys and the outbox are the agent's alone: nothing this process
-    // creates is readable by group or others, whatever the caller's umask.
-    // SAFETY: umask only sets the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    let cli = edge_agent::cli::Cli::parse();
-    // The daemon logs at info by default (RUST_LOG overrides); one-shot commands warn.
-    let daemon = matches!(cli.command, edge_agent::cli::Command::Run { .. });
-    edge_agent::cli::init_tracing(cli.verbose, daemon);
-    match edge_agent::cli::run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            // A lost pseudonym key is a configuration error, like a bad config file.
-            if e.downcast_ref::<edge_agent::daemon::MissingKey>().is_some() {
-                return std::process::ExitCode::from(64);
-            }
-            std::process::ExitCode::from(1)
-        }
-    }
+use clap::{Parser, Subcommand};
+use pleura_runtime::shell;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "Pleura clinic agent: lung-ultrasound triage support (not a diagnosis)"
+)]
+struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The research tools first (`analyze`, `eval`, `bench`), then the clinic's commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Lab(pleura_lab::Command),
+    #[command(flatten)]
+    Clinic(edge_agent::cli::Command),
+}
+
+fn main() -> ExitCode {
+    // Case data, keys and the outbox are the agent's alone, whatever the caller's umask.
+    shell::private_files();
+    let cli = Cli::parse();
+    let log_default = match &cli.command {
+        Command::Lab(_) => "warn",
+        Command::Clinic(c) => c.log_default(),
+    };
+    shell::init_tracing(shell::verbosity(cli.verbose, log_default));
+    shell::exit(match cli.command {
+        Command::Lab(c) => pleura_lab::run(c),
+        Command::Clinic(c) => edge_agent::cli::run(c),
+    })
 }

@@ -75,7 +75,7 @@ pub fn validate_reason(reason: &str) -> Result<String, RetractError> {
 /// first (the last reason wins). Returns the spool file.
 pub fn spool(data_dir: &Path, id: &ResultId, reason: &str) -> std::io::Result<PathBuf> {
     let dir = spool_dir(data_dir);
-    crate::intake::private_dir(&dir)?;
+    pleura_shared::fsutil::private_dir(&dir)?;
     let req = Request {
         result_id: id.to_string(),
         reason: reason.into(),

@@ -6,7 +6,6 @@
 //! data folder's free space every round and raises a "disk full" alarm, and keeps
 //! `status.json` current on a full disk (file.rs).
 
-pub mod command;
 pub mod disk;
 pub mod file;
 
@@ -62,8 +61,8 @@ pub struct SyncStatus {
     /// One line for the operator: how the hub is reached now (sync/state.rs `describe`).
     pub summary: String,
     /// Each transport: up, last successful contact, failures, last error.
-    pub mqtt: crate::sync::state::LinkStatus,
-    pub grpc: crate::sync::state::LinkStatus,
+    pub mqtt: LinkStatus,
+    pub grpc: LinkStatus,
     /// Acknowledged results queued again because the hub lacked them (anti-entropy).
     pub resent_for_hub: u64,
     /// When the hub last answered a holdings check (ms).
@@ -302,5 +301,42 @@ pub async fn writer(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// What is known of one transport to the hub (in `status.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkStatus {
+    /// MQTT: connected and subscribed to its acks. gRPC: the last call was answered.
+    pub up: bool,
+    /// The last time the hub answered on this transport, ms since the epoch.
+    pub last_ok_ms: Option<u64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// Why the last attempt failed (cleared by a success).
+    pub last_error: Option<String>,
+}
+
+impl LinkStatus {
+    /// The hub answered. Returns true when the link was not up before (a transition
+    /// worth one log line).
+    pub fn ok(&mut self, now_ms: u64) -> bool {
+        let was_up = self.up;
+        self.up = true;
+        self.last_ok_ms = Some(now_ms);
+        self.failures = 0;
+        self.last_error = None;
+        !was_up
+    }
+
+    /// An attempt failed. Returns true when this is news (the link was up, or this is
+    /// the first failure): one log line per transition, not per retry.
+    pub fn failed(&mut self, error: String) -> bool {
+        let news = self.up || self.failures == 0;
+        self.up = false;
+        self.failures = self.failures.saturating_add(1);
+        self.last_error = Some(error);
+        news
     }
 }

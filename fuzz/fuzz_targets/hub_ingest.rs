@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use hub_server::ingest::Ingest;
 use hub_server::metrics::Metrics;
-use hub_server::store::recovery::open_checked;
+use hub_server::recovery::open_checked;
 
 fn ingest() -> &'static Ingest {
     static I: OnceLock<(tempfile_dir::Dir, Ingest)> = OnceLock::new();

@@ -20,7 +20,7 @@
 
 mod migrate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -420,7 +420,7 @@ impl Pki {
     }
 
     /// (clinic, device) of every enrolment file, without reading them.
-    fn device_ids(&self) -> Vec<(String, String)> {
+    pub(crate) fn device_ids(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let Ok(clinics) = std::fs::read_dir(self.dir.join("devices")) else {
             return out;
@@ -532,25 +532,6 @@ impl Registry {
             }
         }
         Ok(rec)
-    }
-
-    /// Region of every enrolled clinic. Lists the enrolment files and reads only those
-    /// changed since the last call (the same mtime cache as `lookup`).
-    pub fn regions(&self) -> HashMap<String, String> {
-        self.pki
-            .device_ids()
-            .into_iter()
-            .filter_map(|(clinic, device)| self.lookup(&clinic, &device).ok().flatten())
-            .map(|d| (d.clinic, d.region))
-            .collect()
-    }
-
-    pub fn clinics_in(&self, region: &str) -> HashSet<String> {
-        self.regions()
-            .into_iter()
-            .filter(|(_, r)| r == region)
-            .map(|(c, _)| c)
-            .collect()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::antientropy::AntiEntropy;
 use crate::audit::AuditLog;
 use crate::ca::{Registry, TrustError};
 use crate::metrics::Metrics;
-use crate::store::recovery::Recovered;
+use crate::recovery::Recovered;
 use crate::store::{Commit, HubStore, Integrity, Retraction, StoreError};
 
 /// Why a whole message was refused. `label` is the metrics reason.
@@ -113,7 +113,7 @@ pub struct Prepared {
 }
 
 impl Ingest {
-    /// Ingest over a checked store (`store::recovery::open_checked`), with the default
+    /// Ingest over a checked store (`recovery::open_checked`), with the default
     /// batch limits and no audit log (set `audit` to record retractions).
     pub fn new(
         recovered: Recovered,
@@ -239,7 +239,7 @@ impl Ingest {
         }
         let now = now_ms();
         for w in batch.retractions {
-            match crate::retraction::validate(w, &clinic, &device, now) {
+            match crate::ingest::retraction::validate(w, &clinic, &device, now) {
                 Ok(r) => retractions.push(r),
                 Err(rej) => rejected.push(rej),
             }
@@ -408,5 +408,6 @@ impl Ingest {
     }
 }
 
+pub mod retraction;
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,13 @@ pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod ca;
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod denials;
 pub mod device_port;
+pub mod directory;
+pub mod error;
 pub mod gate;
 pub mod grpc;
 pub mod http;
@@ -19,7 +22,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod perms;
 pub mod ratelimit;
-pub mod retraction;
+pub mod recovery;
 pub mod store;
 pub mod tls;
 
@@ -32,8 +35,10 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::auth::Auth;
 use crate::ca::Registry;
+use crate::cases::CaseService;
 use crate::config::{BrokerKind, HubConfig, SecurityMode};
 use crate::device_port::DevicePort;
+use crate::directory::{Directory, FixedDirectory};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 
@@ -44,8 +49,8 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("creating data_dir {} (0700)", cfg.data_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
     // A damaged store is set aside or reported here, never a reason not to start.
-    let recovered = store::recovery::open_checked(&cfg.data_dir, metrics.clone())
-        .context("opening the case store")?;
+    let recovered =
+        recovery::open_checked(&cfg.data_dir, metrics.clone()).context("opening the case store")?;
     perms::private_tree(&cfg.data_dir)
         .with_context(|| format!("making data_dir {} private", cfg.data_dir.display()))?;
     let sec = &cfg.security;
@@ -167,12 +172,22 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         port.open_when(when_subscribed, shutdown.clone());
     }
 
-    let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
-        ingest: ingest.clone(),
+    // Without a registry (insecure development mode) no clinic has a region.
+    let directory: Arc<dyn Directory> = match &registry {
+        Some(r) => r.clone(),
+        None => Arc::new(FixedDirectory::default()),
+    };
+    let cases = Arc::new(CaseService::new(
+        ingest.store.clone(),
         auth,
         audit,
-        registry: registry.clone(),
-        limiter: Default::default(),
+        directory,
+        ingest.integrity.clone(),
+        metrics.clone(),
+    ));
+    let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
+        ingest: ingest.clone(),
+        cases,
     })
     // The batch limit itself is checked in ingest (counted, same for MQTT); this bound,
     // the same as the MQTT packet limit, keeps grossly oversized messages from being
@@ -194,7 +209,10 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         ),
     };
     let sd = shutdown.clone();
-    let router = http::router(ingest.clone());
+    let router = http::router(http::HttpState {
+        metrics: metrics.clone(),
+        store: ingest.store.clone(),
+    });
     // HTTPS with the hub certificate in mtls mode; plaintext only in insecure mode.
     let http = match &registry {
         Some(reg) => {

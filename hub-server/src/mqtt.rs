@@ -1,14 +1,18 @@
-//! The hub's MQTT side: one task polls the event loop without pause; received result
-//! messages go to the ingest task over a channel; acks are published from there.
+//! The hub's MQTT side: the shared MQTT link (pleura-runtime) keeps the broker
+//! session; its events go to one ingest task, which commits received result messages
+//! in groups and publishes the acks (never from the link's polling task).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pleura_runtime::mqtt_link::{
+    Backoff, LinkConfig, LinkEvent, MqttLink, PublishError, Publisher,
+};
 use pleura_shared::topics;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{MqttOptions, QoS};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::Ingest;
@@ -24,16 +28,16 @@ pub struct MqttSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// Polls the hub's broker session until `shutdown`. `subscribed` fires at the first
-/// SubAck that grants the results subscription: until then a broker (rumqttd at least)
-/// drops every result a device publishes, since no subscription matches it.
+/// Keeps the hub's broker session until `shutdown`. `subscribed` fires when the link
+/// first comes up, i.e. once the broker granted the results subscription: until then
+/// a broker (rumqttd at least) drops every result a device publishes, since no
+/// subscription matches it.
 pub async fn run(
     settings: MqttSettings,
     ingest: Arc<Ingest>,
     shutdown: CancellationToken,
-    subscribed: tokio::sync::oneshot::Sender<()>,
+    subscribed: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
-    let mut subscribed = Some(subscribed);
     let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     opts.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
@@ -47,74 +51,29 @@ pub async fn run(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let (tx, rx) = mpsc::channel::<(String, bytes::Bytes)>(1024);
-    let metrics = ingest.metrics.clone();
-    let worker = tokio::spawn(ingest_loop(rx, client.clone(), ingest));
     let filter = topics::results_subscription(settings.share_group.as_deref());
+    let mut cfg = LinkConfig::new(
+        vec![(filter, QoS::AtLeastOnce)],
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(3)),
+    );
+    cfg.requests = 1024;
+    cfg.events = 1024;
     // Test hook: widens the window between connecting and subscribing, so the e2e test
     // of the first batch after a start (issue #11 item 7) does not depend on timing.
-    let subscribe_delay = std::env::var("PLEURA_TEST_SUBSCRIBE_DELAY_MS")
+    cfg.subscribe_delay = std::env::var("PLEURA_TEST_SUBSCRIBE_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
-    let mut failures = 0u32;
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            e = eventloop.poll() => e,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
-                tracing::info!(host = %settings.host, port = settings.port, "hub connected to the broker");
-                // Subscribe on every connect: a restarted broker has forgotten us.
-                let c = client.clone();
-                let f = filter.clone();
-                tokio::spawn(async move {
-                    if let Some(d) = subscribe_delay {
-                        tokio::time::sleep(d).await;
-                    }
-                    if let Err(e) = c.subscribe(f, QoS::AtLeastOnce).await {
-                        tracing::warn!(error = %e, "subscribe failed");
-                    }
-                });
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(filter = %filter, "the broker refused the hub's results subscription");
-                    continue;
-                }
-                metrics.mqtt_connected.store(1, Ordering::Relaxed);
-                if let Some(tx) = subscribed.take() {
-                    let _ = tx.send(());
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                Metrics::inc(&metrics.mqtt_messages, 1);
-                if tx.send((p.topic, p.payload)).await.is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                metrics.mqtt_connected.store(0, Ordering::Relaxed);
-                failures += 1;
-                let delay = Duration::from_millis((100u64 << failures.min(5)).min(3000));
-                tracing::warn!(error = %e, retry_in = ?delay, "broker connection lost");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-    let _ = client.disconnect().await;
-    drop(tx);
+    let (link, events) = MqttLink::start(opts, cfg);
+    let worker = tokio::spawn(ingest_loop(
+        events,
+        link.publisher(),
+        ingest,
+        Some(subscribed),
+    ));
+    shutdown.cancelled().await;
+    // The link's events end with it; the ingest task then drains what came before.
+    link.stop().await;
     let _ = worker.await;
     Ok(())
 }
@@ -123,16 +82,39 @@ pub async fn run(
 const GROUP_COMMIT: usize = 64;
 
 async fn ingest_loop(
-    mut rx: mpsc::Receiver<(String, bytes::Bytes)>,
-    client: AsyncClient,
+    mut events: mpsc::Receiver<LinkEvent>,
+    publisher: Publisher,
     ingest: Arc<Ingest>,
+    mut subscribed: Option<oneshot::Sender<()>>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let metrics = ingest.metrics.clone();
+    // Link news is acted on at once; messages are returned for ingest.
+    let mut take = |ev: LinkEvent| match ev {
+        LinkEvent::Message { topic, payload } => {
+            Metrics::inc(&metrics.mqtt_messages, 1);
+            Some((topic, payload))
+        }
+        LinkEvent::Up => {
+            tracing::info!("hub connected to the broker and subscribed");
+            metrics.mqtt_connected.store(1, Ordering::Relaxed);
+            if let Some(tx) = subscribed.take() {
+                let _ = tx.send(());
+            }
+            None
+        }
+        LinkEvent::Down { error, retry_in } => {
+            metrics.mqtt_connected.store(0, Ordering::Relaxed);
+            tracing::warn!(%error, ?retry_in, "broker connection lost");
+            None
+        }
+    };
+    while let Some(ev) = events.recv().await {
+        let Some(first) = take(ev) else { continue };
         // Group commit: whatever else is already waiting shares the same flush.
         let mut messages = vec![first];
         while messages.len() < GROUP_COMMIT {
-            match rx.try_recv() {
-                Ok(m) => messages.push(m),
+            match events.try_recv() {
+                Ok(ev) => messages.extend(take(ev)),
                 Err(_) => break,
             }
         }
@@ -165,14 +147,30 @@ async fn ingest_loop(
                 continue;
             }
         };
+        // Never waits for the link (it would wait for this task in turn: see
+        // pleura_runtime::mqtt_link). An ack not queued is dropped, which is safe: the
+        // device sends the batch again after its ack timeout, and the hub acks the
+        // redelivery without storing it twice.
+        let mut dropped = 0u64;
+        let mut last_error = None;
         for out in outcomes {
             let ack_topic = topics::acks(&out.clinic, &out.device);
-            match client
-                .publish(ack_topic, QoS::AtLeastOnce, false, out.ack.encode_to_vec())
-                .await
-            {
+            match publisher.publish(ack_topic, QoS::AtLeastOnce, out.ack.encode_to_vec()) {
                 Ok(()) => Metrics::inc(&ingest.metrics.acks_published, 1),
-                Err(e) => tracing::warn!(error = %e, "could not queue ack"),
+                Err(e) => {
+                    dropped += 1;
+                    last_error = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last_error {
+            match e {
+                PublishError::Busy => tracing::warn!(
+                    dropped,
+                    "ack(s) dropped, the MQTT link's request queue is full; \
+                     the devices resend after their ack timeout"
+                ),
+                e => tracing::warn!(error = %e, dropped, "could not queue ack(s)"),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Store damage at the hub (issue #11 item 1): random byte flips and truncations of a
 //! copy of a real cases.sled, 50 seeds each, opened through the hub's start-up path
-//! (`store::recovery::open_checked`, what `hub-server serve` runs): never a panic, and
+//! (`recovery::open_checked`, what `hub-server serve` runs): never a panic, and
 //! exactly the results the damaged store can no longer return are reported missing.
 
 use std::collections::BTreeSet;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hub_server::metrics::Metrics;
-use hub_server::store::recovery::open_checked;
+use hub_server::recovery::open_checked;
 use hub_server::store::HubStore;
 use pleura_shared::record::sample_record;
 use pleura_shared::{ResultId, ScanRecord};
@@ -128,7 +128,10 @@ fn check(dir: &Path, all: &[ScanRecord], what: &str) -> (usize, bool) {
         "{what}"
     );
     // Listing never fails on what is left, and shows exactly what get returns.
-    let listed = r.store.list(&Default::default()).unwrap();
+    let listed = r
+        .store
+        .list(&hub_server::store::CaseFilter::everything())
+        .unwrap();
     assert_eq!(listed.cases.len(), returned.len(), "{what}");
     (expected.len(), r.integrity.report.set_aside.is_some())
 }

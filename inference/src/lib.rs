@@ -5,14 +5,14 @@
 pub mod aggregate;
 pub mod backend;
 pub mod decode;
-pub mod metrics;
+pub mod engine;
 pub mod model;
 pub mod pool;
 pub mod preprocess;
-pub mod vgg;
 
 pub use backend::{BackendConfig, BackendKind};
 pub use decode::dicom::{open as open_dicom, OpenDicomError};
 pub use decode::{decode_scan, DecodeError, DecodedScan, Format};
+pub use engine::{Engine, EngineError, EngineSpec};
 pub use model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
 pub use pool::{AnalyzeError, InferencePool, PoolConfig, ScanReport};

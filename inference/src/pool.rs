@@ -1,6 +1,9 @@
 //! A bounded, named pool of inference threads. Each worker owns one model session and
 //! does the whole CPU-heavy path for a scan — decode, preprocess, infer — so async
-//! tasks only hand over bytes and await the answer.
+//! tasks only hand over bytes and await the answer. A caller with more to do with the
+//! bytes (hashing them, reading a DICOM header) hands over a job (`run`) that does it
+//! there too, with the worker's model (`Worker`). The queue holds twice the workers:
+//! a caller that finds it full waits, so work and bytes handed over stay bounded.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -8,7 +11,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::aggregate::{aggregate_video, localisation_map};
-use crate::decode::{decode_scan, DecodeError, DecodedScan, Format};
+use crate::decode::{decode_scan_with_header, DecodeError, Decoded, DecodedScan, Format};
 use crate::model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
 use crate::preprocess::MAX_FRAMES;
 use pleura_shared::ScanAnalysis;
@@ -21,6 +24,10 @@ pub enum AnalyzeError {
     Model(#[from] ModelError),
     #[error("inference pool is shut down")]
     PoolClosed,
+    /// The job panicked (a decoder or model bug on this input). Its payload is not kept:
+    /// it may quote the file's contents. The worker thread lives on.
+    #[error("the analysis crashed on this file (a decoder or model fault)")]
+    Panicked,
 }
 
 /// Everything the model says about one scan.
@@ -40,11 +47,11 @@ pub struct ScanReport {
 /// memory low at almost no cost in speed (see BENCHMARKS.md).
 const FRAMES_PER_RUN: usize = 4;
 
+/// A caller's job, run on an inference thread with that thread's model.
+type RunJob = Box<dyn FnOnce(&mut Worker<'_>) + Send>;
+
 enum Job {
-    Analyze {
-        bytes: Vec<u8>,
-        reply: Reply<ScanReport>,
-    },
+    Run(RunJob),
     Frames {
         frames: Vec<f32>,
         reply: Reply<FrameOutputs>,
@@ -58,20 +65,8 @@ enum Job {
     },
 }
 
-enum Reply<T> {
-    Sync(std::sync::mpsc::SyncSender<Result<T, AnalyzeError>>),
-    Async(tokio::sync::oneshot::Sender<Result<T, AnalyzeError>>),
-}
-
-impl<T> Reply<T> {
-    fn send(self, v: Result<T, AnalyzeError>) {
-        // the asker may have gone away (timeout, shutdown): nothing to do then
-        match self {
-            Reply::Sync(tx) => drop(tx.send(v)),
-            Reply::Async(tx) => drop(tx.send(v)),
-        }
-    }
-}
+/// Where a blocking caller waits for its answer (gone if it stopped waiting).
+type Reply<T> = std::sync::mpsc::SyncSender<Result<T, AnalyzeError>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
@@ -137,20 +132,32 @@ impl InferencePool {
     /// Blocking: decode + analyse a scan file's bytes.
     pub fn analyze(&self, bytes: Vec<u8>) -> Result<ScanReport, AnalyzeError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(Job::Analyze {
-            bytes,
-            reply: Reply::Sync(tx),
-        })?;
+        self.submit(Job::Run(Box::new(move |w: &mut Worker<'_>| {
+            let out =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.analyze_bytes(&bytes)));
+            drop(tx.send(out.unwrap_or(Err(AnalyzeError::Panicked))))
+        })))?;
         rx.recv().map_err(|_| AnalyzeError::PoolClosed)?
     }
 
-    /// Async: never blocks the runtime; waits for a free slot in the queue on a blocking thread only if full.
+    /// Async: decode + analyse a scan file's bytes (see `run`).
     pub async fn analyze_async(&self, bytes: Vec<u8>) -> Result<ScanReport, AnalyzeError> {
+        self.run(move |w| w.analyze_bytes(&bytes)).await?
+    }
+
+    /// Async: runs `job` on an inference thread and returns what it returns. Never
+    /// blocks the runtime: if the queue is full, a blocking thread waits for a slot.
+    /// Fails only if the pool is shut down.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Worker<'_>) -> T + Send + 'static,
+    ) -> Result<T, AnalyzeError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job::Analyze {
-            bytes,
-            reply: Reply::Async(tx),
-        };
+        // The asker may have gone away (timeout, shutdown): nothing to do then.
+        let job = Job::Run(Box::new(move |w: &mut Worker<'_>| {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(w)));
+            drop(tx.send(out.map_err(|_| AnalyzeError::Panicked)))
+        }));
         let sender = self.tx.as_ref().ok_or(AnalyzeError::PoolClosed)?;
         match sender.try_send(job) {
             Ok(()) => {}
@@ -171,10 +178,7 @@ impl InferencePool {
     /// Blocking: run already preprocessed frames (benchmarks, evaluation).
     pub fn infer_frames(&self, frames: Vec<f32>) -> Result<FrameOutputs, AnalyzeError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(Job::Frames {
-            frames,
-            reply: Reply::Sync(tx),
-        })?;
+        self.submit(Job::Frames { frames, reply: tx })?;
         rx.recv().map_err(|_| AnalyzeError::PoolClosed)?
     }
 
@@ -185,7 +189,7 @@ impl InferencePool {
         self.submit(Job::Raw {
             frames,
             side,
-            reply: Reply::Sync(tx),
+            reply: tx,
         })?;
         rx.recv().map_err(|_| AnalyzeError::PoolClosed)?
     }
@@ -207,15 +211,16 @@ fn worker(
     max_frames: usize,
 ) {
     for job in rx {
-        match job {
-            Job::Analyze { bytes, reply } => {
-                let result = decode_scan(&bytes, max_frames)
-                    .map_err(AnalyzeError::from)
-                    .and_then(|scan| report(&mut session, info, scan));
-                reply.send(result);
-            }
+        // A job that panics loses its reply (its asker sees an error) but never the
+        // thread: one hostile file must not shrink the pool for every later scan.
+        let survived = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+            Job::Run(job) => job(&mut Worker {
+                session: &mut session,
+                info,
+                max_frames,
+            }),
             Job::Frames { frames, reply } => {
-                reply.send(session.run(&frames).map_err(AnalyzeError::from))
+                drop(reply.send(session.run(&frames).map_err(AnalyzeError::from)))
             }
             Job::Raw {
                 frames,
@@ -223,28 +228,50 @@ fn worker(
                 reply,
             } => {
                 let n = frames.len() / (side * side).max(1);
-                reply.send(
-                    session
-                        .run_raw("frames", [n, 1, side, side], &frames[..n * side * side])
-                        .map_err(AnalyzeError::from),
+                drop(
+                    reply.send(
+                        session
+                            .run_raw("frames", [n, 1, side, side], &frames[..n * side * side])
+                            .map_err(AnalyzeError::from),
+                    ),
                 )
             }
+        }));
+        if survived.is_err() {
+            tracing::error!("an inference job panicked; its scan fails, the worker goes on");
         }
     }
 }
 
-fn report(
-    session: &mut crate::model::ModelSession,
-    info: &ModelInfo,
-    scan: DecodedScan,
-) -> Result<ScanReport, AnalyzeError> {
-    let out = session.run_chunked(&scan.frames, FRAMES_PER_RUN)?;
-    Ok(ScanReport {
-        format: scan.format,
-        width: scan.width,
-        height: scan.height,
-        analysis: aggregate_video(&out, info, scan.frames_total),
-        localisation: localisation_map(&out),
-        localisation_size: out.cam_size,
-    })
+/// An inference thread's model, lent to a job running on that thread.
+pub struct Worker<'a> {
+    session: &'a mut crate::model::ModelSession,
+    info: &'a ModelInfo,
+    max_frames: usize,
+}
+
+impl Worker<'_> {
+    /// Decodes a scan file (at most the pool's `max_frames`); a DICOM file comes back
+    /// with its parsed header, so nothing needs to parse it again.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        decode_scan_with_header(bytes, self.max_frames)
+    }
+
+    /// Runs the model over a decoded scan.
+    pub fn analyze(&mut self, scan: DecodedScan) -> Result<ScanReport, AnalyzeError> {
+        let out = self.session.run_chunked(&scan.frames, FRAMES_PER_RUN)?;
+        Ok(ScanReport {
+            format: scan.format,
+            width: scan.width,
+            height: scan.height,
+            analysis: aggregate_video(&out, self.info, scan.frames_total),
+            localisation: localisation_map(&out),
+            localisation_size: out.cam_size,
+        })
+    }
+
+    fn analyze_bytes(&mut self, bytes: &[u8]) -> Result<ScanReport, AnalyzeError> {
+        let scan = self.decode(bytes)?.scan;
+        self.analyze(scan)
+    }
 }

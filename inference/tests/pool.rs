@@ -77,3 +77,50 @@ fn frames_of_one_scan_give_per_frame_outputs() {
     }
     assert!(out.uncertainty.iter().all(|u| (0.0..=1.0).contains(u)));
 }
+
+#[test]
+fn a_job_decodes_a_dicom_once_and_gets_its_header_with_the_frames() {
+    use pleura_inference::decode::dicom::parses_on_this_thread;
+    let pool = pool(1);
+    let bytes = std::fs::read(root().join("fixtures/scans/cb_multiframe.dcm")).unwrap();
+    let want = pool.analyze(bytes.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (parses, header, got) = rt
+        .block_on(pool.run(move |w| {
+            let before = parses_on_this_thread();
+            let d = w.decode(&bytes).unwrap();
+            let header = d.dicom.is_some();
+            let report = w.analyze(d.scan).unwrap();
+            (parses_on_this_thread() - before, header, report)
+        }))
+        .unwrap();
+    assert_eq!(parses, 1, "one parse gives the header and the frames");
+    assert!(header);
+    assert_eq!(got.analysis, want.analysis);
+}
+
+#[test]
+fn a_job_that_panics_fails_alone_and_its_worker_goes_on() {
+    let pool = pool(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let png = std::fs::read(root().join("fixtures/scans/pocus_pneu_emdocs1.png")).unwrap();
+    rt.block_on(async {
+        let crashed = pool
+            .run(|_w| -> u32 { panic!("a decoder bug reached by a hostile file") })
+            .await;
+        assert!(
+            matches!(crashed, Err(pleura_inference::AnalyzeError::Panicked)),
+            "{crashed:?}"
+        );
+        // The only worker survived: the next scan is analysed, not refused as "shut down".
+        let next = pool.analyze_async(png.clone()).await;
+        assert!(next.is_ok(), "{next:?}");
+    });
+    assert!(pool.analyze(png).is_ok());
+}

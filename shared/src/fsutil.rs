@@ -1,9 +1,17 @@
 //! Durable replacement of the small state files both sides keep (keys, accounts,
-//! certificates, audit checkpoints, intake attempt counts).
+//! certificates, audit checkpoints, intake attempt counts), and private folders.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Creates `dir` (and missing parents) readable by this process's user only.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 
 /// Replaces `path` with `bytes`: written to `<name>.tmp` beside it (created with `mode`),
 /// fsynced, renamed over `path`, then the directory fsynced. After a crash the file is

@@ -4,7 +4,7 @@
 //! - What the hub receives is a `ScanRecord`: model outputs, a keyed patient pseudonym,
 //!   the zone and the scan *day*. It is built from these values only, never from file
 //!   names, headers or free text, so no identifier can ride along.
-//! - DICOM: `dicom_identity` reads the patient ID (turned into the pseudonym at once)
+//! - DICOM: `identity_of` reads the patient ID (turned into the pseudonym at once)
 //!   and the study date (kept to the day). `deidentify_dicom` writes a copy safe to
 //!   share, per the Basic Application Level Confidentiality Profile (PS3.15 Annex E)
 //!   with the options it declares (`identity::PROFILE_CODES`): an allow-list applied at
@@ -128,12 +128,19 @@ pub fn coarsen_age(age: &str) -> Option<String> {
     }
 }
 
+/// `identity_of` a DICOM file's bytes (parses them: the intake uses the parse that
+/// decoded the frames instead).
 pub fn dicom_identity(bytes: &[u8], key: &PseudonymKey) -> Result<DicomIdentity, DeidError> {
     let obj = open(bytes)?;
-    Ok(DicomIdentity {
-        patient_key: text(&obj, tags::PATIENT_ID).map(|id| key.pseudonym(&id)),
-        scan_day: text(&obj, tags::STUDY_DATE).and_then(|d| dicom_date_to_day(&d)),
-    })
+    Ok(identity_of(&obj, key))
+}
+
+/// The pseudonym and the study day of a parsed DICOM file; nothing else is read.
+pub fn identity_of(obj: &InMemDicomObject, key: &PseudonymKey) -> DicomIdentity {
+    DicomIdentity {
+        patient_key: text(obj, tags::PATIENT_ID).map(|id| key.pseudonym(&id)),
+        scan_day: text(obj, tags::STUDY_DATE).and_then(|d| dicom_date_to_day(&d)),
+    }
 }
 
 /// A de-identified copy of a DICOM file (see the module docs).

@@ -1,18 +1,18 @@
 //! Who and what a scan is: its result id (content, clinic, device, patient, zone),
-//! its patient pseudonym and zone, the record built from its analysis, and the keyed
-//! digest that names its inbox entry in logs.
+//! the facts known of it before it is read (folder pseudonym, zone), and the keyed
+//! digest that names its inbox entry in logs. The record itself is built by the pool
+//! job (`job`).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
-use pleura_inference::ScanReport;
 use pleura_shared::record::is_zone;
-use pleura_shared::{PseudonymKey, ResultId, ScanRecord};
+use pleura_shared::{PseudonymKey, ResultId};
 use sha2::{Digest, Sha256};
 
+use super::job::ScanFacts;
 use super::Intake;
-use crate::status::now_ms;
 
 /// The result id: the scan's content *and* whose it is and where it was taken. The same
 /// scan re-analysed after a crash keeps its id; byte-identical files exported under two
@@ -67,72 +67,32 @@ pub fn entry_ref(key: &PseudonymKey, inbox: &Path, path: &Path) -> String {
     hex::encode(&mac.finalize().into_bytes()[..8])
 }
 
-fn day_of(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as u32)
-        .unwrap_or(0)
-}
-
 impl Intake {
-    /// The patient pseudonym: from the DICOM header, else the patient folder the scan
-    /// was exported into (`inbox/<patient>/<file>`).
-    pub fn patient_key(&self, path: &Path, dicom: &crate::deid::DicomIdentity) -> Option<[u8; 16]> {
-        dicom.patient_key.or_else(|| {
-            path.parent()
-                .filter(|p| *p != self.cfg.inbox)
-                .and_then(|p| p.file_name())
-                .map(|n| match n.to_str() {
-                    Some(name) => self.key.pseudonym(name),
-                    // Not UTF-8 (e.g. Latin-1 from the device): the raw bytes, so two
-                    // such folders never share a pseudonym (no lossy U+FFFD merge).
-                    None => self
-                        .key
-                        .pseudonym(&format!("\u{1}{}", hex::encode(n.as_encoded_bytes()))),
-                })
-        })
-    }
-
-    /// The id a scan at `path` (its place in the inbox) with these bytes gets.
-    pub fn identify(&self, path: &Path, bytes: &[u8]) -> (ResultId, crate::deid::DicomIdentity) {
-        let dicom = (pleura_inference::decode::detect(bytes).ok()
-            == Some(pleura_inference::Format::Dicom))
-        .then(|| crate::deid::dicom_identity(bytes, &self.key).ok())
-        .flatten()
-        .unwrap_or_default();
-        let patient = self.patient_key(path, &dicom);
-        let zone = zone_from_name(path);
-        let id = result_id(
-            &self.cfg.clinic,
-            &self.cfg.device,
-            patient.as_ref(),
-            zone.as_deref(),
-            bytes,
-        );
-        (id, dicom)
-    }
-
-    pub fn build_record(
-        &self,
-        path: &Path,
-        id: ResultId,
-        dicom: crate::deid::DicomIdentity,
-        report: &ScanReport,
-        modified: SystemTime,
-    ) -> ScanRecord {
-        // A DICOM header names the patient and the study day better than the folder
-        // and the file time; only the pseudonym and the day are kept.
-        ScanRecord {
-            id,
+    /// What is known of the scan at `path` (its place in the inbox) before it is read.
+    pub(super) fn facts(&self, path: &Path, modified: SystemTime) -> ScanFacts {
+        ScanFacts {
             clinic: self.cfg.clinic.clone(),
             device: self.cfg.device.clone(),
-            patient_key: self.patient_key(path, &dicom),
+            key: self.key.clone(),
+            folder_patient: self.folder_patient(path),
             zone: zone_from_name(path),
-            scan_day: dicom.scan_day.unwrap_or_else(|| day_of(modified)),
-            analysed_at_ms: now_ms(),
-            format: report.format.to_string(),
-            analysis: report.analysis.clone(),
-            localisation: ScanRecord::quantise_map(&report.localisation),
-            localisation_size: report.localisation_size as u32,
+            modified,
         }
+    }
+
+    /// The pseudonym of the patient folder the scan was exported into
+    /// (`inbox/<patient>/<file>`); a DICOM header's patient comes first (`job`).
+    fn folder_patient(&self, path: &Path) -> Option<[u8; 16]> {
+        path.parent()
+            .filter(|p| *p != self.cfg.inbox)
+            .and_then(|p| p.file_name())
+            .map(|n| match n.to_str() {
+                Some(name) => self.key.pseudonym(name),
+                // Not UTF-8 (e.g. Latin-1 from the device): the raw bytes, so two
+                // such folders never share a pseudonym (no lossy U+FFFD merge).
+                None => self
+                    .key
+                    .pseudonym(&format!("\u{1}{}", hex::encode(n.as_encoded_bytes()))),
+            })
     }
 }

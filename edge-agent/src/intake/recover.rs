@@ -5,11 +5,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pleura_shared::ResultId;
 
-use super::{wait_with_deadline, Intake, Waited, ANALYSIS_TICK};
+use super::{off_async, wait_with_deadline, Intake, Waited, ANALYSIS_TICK};
 use crate::outbox::{Held, OutboxError};
 
 /// Why a lost result was not rebuilt this pass.
@@ -82,57 +83,46 @@ pub struct Pass {
     pub failed: u64,
 }
 
+/// What a look at processed/ found, before any rebuild.
+#[derive(Default)]
+struct Survey {
+    pass: Pass,
+    /// Lost results to rebuild from their scans, in order.
+    lost: Vec<(Kept, ResultId)>,
+    prunable: Vec<Kept>,
+    present: HashSet<ResultId>,
+}
+
 impl Intake {
     /// Rebuilds lost results from processed/ and prunes it. `failed` remembers scans
     /// whose rebuild failed this run, so one bad file is not analysed on every pass.
-    pub(super) async fn tend_processed(&self, failed: &mut HashSet<ResultId>) -> Pass {
-        let mut pass = Pass::default();
-        let dir = self.cfg.processed_dir();
-        let kept = match tokio::task::spawn_blocking(move || walk(&dir)).await {
-            Ok(Ok(k)) => k,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot list processed/");
-                return pass;
-            }
-            Err(_) => return pass,
+    /// The walk, the store look-ups and the pruning run on blocking threads.
+    pub(super) async fn tend_processed(self: &Arc<Self>, failed: &mut HashSet<ResultId>) -> Pass {
+        let me = self.clone();
+        let skip = failed.clone();
+        let survey = match off_async(move || me.survey(&skip)).await {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => return Pass::default(),
         };
-        let keep_for = Duration::from_secs(u64::from(self.cfg.intake.processed_keep_days) * 86_400);
-        let now = SystemTime::now();
-        let mut prunable = Vec::new();
-        let mut present = HashSet::new();
-        let mut waiting = false;
-        for k in kept {
-            let Some(id) = k.id else {
-                // From before results were named in processed/: judged by age and size.
-                prunable.push(k);
-                continue;
-            };
-            present.insert(id);
-            let held = self.outbox.held(&id).unwrap_or(Some(Held::Queued));
-            match held {
-                Some(Held::Acked) => prunable.push(k),
-                // Lost by the store (or unknown to store and journal both, or forgotten
-                // after its retention): analysed again; the hub deduplicates.
-                Some(Held::Lost) | None => {
-                    pass.pinned_bytes += k.size;
-                    if failed.contains(&id) || waiting {
-                        continue;
-                    }
-                    match self.rebuild(&k, id).await {
-                        Ok(()) => pass.rebuilt += 1,
-                        // No room: the rebuild waits like a new scan, and is not a failure.
-                        Err(Rebuild::Wait(e)) => {
-                            tracing::warn!(result_id = %id, error = %e, "rebuilding a lost result waits for room");
-                            waiting = true;
-                        }
-                        Err(Rebuild::Failed(e)) => {
-                            tracing::error!(result_id = %id, error = %e, "cannot rebuild a lost result from its scan");
-                            failed.insert(id);
-                            pass.failed += 1;
-                        }
-                    }
+        let Survey {
+            mut pass,
+            lost,
+            prunable,
+            present,
+        } = survey;
+        for (k, id) in lost {
+            match self.rebuild(&k, id).await {
+                Ok(()) => pass.rebuilt += 1,
+                // No room: the rebuild waits like a new scan, and is not a failure.
+                Err(Rebuild::Wait(e)) => {
+                    tracing::warn!(result_id = %id, error = %e, "rebuilding a lost result waits for room");
+                    break;
                 }
-                Some(Held::Queued) | Some(Held::Parked) => pass.pinned_bytes += k.size,
+                Err(Rebuild::Failed(e)) => {
+                    tracing::error!(result_id = %id, error = %e, "cannot rebuild a lost result from its scan");
+                    failed.insert(id);
+                    pass.failed += 1;
+                }
             }
         }
         let unrecoverable: Vec<ResultId> = self
@@ -144,6 +134,52 @@ impl Intake {
         pass.unrecoverable = unrecoverable.len() as u64;
         // Not looked for again at every poll: only at the next periodic pass.
         failed.extend(unrecoverable);
+        let me = self.clone();
+        off_async(move || me.prune(prunable, pass))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Walks processed/ and sorts its scans: lost results to rebuild (except those in
+    /// `failed`), scans that may be pruned, and bytes that must be kept. Blocking.
+    fn survey(&self, failed: &HashSet<ResultId>) -> Option<Survey> {
+        let kept = match walk(&self.cfg.processed_dir()) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list processed/");
+                return None;
+            }
+        };
+        let mut s = Survey::default();
+        for k in kept {
+            let Some(id) = k.id else {
+                // From before results were named in processed/: judged by age and size.
+                s.prunable.push(k);
+                continue;
+            };
+            s.present.insert(id);
+            let held = self.outbox.held(&id).unwrap_or(Some(Held::Queued));
+            match held {
+                Some(Held::Acked) => s.prunable.push(k),
+                // Lost by the store (or unknown to store and journal both, or forgotten
+                // after its retention): analysed again; the hub deduplicates.
+                Some(Held::Lost) | None => {
+                    s.pass.pinned_bytes += k.size;
+                    if !failed.contains(&id) {
+                        s.lost.push((k, id));
+                    }
+                }
+                Some(Held::Queued) | Some(Held::Parked) => s.pass.pinned_bytes += k.size,
+            }
+        }
+        Some(s)
+    }
+
+    /// Removes acknowledged scans older than `intake.processed_keep_days`, and more,
+    /// oldest first, while processed/ is over its budget. Blocking.
+    fn prune(&self, mut prunable: Vec<Kept>, mut pass: Pass) -> Pass {
+        let keep_for = Duration::from_secs(u64::from(self.cfg.intake.processed_keep_days) * 86_400);
+        let now = SystemTime::now();
         prunable.sort_by_key(|k| k.modified);
         let mut total: u64 = pass.pinned_bytes + prunable.iter().map(|k| k.size).sum::<u64>();
         for k in prunable {
@@ -170,7 +206,8 @@ impl Intake {
         pass
     }
 
-    /// Analyses a scan in processed/ again and queues its result under its own id.
+    /// Analyses a scan in processed/ again (one pool job, as for a new scan) and
+    /// queues its result under its own id.
     async fn rebuild(&self, k: &Kept, id: ResultId) -> Result<(), Rebuild> {
         let inbox_path = processed::inbox_path(&self.cfg.processed_dir(), &self.cfg.inbox, &k.path)
             .ok_or("not a processed/ scan name")?;
@@ -180,20 +217,17 @@ impl Intake {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reading it: {e}"))?;
-        let (again, dicom) = self.identify(&inbox_path, &bytes);
-        if again != id {
+        let job = self.pool_job(bytes, self.facts(&inbox_path, k.modified));
+        let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
+        let record = match wait_with_deadline(job, max, ANALYSIS_TICK, |_| {}).await {
+            Waited::Done(r) => r.map_err(|e| e.to_string())?,
+            Waited::TimedOut(_) => return Err("analysis took too long".into()),
+        };
+        if record.id != id {
             return Err(Rebuild::Failed(format!(
                 "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed?)"
             )));
         }
-        let pool = self.pool.clone();
-        let job = Box::pin(async move { pool.analyze_async(bytes).await });
-        let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
-        let report = match wait_with_deadline(job, max, ANALYSIS_TICK, |_| {}).await {
-            Waited::Done(r) => r.map_err(|e| e.to_string())?,
-            Waited::TimedOut(_) => return Err("analysis took too long".into()),
-        };
-        let record = self.build_record(&inbox_path, id, dicom, &report, k.modified);
         let outbox = self.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.put(&record)).await {
             Ok(Ok(_)) => {}

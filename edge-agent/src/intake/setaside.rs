@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::attempts::Attempts;
 use super::inbox::{Entry, Moved, Place, Stamp};
 use super::{private_dir, zone_from_name, Intake, Outcome};
-use crate::status::now_ms;
+use pleura_shared::now_ms;
 
 mod kept;
 use kept::Kept;
@@ -22,7 +22,7 @@ impl Intake {
         path: &Path,
         r: &str,
         why: &str,
-        attempts: &mut Attempts,
+        attempts: &Attempts,
     ) -> Outcome {
         match attempts.begin(r) {
             Ok(_) => self.failed_counted(at, path, r, why, attempts),
@@ -37,7 +37,7 @@ impl Intake {
         path: &Path,
         r: &str,
         why: &str,
-        attempts: &mut Attempts,
+        attempts: &Attempts,
     ) -> Outcome {
         let n = attempts.get(r);
         let max = self.cfg.intake.max_attempts;
@@ -59,7 +59,7 @@ impl Intake {
         path: &Path,
         r: &str,
         reason: &str,
-        attempts: &mut Attempts,
+        attempts: &Attempts,
     ) -> Outcome {
         let zone = zone_from_name(path);
         let zone = zone.as_deref().unwrap_or("-");

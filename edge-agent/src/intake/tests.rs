@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::atomic::Ordering;
 
 #[test]
 fn zones_and_ids() {
@@ -42,7 +43,7 @@ pub(super) fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::Sled
         cfg,
         pool: Arc::new(pool),
         outbox: outbox.clone(),
-        key: PseudonymKey::generate(),
+        key: std::sync::Arc::new(PseudonymKey::generate()),
         status: Arc::default(),
         queued: Arc::default(),
         abandoned: Arc::default(),
@@ -62,6 +63,7 @@ pub(super) fn place_of(i: &Intake, path: &Path) -> Place {
 async fn a_full_outbox_never_uses_up_a_good_scans_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 64 * 1024);
+    let i = Arc::new(i);
     let mut n = 0u64;
     loop {
         let mut r = pleura_shared::record::sample_record("clinic-a", "pi-1", 1, false);
@@ -75,11 +77,11 @@ async fn a_full_outbox_never_uses_up_a_good_scans_attempts() {
     let scan = i.cfg.inbox.join("scan_R1.png");
     std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     for _ in 0..2 * i.cfg.intake.max_attempts {
         let at = place_of(&i, &scan);
         let o = i
-            .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+            .process(at, &scan, None, &r, SystemTime::now(), &attempts)
             .await;
         assert!(matches!(o, Outcome::Quota));
         assert_eq!(attempts.get(&r), 0);
@@ -92,17 +94,18 @@ async fn a_full_outbox_never_uses_up_a_good_scans_attempts() {
 async fn a_file_that_keeps_failing_goes_to_rejected_after_its_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let (i, _outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
     let scan = i.cfg.inbox.join("scan_R1.png");
     std::fs::write(&scan, b"x").unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     // Attempts left by runs that died while analysing it.
     for _ in 0..i.cfg.intake.max_attempts {
         attempts.begin(&r).unwrap();
     }
     let at = place_of(&i, &scan);
     let o = i
-        .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+        .process(at, &scan, None, &r, SystemTime::now(), &attempts)
         .await;
     assert!(matches!(o, Outcome::Done));
     assert!(!scan.exists());
@@ -117,20 +120,21 @@ async fn a_file_that_keeps_failing_goes_to_rejected_after_its_attempts() {
 async fn a_patient_folder_swapped_for_a_link_is_never_followed_read_or_moved() {
     let dir = tempfile::tempdir().unwrap();
     let (i, _outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
     // The real target: the agent's own key in its data folder.
     let key_file = i.cfg.data_dir.join("pseudonym.key");
     std::fs::write(&key_file, b"the real key").unwrap();
     let zz = i.cfg.inbox.join("zz");
     std::fs::create_dir(&zz).unwrap();
     std::fs::write(zz.join("pseudonym.key"), b"decoy").unwrap();
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
-    let entries = list_inbox(&i.cfg.inbox).unwrap();
+    let attempts = Attempts::load(i.cfg.attempts_file());
+    let (entries, top) = i.list().await.unwrap();
     // Seen twice: stable, so this pass would read and move it.
     let mut seen = HashMap::new();
-    for e in &entries {
+    for l in &entries {
         if let Entry::File {
             path, size, mtime, ..
-        } = e
+        } = &l.entry
         {
             seen.insert(path.clone(), (*size, *mtime));
         }
@@ -139,29 +143,16 @@ async fn a_patient_folder_swapped_for_a_link_is_never_followed_read_or_moved() {
     // The swap, between the listing and the open.
     std::fs::remove_dir_all(&zz).unwrap();
     std::os::unix::fs::symlink(&i.cfg.data_dir, &zz).unwrap();
-    let top = open_inbox(&i.cfg.inbox).unwrap();
-    for e in entries {
-        let r = i.scan_ref(e.path());
-        let o = i
-            .take(&top, e, &r, &seen, &mut HashMap::new(), &mut attempts)
-            .await;
+    for l in entries {
+        let o = i.take(&top, l, &seen, &mut HashMap::new(), &attempts).await;
         assert!(matches!(o, Some(Outcome::Gone)), "judged afresh next round");
     }
     assert_eq!(std::fs::read(&key_file).unwrap(), b"the real key");
     // The next pass sees the link itself and sets the link (not its target) aside.
-    let entries = list_inbox(&i.cfg.inbox).unwrap();
-    let top = open_inbox(&i.cfg.inbox).unwrap();
-    for e in entries {
-        let r = i.scan_ref(e.path());
+    let (entries, top) = i.list().await.unwrap();
+    for l in entries {
         let o = i
-            .take(
-                &top,
-                e,
-                &r,
-                &HashMap::new(),
-                &mut HashMap::new(),
-                &mut attempts,
-            )
+            .take(&top, l, &HashMap::new(), &mut HashMap::new(), &attempts)
             .await;
         assert!(matches!(o, Some(Outcome::Done)));
     }
@@ -218,14 +209,15 @@ async fn a_slow_scan_raises_an_alarm_and_a_held_pool_never_costs_an_attempt() {
     assert!(s.alarms.is_empty() && s.intake.analysing.is_none());
     // Every worker held by a given-up analysis: the next scan waits, uncharged.
     i.abandoned.store(i.cfg.inference.workers, Ordering::SeqCst);
+    let i = Arc::new(i);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let scan = i.cfg.inbox.join("scan_R1.png");
     std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     let at = place_of(&i, &scan);
     let o = i
-        .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+        .process(at, &scan, None, &r, SystemTime::now(), &attempts)
         .await;
     assert!(matches!(o, Outcome::Busy));
     assert_eq!(attempts.get(&r), 0);
@@ -266,14 +258,15 @@ async fn a_scan_on_another_filesystem_is_moved_once_and_a_kept_one_skipped() {
     let (mut i, outbox) = intake(dir.path(), 1 << 20);
     i.cfg.inbox = shm.path().join("inbox");
     std::fs::create_dir_all(i.cfg.inbox.join("p1")).unwrap();
+    let i = Arc::new(i);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let scan = i.cfg.inbox.join("p1/scan_R1.png");
     std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     let at = place_of(&i, &scan);
     let o = i
-        .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+        .process(at, &scan, None, &r, SystemTime::now(), &attempts)
         .await;
     assert!(
         matches!(o, Outcome::Done),
@@ -299,23 +292,19 @@ async fn a_scan_on_another_filesystem_is_moved_once_and_a_kept_one_skipped() {
     let stamp = inbox::Stamp::of(&std::fs::symlink_metadata(&kept).unwrap());
     i.keep_in_inbox(&kept, stamp, "Read-only file system (os error 30)")
         .unwrap();
-    let entries = list_inbox(&i.cfg.inbox).unwrap();
+    let (entries, top) = i.list().await.unwrap();
     assert_eq!(entries.len(), 1);
     let seen: HashMap<PathBuf, (u64, SystemTime)> = entries
         .iter()
-        .filter_map(|e| match e {
+        .filter_map(|l| match &l.entry {
             Entry::File {
                 path, size, mtime, ..
             } => Some((path.clone(), (*size, *mtime))),
             _ => None,
         })
         .collect();
-    let top = open_inbox(&i.cfg.inbox).unwrap();
-    for e in entries {
-        let r = i.scan_ref(e.path());
-        let o = i
-            .take(&top, e, &r, &seen, &mut HashMap::new(), &mut attempts)
-            .await;
+    for l in entries {
+        let o = i.take(&top, l, &seen, &mut HashMap::new(), &attempts).await;
         assert!(o.is_none(), "skipped, though stable");
     }
     let s = i.status.snapshot();

@@ -66,7 +66,7 @@ impl SledOutbox {
     pub fn open(dir: &Path, quota_bytes: u64) -> Result<Self, OutboxError> {
         let path = dir.join("outbox.sled");
         // Case data: the store's folder is the agent's alone, whatever the umask.
-        crate::intake::private_dir(&path).map_err(io_err)?;
+        pleura_shared::fsutil::private_dir(&path).map_err(io_err)?;
         let mut ledger = Ledger::open(&dir.join("outbox.journal")).map_err(io_err)?;
         let (trees, reset) = match open_caught(&path) {
             Ok(t) => (t, None),

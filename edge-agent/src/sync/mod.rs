@@ -1,44 +1,40 @@
 //! The sync worker: sends queued results to the hub and moves them out of the queue
-//! only on the hub's own acknowledgement (sent after the hub committed them). MQTT
-//! first; gRPC when MQTT has failed `grpc_fallback_after` times in a row. Besides
-//! results it sends retractions (retractions.rs) and, after each (re)connect and every
-//! `sync.reconcile_interval_s`, the holdings the hub should have (reconcile.rs). Batches
-//! are built in messages.rs, sent in send.rs, and acks applied in acks.rs. `status`
-//! shows the link per transport (state.rs `describe`); the log has one line per sync
-//! round (round.rs).
+//! only on the hub's own acknowledgement (sent after the hub committed them). The
+//! transports sit behind one trait (transport/): MQTT first, gRPC when MQTT has failed
+//! `grpc_fallback_after` times in a row; which one a round uses is decided by the pure
+//! policy.rs. Besides results it sends retractions (retractions.rs) and, after each
+//! (re)connect and every `sync.reconcile_interval_s`, the holdings the hub should have
+//! (reconcile.rs). Batches are built in messages.rs, sent in send.rs, and acks applied
+//! in acks.rs. `status` shows the link per transport (state.rs `describe`); the log has
+//! one line per sync round (round.rs).
 
 mod acks;
-mod grpc;
 mod messages;
-mod mqtt;
+pub mod policy;
 mod reconcile;
 mod retractions;
 mod round;
 mod send;
 pub mod state;
+pub mod transport;
+#[cfg(test)]
+mod worker_tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pleura_shared::holdings::day_of_ms;
 use pleura_shared::wire::ResultAck;
-use pleura_shared::SCHEMA_VERSION;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
 use crate::credentials::Credentials;
 use crate::outbox::Outbox;
 use crate::status::{now_ms, Shared};
-use state::{Backoff, InFlight, LinkStatus};
-
-/// What the MQTT event-loop task reports to the worker.
-#[derive(Debug)]
-pub enum LinkEvent {
-    Connected,
-    Disconnected(String),
-    Ack(bytes::Bytes),
-}
+use policy::{Policy, Route};
+use state::{Backoff, InFlight};
+use transport::{next_event_of, Event, Transport};
 
 pub struct SyncWorker {
     pub cfg: EdgeConfig,
@@ -54,36 +50,37 @@ struct Session {
     retractions: retractions::Pending,
     reconcile: reconcile::Schedule,
     tally: round::Tally,
-    mqtt: LinkStatus,
-    grpc: LinkStatus,
-    /// Results still queued after the last gRPC call (gRPC's "sending").
-    grpc_busy: bool,
+    policy: Policy,
+    /// Results still queued after the last fallback call (its "sending").
+    fallback_busy: bool,
 }
 
 impl SyncWorker {
+    /// Syncs over MQTT, with gRPC as the fallback when `hub.grpc_url` is set.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (host, port) = crate::config::parse_mqtt_url(&self.cfg.hub.mqtt_url)?;
-        let (events_tx, mut events) = mpsc::channel(256);
-        let link = mqtt::Link::start(
-            &self.cfg,
-            host,
-            port,
-            self.creds.mqtt_tls.clone(),
-            events_tx,
-            shutdown.clone(),
-        );
-        let mut grpc = self
+        let primary = transport::mqtt::Mqtt::start(&self.cfg, self.creds.mqtt_tls.clone())?;
+        let fallback = self
             .cfg
             .hub
             .grpc_url
             .clone()
-            .map(|u| grpc::Fallback::new(u, self.creds.grpc_tls.clone()));
-        let mut grpc_backoff = Backoff::new(
-            Duration::from_millis(self.cfg.sync.backoff_min_ms),
-            Duration::from_millis(self.cfg.sync.backoff_max_ms),
-        );
-        let mut grpc_next = Instant::now();
+            .map(|u| transport::grpc::Grpc::new(u, self.creds.grpc_tls.clone()));
+        self.run_on(primary, fallback, shutdown).await
+    }
+
+    /// Syncs over `primary` (answers later), falling back to `fallback` (answers
+    /// inline) as the policy says, until `shutdown`.
+    pub async fn run_on<P: Transport, F: Transport>(
+        self,
+        mut primary: P,
+        mut fallback: Option<F>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let s = &self.cfg.sync;
+        let backoff = Backoff::new(
+            Duration::from_millis(s.backoff_min_ms),
+            Duration::from_millis(s.backoff_max_ms),
+        );
         let mut sess = Session {
             flight: InFlight::new(s.max_in_flight, s.ack_timeout()),
             retractions: retractions::Pending::new(s.ack_timeout()),
@@ -93,9 +90,8 @@ impl SyncWorker {
                 Instant::now(),
             ),
             tally: round::Tally::default(),
-            mqtt: LinkStatus::default(),
-            grpc: LinkStatus::default(),
-            grpc_busy: false,
+            policy: Policy::new(s.grpc_fallback_after, fallback.as_ref().map(|_| backoff)),
+            fallback_busy: false,
         };
         self.seed_counters(&mut sess);
         let mut next_spool = Instant::now();
@@ -105,30 +101,17 @@ impl SyncWorker {
             let mut active = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ev = events.recv() => match ev {
-                    Some(LinkEvent::Connected) => {
-                        if sess.mqtt.ok(now_ms()) {
-                            tracing::info!("connected to the hub by MQTT");
-                        }
-                        // gRPC is not in use while MQTT is: its "up" would go stale.
-                        sess.grpc.up = false;
-                        // Whatever was unacknowledged goes again; the hub deduplicates.
-                        sess.flight.clear();
-                        sess.retractions.reset();
-                        sess.reconcile.on_connect(Instant::now());
-                        self.status.update(|s| s.sync.reconnects += 1);
-                    }
-                    Some(LinkEvent::Disconnected(e)) => {
-                        if sess.mqtt.failed(e.clone()) {
-                            tracing::info!(error = %e, "MQTT link to the hub down; retrying with backoff");
-                        }
-                    }
-                    Some(LinkEvent::Ack(payload)) => {
-                        active = true;
-                        self.on_mqtt_ack(&payload, &mut sess).await;
-                    }
+                ev = primary.next_event() => match ev {
+                    Some(ev) => active |= self.on_primary_event(primary.name(), ev, &mut sess).await,
                     None => break,
                 },
+                Some(ev) = next_event_of(&mut fallback) => {
+                    // A fallback answers inline; an answer of its own is still an answer.
+                    if let (Event::Answer(ack), Some(f)) = (ev, fallback.as_ref()) {
+                        active = true;
+                        self.take_answer(ack, f.name(), &mut sess).await;
+                    }
+                }
                 _ = tick.tick() => {}
                 _ = self.queued.notified() => {}
             }
@@ -145,80 +128,85 @@ impl SyncWorker {
             let resent = sess.flight.expire(now);
             if resent > 0 {
                 active = true;
-                sess.tally.touch(now, "mqtt");
+                sess.tally.touch(now, primary.name());
                 sess.tally.resent += resent as u64;
                 self.status.update(|s| s.sync.resends += resent as u64);
             }
             sess.retractions.expire(now);
-            if sess.mqtt.up {
-                active |= self.send_mqtt(&link, &mut sess).await;
-            } else if sess.mqtt.failures >= self.cfg.sync.grpc_fallback_after && now >= grpc_next {
-                if let Some(g) = grpc.as_mut() {
-                    match self.grpc_round(g, &mut sess).await {
-                        Ok(did) => {
-                            grpc_backoff.reset();
-                            active |= did;
-                        }
-                        Err(e) => {
-                            let d = grpc_backoff.next_delay(rand::random());
-                            grpc_next = Instant::now() + d;
-                            if sess.grpc.failed(format!("{e:#}")) {
-                                tracing::info!(error = %format!("{e:#}"), "gRPC fallback to the hub failing; retrying with backoff");
-                            }
-                            tracing::debug!(error = %e, retry_in = ?d, "gRPC fallback failed");
-                        }
-                    }
-                }
+            match (sess.policy.route(now), fallback.as_mut()) {
+                (Route::Primary, _) => active |= self.round(&mut primary, &mut sess).await,
+                (Route::Fallback, Some(f)) => active |= self.round(f, &mut sess).await,
+                _ => {}
             }
             self.publish_state(&sess);
             if let Some(line) = sess.tally.finish(Instant::now(), active) {
                 tracing::info!("{line}");
             }
         }
-        link.stop().await;
+        primary.stop().await;
+        if let Some(f) = fallback {
+            f.stop().await;
+        }
         Ok(())
+    }
+
+    /// Connection news and answers from the primary transport; true when an answer.
+    async fn on_primary_event(&self, name: &'static str, ev: Event, sess: &mut Session) -> bool {
+        match ev {
+            Event::Up => {
+                if sess.policy.primary_up(now_ms()) {
+                    tracing::info!(transport = name, "connected to the hub");
+                }
+                // Whatever was unacknowledged goes again; the hub deduplicates.
+                sess.flight.clear();
+                sess.retractions.reset();
+                sess.reconcile.on_connect(Instant::now());
+                self.status.update(|s| s.sync.reconnects += 1);
+                false
+            }
+            Event::Down(e) => {
+                if sess.policy.primary_down(e.clone()) {
+                    tracing::info!(transport = name, error = %e, "link to the hub down; retrying with backoff");
+                }
+                false
+            }
+            Event::Answer(ack) => {
+                self.take_answer(ack, name, sess).await;
+                true
+            }
+        }
     }
 
     /// The link as `status` shows it, from what each transport did last.
     fn publish_state(&self, sess: &Session) {
-        let busy = if sess.mqtt.up {
+        let p = &sess.policy;
+        let busy = if p.primary.up {
             !sess.flight.is_empty()
         } else {
-            sess.grpc_busy
+            sess.fallback_busy
         };
-        let grpc = self.cfg.hub.grpc_url.as_ref().map(|_| &sess.grpc);
-        let view = state::describe(&sess.mqtt, grpc, busy, self.cfg.sync.grpc_fallback_after);
+        let view = p.describe(busy);
         self.status.update(|s| {
             let y = &mut s.sync;
             y.in_flight = sess.flight.len();
-            y.mqtt_connected = sess.mqtt.up;
+            y.mqtt_connected = p.primary.up;
             y.state = view.state.into();
             y.transport = view.transport.into();
             y.reachable = view.reachable;
             y.summary = view.summary;
-            y.mqtt = sess.mqtt.clone();
-            y.grpc = sess.grpc.clone();
-            y.last_error = sess
-                .mqtt
+            y.mqtt = p.primary.clone();
+            y.grpc = p.fallback.clone();
+            y.last_error = p
+                .primary
                 .last_error
                 .clone()
                 .filter(|_| !view.reachable || view.transport == "grpc");
         });
     }
 
-    async fn on_mqtt_ack(&self, payload: &[u8], sess: &mut Session) {
-        use prost::Message;
-        match ResultAck::decode(payload) {
-            Ok(ack) if ack.schema_version == SCHEMA_VERSION => {
-                sess.tally.touch(Instant::now(), "mqtt");
-                self.take_ack(ack, sess).await
-            }
-            Ok(ack) => tracing::warn!(
-                version = ack.schema_version,
-                "ack with unknown schema version ignored"
-            ),
-            Err(e) => tracing::warn!(error = %e, "undecodable ack ignored"),
-        }
+    async fn take_answer(&self, ack: ResultAck, transport: &'static str, sess: &mut Session) {
+        sess.tally.touch(Instant::now(), transport);
+        self.take_ack(ack, sess).await
     }
 
     /// Applies the hub's ack (either transport) to the outbox, the flight and status.
@@ -276,8 +264,8 @@ impl SyncWorker {
             return;
         };
         let p = prev.sync;
-        sess.mqtt.last_ok_ms = p.mqtt.last_ok_ms;
-        sess.grpc.last_ok_ms = p.grpc.last_ok_ms;
+        sess.policy.primary.last_ok_ms = p.mqtt.last_ok_ms;
+        sess.policy.fallback.last_ok_ms = p.grpc.last_ok_ms;
         self.status.update(|s| {
             let y = &mut s.sync;
             y.resent_for_hub = y.resent_for_hub.max(p.resent_for_hub);

@@ -1,46 +1,69 @@
-//! Sending what is due: over MQTT as much as the in-flight bound allows (acks come
-//! back as link events), over gRPC one call per tick while MQTT is down (the ack is the
-//! call's answer).
+//! Sending what is due on the transport the policy chose. A transport that answers
+//! later (MQTT) gets as much as the in-flight bound allows, its answers arriving as
+//! events; one that answers inline (gRPC) gets one call per round, its reply applied
+//! at once.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
+use pleura_shared::wire::SignedBatch;
 use pleura_shared::ResultId;
 
-use super::{grpc, mqtt, Session, SyncWorker};
+use super::transport::{Answers, Transport, TransportError};
+use super::{Session, SyncWorker};
 use crate::status::now_ms;
 
 impl SyncWorker {
-    /// Sends what is due over MQTT: the holdings check, retractions, then results up to
-    /// the in-flight bound. Returns whether anything was sent.
-    pub(super) async fn send_mqtt(&self, link: &mqtt::Link, sess: &mut Session) -> bool {
+    /// One round on `t`; whether anything was sent.
+    pub(super) async fn round<T: Transport>(&self, t: &mut T, sess: &mut Session) -> bool {
+        match t.answers() {
+            Answers::Later => self.fill_window(t, sess).await,
+            Answers::Inline => match self.call(t, sess).await {
+                Ok(sent) => sent,
+                Err(e) => {
+                    let (news, retry_in) =
+                        sess.policy
+                            .fallback_failed(e.to_string(), rand::random(), Instant::now());
+                    if news {
+                        tracing::info!(transport = t.name(), error = %e, "fallback to the hub failing; retrying with backoff");
+                    }
+                    tracing::debug!(transport = t.name(), error = %e, ?retry_in, "fallback call failed");
+                    false
+                }
+            },
+        }
+    }
+
+    /// Sends the holdings check, retractions, then results up to the in-flight bound.
+    async fn fill_window<T: Transport>(&self, t: &mut T, sess: &mut Session) -> bool {
         let mut sent = false;
         let now = Instant::now();
+        let name = t.name();
         if sess.reconcile.due(now) {
             match self.holdings_message().await {
-                Ok(msg) => match link.publish(&msg).await {
+                Ok(msg) => match t.send(msg).await {
                     Ok(_) => {
                         sess.reconcile.sent(now);
-                        sess.tally.touch(now, "mqtt");
+                        sess.tally.touch(now, name);
                         sess.tally.reconciles += 1;
                         sent = true;
                     }
-                    Err(e) => tracing::warn!(error = %e, "publishing the holdings check failed"),
+                    Err(e) => tracing::warn!(error = %e, "sending the holdings check failed"),
                 },
                 Err(e) => tracing::error!(error = %e, "reading the outbox's holdings"),
             }
         }
         match self.retractions_message(sess).await {
-            Ok(Some((msg, ids))) => match link.publish(&msg).await {
+            Ok(Some((msg, ids))) => match t.send(msg).await {
                 Ok(_) => {
-                    sess.tally.touch(now, "mqtt");
+                    sess.tally.touch(now, name);
                     sess.tally.retractions_sent += ids.len() as u64;
                     sess.retractions.mark_sent(ids, now);
                     sent = true;
                 }
                 Err(e) => {
                     sess.retractions.dirty = true;
-                    tracing::warn!(error = %e, "publishing retractions failed");
+                    tracing::warn!(error = %e, "sending retractions failed");
                 }
             },
             Ok(None) => {}
@@ -54,16 +77,16 @@ impl SyncWorker {
                 break;
             }
             let msg = self.results_message(&batch);
-            let bytes = match link.publish(&msg).await {
-                Ok(n) => n,
+            let bytes = match t.send(msg).await {
+                Ok(s) => s.bytes,
                 Err(e) => {
-                    tracing::warn!(error = %e, "publish failed");
+                    tracing::warn!(error = %e, "sending results failed");
                     break;
                 }
             };
             sess.flight
                 .mark_sent(batch.iter().map(|r| r.id), Instant::now());
-            sess.tally.touch(now, "mqtt");
+            sess.tally.touch(now, name);
             sess.tally.batches += 1;
             sess.tally.sent += batch.len() as u64;
             sent = true;
@@ -75,69 +98,90 @@ impl SyncWorker {
         sent
     }
 
-    /// One gRPC call while MQTT is down: the holdings check when due or while gRPC is
-    /// not known to work (it doubles as the probe, so status knows whether the hub
-    /// answers even with nothing queued), else pending retractions, else the next
-    /// results. Ok(true) when something was sent.
-    pub(super) async fn grpc_round(
+    /// One call: the holdings check when due or while the transport is not known to
+    /// work (it doubles as the probe, so status knows whether the hub answers even
+    /// with nothing queued), else pending retractions, else the next results.
+    /// Ok(true) when something was sent.
+    async fn call<T: Transport>(
         &self,
-        g: &mut grpc::Fallback,
+        t: &mut T,
         sess: &mut Session,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, TransportError> {
         let now = Instant::now();
-        let (msg, what) = if sess.reconcile.due(now) || !sess.grpc.up {
-            (self.holdings_message().await?, Sent::Holdings)
-        } else if let Some((msg, ids)) = self.retractions_message(sess).await? {
-            (msg, Sent::Retractions(ids))
-        } else {
-            let batch = self
-                .next_batch(self.cfg.sync.batch_size, HashSet::new())
-                .await;
-            if batch.is_empty() {
-                sess.grpc_busy = false;
-                return Ok(false);
-            }
-            (self.results_message(&batch), Sent::Results(batch.len()))
+        let (msg, what) = self.next_call(sess, now).await?;
+        let Some(msg) = msg else {
+            sess.fallback_busy = false;
+            return Ok(false);
         };
-        let upload = g.upload(msg).await;
-        let ack = match upload {
-            Ok(ack) => ack,
+        let answer = match t.send(msg).await {
+            Ok(s) => s.answer,
             Err(e) => {
-                if let Sent::Retractions(_) = what {
+                if let Carried::Retractions(_) = what {
                     sess.retractions.dirty = true;
                 }
                 return Err(e);
             }
         };
-        // The first answer after MQTT went down is the holdings check: gRPC's "connect".
-        if sess.grpc.ok(now_ms()) {
-            tracing::info!("reached the hub by gRPC (MQTT is down)");
+        // The first answer after MQTT went down is the holdings check: the "connect".
+        if sess.policy.fallback_ok(now_ms()) {
+            tracing::info!(
+                transport = t.name(),
+                "reached the hub by the fallback (MQTT is down)"
+            );
         }
-        sess.tally.touch(now, "grpc");
+        sess.tally.touch(now, t.name());
         match what {
-            Sent::Holdings => {
+            Carried::Holdings => {
                 sess.reconcile.sent(now);
                 sess.tally.reconciles += 1;
             }
-            Sent::Retractions(ids) => {
+            Carried::Retractions(ids) => {
                 sess.tally.retractions_sent += ids.len() as u64;
-                // Settled by the ack below; sent again after the timeout if it is not.
+                // Settled by the answer below; sent again after the timeout if it is not.
                 sess.retractions.mark_sent(ids, now);
             }
-            Sent::Results(n) => {
+            Carried::Results(n) => {
                 sess.tally.batches += 1;
                 sess.tally.sent += n as u64;
-                sess.grpc_busy = true;
+                sess.fallback_busy = true;
                 self.status.update(|s| s.sync.batches_sent += 1);
             }
         }
-        self.take_ack(ack, sess).await;
+        if let Some(ack) = answer {
+            self.take_ack(ack, sess).await;
+        }
         Ok(true)
+    }
+
+    /// What the next call carries (None: nothing to send).
+    async fn next_call(
+        &self,
+        sess: &mut Session,
+        now: Instant,
+    ) -> Result<(Option<SignedBatch>, Carried), TransportError> {
+        let read = |e: anyhow::Error| TransportError::new(format!("{e:#}"));
+        if sess.reconcile.due(now) || !sess.policy.fallback.up {
+            let msg = self.holdings_message().await.map_err(read)?;
+            return Ok((Some(msg), Carried::Holdings));
+        }
+        if let Some((msg, ids)) = self.retractions_message(sess).await.map_err(read)? {
+            return Ok((Some(msg), Carried::Retractions(ids)));
+        }
+        let batch = self
+            .next_batch(self.cfg.sync.batch_size, HashSet::new())
+            .await;
+        if batch.is_empty() {
+            return Ok((None, Carried::Results(0)));
+        }
+        Ok((
+            Some(self.results_message(&batch)),
+            Carried::Results(batch.len()),
+        ))
     }
 }
 
-/// What one gRPC call carried.
-enum Sent {
+/// What one call carried.
+enum Carried {
     Holdings,
     Retractions(Vec<ResultId>),
     Results(usize),

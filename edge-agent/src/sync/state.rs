@@ -1,12 +1,11 @@
 //! The sync protocol without I/O: what is in flight, what an ack releases, when an
-//! unacknowledged batch is sent again, how long to wait before reconnecting, and what
-//! the agent tells its operator about the link (`describe`).
+//! unacknowledged batch is sent again, and what the agent tells its operator about the
+//! link (`describe`). Which transport to use and when is in policy.rs.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pleura_shared::ResultId;
-use serde::{Deserialize, Serialize};
 
 /// Results sent but not yet acknowledged by the hub.
 #[derive(Debug)]
@@ -73,83 +72,10 @@ impl InFlight {
     }
 }
 
-/// Exponential backoff with full jitter: after a long outage the clinics do not all
-/// reconnect in the same second.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    attempt: u32,
-}
+/// The workspace's one backoff (jittered, bounded), shared with the MQTT link.
+pub use pleura_runtime::mqtt_link::Backoff;
 
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The ceiling of the next delay: min·2^attempt, capped at max.
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.min.saturating_mul(factor).min(self.max)
-    }
-
-    /// The next delay, uniform in [min, ceiling], with `unit` in [0,1) from an RNG.
-    pub fn next_delay(&mut self, unit: f64) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let span = ceiling.saturating_sub(self.min);
-        self.min + span.mul_f64(unit.clamp(0.0, 1.0))
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// What is known of one transport to the hub (in `status.json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LinkStatus {
-    /// MQTT: connected and subscribed to its acks. gRPC: the last call was answered.
-    pub up: bool,
-    /// The last time the hub answered on this transport, ms since the epoch.
-    pub last_ok_ms: Option<u64>,
-    /// Failed attempts since the last success.
-    pub failures: u32,
-    /// Why the last attempt failed (cleared by a success).
-    pub last_error: Option<String>,
-}
-
-impl LinkStatus {
-    /// The hub answered. Returns true when the link was not up before (a transition
-    /// worth one log line).
-    pub fn ok(&mut self, now_ms: u64) -> bool {
-        let was_up = self.up;
-        self.up = true;
-        self.last_ok_ms = Some(now_ms);
-        self.failures = 0;
-        self.last_error = None;
-        !was_up
-    }
-
-    /// An attempt failed. Returns true when this is news (the link was up, or this is
-    /// the first failure): one log line per transition, not per retry.
-    pub fn failed(&mut self, error: String) -> bool {
-        let news = self.up || self.failures == 0;
-        self.up = false;
-        self.failures = self.failures.saturating_add(1);
-        self.last_error = Some(error);
-        news
-    }
-}
+pub use crate::status::LinkStatus;
 
 /// How the agent reaches the hub now, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use pleura_shared::ResultId;
 
 fn ingest(dir: &std::path::Path) -> Ingest {
     let metrics = Arc::new(Metrics::default());
-    let recovered = crate::store::recovery::open_checked(dir, metrics.clone()).unwrap();
+    let recovered = crate::recovery::open_checked(dir, metrics.clone()).unwrap();
     let mut ing = Ingest::new(recovered, metrics, None);
     ing.max_payload = 4096;
     ing

@@ -1,17 +1,19 @@
 //! The hub's case store: idempotent, durable commits of edge results. Behind a trait
 //! so a PostgreSQL backend can follow for national scale; `suite` is the one test
-//! suite every backend must pass.
+//! suite every backend must pass. Listing and aggregation take their filter and the
+//! caller's clinic scope, so a backend with indexes answers them without a full scan.
 
 pub mod integrity;
-pub mod recovery;
 mod sled_store;
 #[cfg(test)]
 pub mod suite;
 
 pub use integrity::Integrity;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, STORE_DIR};
 
-use pleura_shared::{ResultId, ScanRecord};
+use std::collections::BTreeSet;
+
+use pleura_shared::{LungClass, ResultId, ScanRecord};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,24 +73,137 @@ impl CaseSummary {
     }
 }
 
+/// Which clinics a query may see. Set by the case service from who is asking; a
+/// backend must never return (or count) a case of a clinic outside it.
+/// The default is no clinic at all: a query built without naming its scope fails closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClinicScope {
+    All,
+    /// Only these clinics (none at all if empty).
+    Only(BTreeSet<String>),
+}
+
+impl Default for ClinicScope {
+    fn default() -> Self {
+        ClinicScope::Only(BTreeSet::new())
+    }
+}
+
+impl ClinicScope {
+    pub fn allows(&self, clinic: &str) -> bool {
+        match self {
+            ClinicScope::All => true,
+            ClinicScope::Only(s) => s.contains(clinic),
+        }
+    }
+}
+
+/// A listing query. Every field narrows; `offset` and `limit` page through the cases in
+/// listing order (newest scan day first, then newest arrival).
 #[derive(Debug, Clone, Default)]
 pub struct CaseFilter {
+    pub scope: ClinicScope,
     pub clinic: Option<String>,
     pub from_day: Option<u32>,
     pub to_day: Option<u32>,
     pub flagged: Option<bool>,
     pub min_severity: u8,
+    /// Matching cases skipped before the first one returned.
+    pub offset: usize,
+    /// Most cases returned; 0 means no limit.
     pub limit: usize,
 }
 
 impl CaseFilter {
+    /// Every clinic's cases (the operator's view, maintenance, tests).
+    pub fn everything() -> Self {
+        Self {
+            scope: ClinicScope::All,
+            ..Self::default()
+        }
+    }
+
     pub fn matches(&self, r: &ScanRecord) -> bool {
-        self.clinic.as_ref().is_none_or(|c| *c == r.clinic)
+        self.scope.allows(&r.clinic)
+            && self.clinic.as_ref().is_none_or(|c| *c == r.clinic)
             && self.from_day.is_none_or(|d| r.scan_day >= d)
             && self.to_day.is_none_or(|d| r.scan_day <= d)
             && self.flagged.is_none_or(|f| r.analysis.flagged == f)
             && r.analysis.severity.score() >= self.min_severity
     }
+}
+
+/// What to count: the cases of the clinics in `scope` scanned within the day range.
+/// Retracted cases count nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct AggregateQuery {
+    pub scope: ClinicScope,
+    pub from_day: Option<u32>,
+    pub to_day: Option<u32>,
+}
+
+impl AggregateQuery {
+    /// Every clinic's counts.
+    pub fn everything() -> Self {
+        Self {
+            scope: ClinicScope::All,
+            ..Self::default()
+        }
+    }
+
+    pub fn matches(&self, r: &ScanRecord) -> bool {
+        self.scope.allows(&r.clinic)
+            && self.from_day.is_none_or(|d| r.scan_day >= d)
+            && self.to_day.is_none_or(|d| r.scan_day <= d)
+    }
+}
+
+/// Counts of scans, with no case identifiers and nothing per patient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub scans: u64,
+    pub flagged: u64,
+    /// Scans per severity score 0..3.
+    pub by_severity: [u64; 4],
+    /// Scans per most likely class, in `LungClass::ALL` order.
+    pub by_class: [u64; 3],
+}
+
+impl Counts {
+    pub fn add(&mut self, r: &ScanRecord) {
+        self.scans += 1;
+        self.flagged += u64::from(r.analysis.flagged);
+        self.by_severity[usize::from(r.analysis.severity.score().min(3))] += 1;
+        let class = r.analysis.class_probs.most_likely();
+        let i = LungClass::ALL.iter().position(|x| *x == class).unwrap_or(2);
+        self.by_class[i] += 1;
+    }
+
+    pub fn merge(&mut self, o: &Counts) {
+        self.scans += o.scans;
+        self.flagged += o.flagged;
+        for (a, b) in self.by_severity.iter_mut().zip(o.by_severity) {
+            *a += b;
+        }
+        for (a, b) in self.by_class.iter_mut().zip(o.by_class) {
+            *a += b;
+        }
+    }
+}
+
+/// The counts of one clinic on one scan day (what `GROUP BY clinic, scan_day` gives).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClinicDay {
+    pub clinic: String,
+    pub day: u32,
+    pub counts: Counts,
+}
+
+/// Aggregate rows sorted by clinic then day, and how many stored cases could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregates {
+    pub rows: Vec<ClinicDay>,
+    pub corrupt: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -141,9 +256,12 @@ pub trait HubStore: Send + Sync + 'static {
         received_at_ms: u64,
     ) -> Result<Vec<Commit>, StoreError>;
     fn get(&self, id: &ResultId) -> Result<Option<StoredCase>, StoreError>;
-    /// Matching cases, newest scan day first; cases that no longer decode are counted
-    /// and skipped.
+    /// Matching cases (scope, filters, then paging), newest scan day first, each with
+    /// its retraction; cases that no longer decode are counted and skipped.
     fn list(&self, filter: &CaseFilter) -> Result<Listing, StoreError>;
+    /// Counts per clinic and scan day of the unretracted cases `query` matches; no
+    /// clinic outside its scope appears.
+    fn aggregates(&self, query: &AggregateQuery) -> Result<Aggregates, StoreError>;
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError>;
     fn count(&self) -> Result<u64, StoreError>;
     /// Records retractions durably (on disk when this returns). Recording one again

@@ -1,8 +1,10 @@
 //! sled backend: `cases` maps result id → received-at (8 bytes BE) + encoded record;
 //! `devices` maps "clinic/device" → JSON stats; `retractions` maps result id +
 //! "clinic/device" → JSON `Retraction`. One transaction and one flush per batch.
+//! Listing and aggregation scan every case (sled has no secondary indexes); fine for a
+//! regional hub, and the reason the trait hands the whole query to the backend.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use pleura_shared::{ResultId, ScanRecord};
@@ -10,8 +12,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{
-    CaseFilter, CaseSummary, Commit, DeviceStats, HubStore, Listing, Retraction, Scan, StoreError,
-    StoredCase,
+    AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, Commit, Counts, DeviceStats,
+    HubStore, Listing, Retraction, Scan, StoreError, StoredCase,
 };
 
 /// The store's folder inside the hub's data directory.
@@ -120,6 +122,35 @@ impl SledStore {
         })
     }
 
+    /// Every readable retraction by its key, and how many stored ones no longer decode.
+    fn retractions_by_key(&self) -> Result<(HashMap<Vec<u8>, Retraction>, u64), StoreError> {
+        let (all, corrupt) = self.all_retractions()?;
+        let by_key = all
+            .into_iter()
+            .map(|r| (retraction_key(&r.id, &r.clinic, &r.device), r))
+            .collect();
+        Ok((by_key, corrupt))
+    }
+
+    /// Calls `f` with every readable case; returns how many could not be read.
+    fn each_case(&self, mut f: impl FnMut(StoredCase)) -> u64 {
+        let mut corrupt = 0;
+        for kv in self.cases.iter() {
+            let Ok((k, v)) = kv else {
+                // sled's iterator cannot step past a damaged page.
+                return corrupt + 1;
+            };
+            match Self::decode(&k, &v) {
+                Ok(c) => f(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored case skipped");
+                    corrupt += 1;
+                }
+            }
+        }
+        corrupt
+    }
+
     /// Every readable retraction, and how many stored ones no longer decode.
     fn all_retractions(&self) -> Result<(Vec<Retraction>, u64), StoreError> {
         let mut out = (Vec::new(), 0);
@@ -208,29 +239,12 @@ impl HubStore for SledStore {
     }
 
     fn list(&self, filter: &CaseFilter) -> Result<Listing, StoreError> {
-        let (retractions, corrupt) = self.all_retractions()?;
-        let retracted: HashMap<Vec<u8>, Retraction> = retractions
-            .into_iter()
-            .map(|r| (retraction_key(&r.id, &r.clinic, &r.device), r))
-            .collect();
+        let (retracted, corrupt) = self.retractions_by_key()?;
         let mut out = Listing {
             corrupt,
             ..Default::default()
         };
-        for kv in self.cases.iter() {
-            let Ok((k, v)) = kv else {
-                // sled's iterator cannot step past a damaged page.
-                out.corrupt += 1;
-                break;
-            };
-            let mut case = match Self::decode(&k, &v) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "stored case skipped");
-                    out.corrupt += 1;
-                    continue;
-                }
-            };
+        out.corrupt += self.each_case(|mut case| {
             if filter.matches(&case.record) {
                 let r = &case.record;
                 case.retraction = retracted
@@ -238,14 +252,42 @@ impl HubStore for SledStore {
                     .cloned();
                 out.cases.push(case);
             }
-        }
+        });
         out.cases.sort_by(|a, b| {
             (b.record.scan_day, b.received_at_ms).cmp(&(a.record.scan_day, a.received_at_ms))
         });
+        out.cases.drain(..filter.offset.min(out.cases.len()));
         if filter.limit > 0 {
             out.cases.truncate(filter.limit);
         }
         Ok(out)
+    }
+
+    fn aggregates(&self, query: &AggregateQuery) -> Result<Aggregates, StoreError> {
+        let (retracted, corrupt) = self.retractions_by_key()?;
+        let mut acc: BTreeMap<(String, u32), Counts> = BTreeMap::new();
+        let corrupt = corrupt
+            + self.each_case(|case| {
+                let r = &case.record;
+                if query.matches(r)
+                    && !retracted.contains_key(&retraction_key(&r.id, &r.clinic, &r.device))
+                {
+                    acc.entry((r.clinic.clone(), r.scan_day))
+                        .or_default()
+                        .add(r);
+                }
+            });
+        Ok(Aggregates {
+            rows: acc
+                .into_iter()
+                .map(|((clinic, day), counts)| ClinicDay {
+                    clinic,
+                    day,
+                    counts,
+                })
+                .collect(),
+            corrupt,
+        })
     }
 
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError> {
@@ -337,6 +379,12 @@ mod tests {
     }
 
     #[test]
+    fn sled_store_answers_queries_like_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::suite::queries(&SledStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
     fn a_case_that_no_longer_decodes_is_counted_skipped_and_can_be_resent() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
@@ -353,10 +401,12 @@ mod tests {
         v.truncate(20);
         store.cases.insert(damaged.id.as_bytes(), v).unwrap();
 
-        let listing = store.list(&CaseFilter::default()).unwrap();
+        let listing = store.list(&CaseFilter::everything()).unwrap();
         assert_eq!(listing.corrupt, 1);
         assert_eq!(listing.cases.len(), 1);
         assert_eq!(listing.cases[0].record, good);
+        let agg = store.aggregates(&AggregateQuery::everything()).unwrap();
+        assert_eq!((agg.corrupt, agg.rows.len()), (1, 1));
         assert!(store.get(&damaged.id).is_err());
         let scan = store.scan().unwrap();
         assert_eq!(scan.corrupt, vec![damaged.id]);
@@ -368,7 +418,7 @@ mod tests {
             vec![Commit::New]
         );
         assert_eq!(store.get(&damaged.id).unwrap().unwrap().record, damaged);
-        assert_eq!(store.list(&CaseFilter::default()).unwrap().corrupt, 0);
+        assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
     }
 
     #[test]
@@ -393,7 +443,7 @@ mod tests {
 
         assert_eq!(store.retraction(&a.id, "c1", "d1").unwrap(), None);
         assert_eq!(store.get(&a.id).unwrap().unwrap().retraction, None);
-        let listing = store.list(&CaseFilter::default()).unwrap();
+        let listing = store.list(&CaseFilter::everything()).unwrap();
         assert_eq!((listing.cases.len(), listing.corrupt), (1, 1));
         let scan = store.scan().unwrap();
         assert_eq!(scan.corrupt_retractions, 1);
@@ -404,7 +454,7 @@ mod tests {
         store.retract(&[retraction("a third time")]).unwrap();
         let got = store.get(&a.id).unwrap().unwrap().retraction.unwrap();
         assert_eq!(got.reason, "recorded again");
-        assert_eq!(store.list(&CaseFilter::default()).unwrap().corrupt, 0);
+        assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
         assert_eq!(store.scan().unwrap().corrupt_retractions, 0);
     }
 }

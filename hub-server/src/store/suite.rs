@@ -1,8 +1,15 @@
-//! The test suite every `HubStore` backend must pass. `open` reopens the same store.
+//! The test suite every `HubStore` backend must pass: `run` (commits, retractions,
+//! reopening; `open` reopens the same store) and `queries` (filters, clinic scope,
+//! paging and aggregates, on an empty store).
+
+use std::collections::BTreeSet;
 
 use pleura_shared::record::sample_record;
+use pleura_shared::ScanRecord;
 
-use super::{CaseFilter, Commit, HubStore, Retraction};
+use super::{
+    AggregateQuery, CaseFilter, ClinicDay, ClinicScope, Commit, Counts, HubStore, Retraction,
+};
 
 pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let store = open();
@@ -34,7 +41,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let flagged = store
         .list(&CaseFilter {
             flagged: Some(true),
-            ..Default::default()
+            ..CaseFilter::everything()
         })
         .unwrap()
         .cases;
@@ -43,7 +50,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
         .list(&CaseFilter {
             clinic: Some("c1".into()),
             min_severity: 1,
-            ..Default::default()
+            ..CaseFilter::everything()
         })
         .unwrap()
         .cases;
@@ -52,7 +59,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let old = store
         .list(&CaseFilter {
             to_day: Some(19_500),
-            ..Default::default()
+            ..CaseFilter::everything()
         })
         .unwrap()
         .cases;
@@ -61,7 +68,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let limited = store
         .list(&CaseFilter {
             limit: 3,
-            ..Default::default()
+            ..CaseFilter::everything()
         })
         .unwrap()
         .cases;
@@ -132,7 +139,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     );
     assert_eq!(store.get(&c.id).unwrap().unwrap().retraction, None);
     store.commit(std::slice::from_ref(&early), 60).unwrap();
-    let all = store.list(&CaseFilter::default()).unwrap();
+    let all = store.list(&CaseFilter::everything()).unwrap();
     assert_eq!(all.corrupt, 0);
     let retracted: Vec<_> = all
         .cases
@@ -194,4 +201,188 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     assert_eq!(kept.record, a);
     assert_eq!(kept.received_at_ms, 10);
     assert_eq!(store.count().unwrap(), 5);
+}
+
+fn only(clinics: &[&str]) -> ClinicScope {
+    ClinicScope::Only(clinics.iter().map(|c| c.to_string()).collect())
+}
+
+fn ids(store: &impl HubStore, f: &CaseFilter) -> Vec<pleura_shared::ResultId> {
+    let l = store.list(f).unwrap();
+    assert_eq!(l.corrupt, 0);
+    l.cases.iter().map(|c| c.record.id).collect()
+}
+
+fn on(clinic: &str, day: u32, severity: u8, flagged: bool) -> ScanRecord {
+    let mut r = sample_record(clinic, "d1", severity, flagged);
+    r.scan_day = day;
+    r
+}
+
+/// Filters, clinic scope, paging and aggregates: what the case service relies on a
+/// backend to answer (a PostgreSQL backend with indexes, the sled one by scanning).
+pub fn queries<S: HubStore>(store: &S) {
+    // North: clinics n1 and n2. South: s1, which a north specialist must never see.
+    let n1_old = on("n1", 100, 3, true);
+    let n1_new = on("n1", 102, 1, false);
+    let n2 = on("n2", 101, 2, true);
+    let s1 = on("s1", 101, 3, true);
+    let mut n1_retracted = on("n1", 102, 3, true);
+    n1_retracted.analysis.class_probs = pleura_shared::ClassProbs::from_slice(&[0.8, 0.1, 0.1]);
+    let all = [&n1_old, &n1_new, &n2, &s1, &n1_retracted];
+    for (i, r) in all.iter().enumerate() {
+        store.commit(&[(*r).clone()], 1000 + i as u64).unwrap();
+    }
+    store
+        .retract(&[Retraction {
+            id: n1_retracted.id,
+            clinic: "n1".into(),
+            device: "d1".into(),
+            reason: "wrong patient".into(),
+            at_ms: 2000,
+        }])
+        .unwrap();
+
+    // Newest scan day first, then newest arrival; retracted cases are listed (marked).
+    let everything = ids(store, &CaseFilter::everything());
+    assert_eq!(
+        everything,
+        vec![n1_retracted.id, n1_new.id, s1.id, n2.id, n1_old.id]
+    );
+    let listed = store.list(&CaseFilter::everything()).unwrap().cases;
+    assert!(listed[0].retraction.is_some() && listed[1].retraction.is_none());
+
+    // Scope: a clinic outside it never appears, whatever else the filter asks for.
+    let north = only(&["n1", "n2"]);
+    let scoped = |f: CaseFilter| {
+        ids(
+            store,
+            &CaseFilter {
+                scope: north.clone(),
+                ..f
+            },
+        )
+    };
+    assert!(!scoped(CaseFilter::everything()).contains(&s1.id));
+    assert_eq!(scoped(CaseFilter::everything()).len(), 4);
+    assert!(scoped(CaseFilter {
+        clinic: Some("s1".into()),
+        ..CaseFilter::everything()
+    })
+    .is_empty());
+    assert!(ids(
+        store,
+        &CaseFilter {
+            scope: ClinicScope::Only(BTreeSet::new()),
+            ..CaseFilter::everything()
+        }
+    )
+    .is_empty());
+
+    // Each filter narrows; they combine.
+    assert_eq!(
+        scoped(CaseFilter {
+            flagged: Some(true),
+            ..CaseFilter::everything()
+        }),
+        vec![n1_retracted.id, n2.id, n1_old.id]
+    );
+    assert_eq!(
+        scoped(CaseFilter {
+            flagged: Some(false),
+            ..CaseFilter::everything()
+        }),
+        vec![n1_new.id]
+    );
+    assert_eq!(
+        ids(
+            store,
+            &CaseFilter {
+                min_severity: 3,
+                from_day: Some(101),
+                to_day: Some(101),
+                ..CaseFilter::everything()
+            }
+        ),
+        vec![s1.id]
+    );
+    assert_eq!(
+        scoped(CaseFilter {
+            clinic: Some("n1".into()),
+            to_day: Some(101),
+            ..CaseFilter::everything()
+        }),
+        vec![n1_old.id]
+    );
+
+    // Paging walks the same order without gaps or repeats.
+    let page = |offset, limit| {
+        ids(
+            store,
+            &CaseFilter {
+                offset,
+                limit,
+                ..CaseFilter::everything()
+            },
+        )
+    };
+    assert_eq!(page(0, 2), everything[..2]);
+    assert_eq!(page(2, 2), everything[2..4]);
+    assert_eq!(page(4, 2), everything[4..]);
+    assert!(page(9, 2).is_empty());
+    assert_eq!(page(1, 0), everything[1..]);
+
+    // Aggregates: per clinic and day, retracted cases nowhere, scope and days applied.
+    let counts = |rs: &[&ScanRecord]| {
+        let mut c = Counts::default();
+        rs.iter().for_each(|r| c.add(r));
+        c
+    };
+    let row = |clinic: &str, day, rs: &[&ScanRecord]| ClinicDay {
+        clinic: clinic.into(),
+        day,
+        counts: counts(rs),
+    };
+    let agg = store.aggregates(&AggregateQuery::everything()).unwrap();
+    assert_eq!(agg.corrupt, 0);
+    assert_eq!(
+        agg.rows,
+        vec![
+            row("n1", 100, &[&n1_old]),
+            row("n1", 102, &[&n1_new]),
+            row("n2", 101, &[&n2]),
+            row("s1", 101, &[&s1]),
+        ]
+    );
+    let c = &agg.rows[0].counts;
+    assert_eq!(
+        (c.scans, c.flagged, c.by_severity, c.by_class),
+        (1, 1, [0, 0, 0, 1], [0, 0, 1])
+    );
+    let north_agg = store
+        .aggregates(&AggregateQuery {
+            scope: north.clone(),
+            from_day: Some(101),
+            to_day: None,
+        })
+        .unwrap();
+    assert_eq!(
+        north_agg.rows,
+        vec![row("n1", 102, &[&n1_new]), row("n2", 101, &[&n2])]
+    );
+    // A query that never named its scope sees nothing (fails closed).
+    assert!(store.list(&CaseFilter::default()).unwrap().cases.is_empty());
+    assert!(store
+        .aggregates(&AggregateQuery::default())
+        .unwrap()
+        .rows
+        .is_empty());
+    assert!(store
+        .aggregates(&AggregateQuery {
+            scope: ClinicScope::Only(BTreeSet::new()),
+            ..AggregateQuery::everything()
+        })
+        .unwrap()
+        .rows
+        .is_empty());
 }

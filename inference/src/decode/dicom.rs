@@ -17,9 +17,19 @@ pub enum OpenDicomError {
     Parse(String),
 }
 
+thread_local! {
+    static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// DICOM files parsed on this thread so far: lets tests show a scan is parsed once.
+pub fn parses_on_this_thread() -> u64 {
+    PARSES.with(|p| p.get())
+}
+
 /// Parses a whole DICOM file (preamble included) held in memory. Every declared length
 /// is checked against the bytes first, so parsing allocates no more than the file holds.
 pub fn open(bytes: &[u8]) -> Result<DefaultDicomObject, OpenDicomError> {
+    PARSES.with(|p| p.set(p.get() + 1));
     dicom_bounds::check(bytes)?;
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
@@ -27,10 +37,15 @@ pub fn open(bytes: &[u8]) -> Result<DefaultDicomObject, OpenDicomError> {
         .map_err(|e| OpenDicomError::Parse(e.to_string()))
 }
 
-/// DICOM single- or multi-frame (ultrasound multi-frame is the common case). Colour
-/// frames go through the same BT.601 luma as images; monochrome is scaled to 8 bits.
-pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeError> {
-    let obj = open(bytes).map_err(|e| DecodeError::corrupt(F, e))?;
+/// Parses the file; the object is both the header and the frames to decode.
+pub(super) fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, DecodeError> {
+    open(bytes).map_err(|e| DecodeError::corrupt(F, e))
+}
+
+/// DICOM single- or multi-frame (ultrasound multi-frame is the common case), from the
+/// parsed file. Colour frames go through the same BT.601 luma as images; monochrome is
+/// scaled to 8 bits.
+pub(super) fn decode(obj: &DefaultDicomObject, sink: &mut FrameSink) -> Result<(), DecodeError> {
     if obj.element(tags::PIXEL_DATA).is_err() {
         return Err(DecodeError::unsupported(
             F,

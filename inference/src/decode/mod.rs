@@ -159,15 +159,35 @@ pub fn detect(bytes: &[u8]) -> Result<Format, DecodeError> {
 
 /// Decodes a scan and keeps at most `max_frames` uniformly sampled frames, resized.
 pub fn decode_scan(bytes: &[u8], max_frames: usize) -> Result<DecodedScan, DecodeError> {
+    decode_scan_with_header(bytes, max_frames).map(|d| d.scan)
+}
+
+/// A decoded scan and, for DICOM, the file it was decoded from: its header is read from
+/// this one parse, never from a second one.
+pub struct Decoded {
+    pub scan: DecodedScan,
+    pub dicom: Option<dicom_object::DefaultDicomObject>,
+}
+
+/// `decode_scan`, keeping the parsed DICOM file.
+pub fn decode_scan_with_header(bytes: &[u8], max_frames: usize) -> Result<Decoded, DecodeError> {
     let format = detect(bytes)?;
     let mut sink = FrameSink::new(format, max_frames);
+    let mut dicom = None;
     match format {
         Format::Png | Format::Jpeg | Format::Bmp => still::decode(bytes, format, &mut sink)?,
         Format::Gif => gif::decode(bytes, &mut sink)?,
         Format::Mp4 => mp4::decode(bytes, &mut sink)?,
-        Format::Dicom => dicom::decode(bytes, &mut sink)?,
+        Format::Dicom => {
+            let obj = dicom::parse(bytes)?;
+            dicom::decode(&obj, &mut sink)?;
+            dicom = Some(obj);
+        }
     }
-    sink.finish()
+    Ok(Decoded {
+        scan: sink.finish()?,
+        dicom,
+    })
 }
 
 /// Receives decoded frames in display order and keeps only the sampled ones, resized, so

@@ -15,7 +15,7 @@ fn fixture() -> PathBuf {
 
 /// The same intake after its outbox store was lost whole (its folder gone; the journal
 /// beside it kept): the outbox opened afresh on the same folders, with the same key.
-fn with_store_lost(i: Intake, outbox: Arc<SledOutbox>) -> (Intake, Arc<SledOutbox>) {
+fn with_store_lost(i: Arc<Intake>, outbox: Arc<SledOutbox>) -> (Arc<Intake>, Arc<SledOutbox>) {
     drop(outbox);
     let (cfg, pool) = (i.cfg.clone(), i.pool.clone());
     let key = PseudonymKey::new(i.key.as_bytes().to_vec()).unwrap();
@@ -26,22 +26,22 @@ fn with_store_lost(i: Intake, outbox: Arc<SledOutbox>) -> (Intake, Arc<SledOutbo
         cfg,
         pool,
         outbox: outbox.clone(),
-        key,
+        key: std::sync::Arc::new(key),
         status: Arc::default(),
         queued: Arc::default(),
         abandoned: Arc::default(),
     };
-    (i, outbox)
+    (Arc::new(i), outbox)
 }
 
-async fn take_in(i: &Intake, rel: &str) -> Outcome {
+async fn take_in(i: &Arc<Intake>, rel: &str) -> Outcome {
     let scan = i.cfg.inbox.join(rel);
     std::fs::create_dir_all(scan.parent().unwrap()).unwrap();
     std::fs::copy(fixture(), &scan).unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     let at = place_of(i, &scan);
-    i.process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+    i.process(at, &scan, None, &r, SystemTime::now(), &attempts)
         .await
 }
 
@@ -51,6 +51,7 @@ async fn take_in(i: &Intake, rel: &str) -> Outcome {
 async fn identical_bytes_under_two_patients_are_two_results() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
     for rel in ["p1/scan_R1.png", "p2/scan_R1.png", "p2/scan_R2.png"] {
         assert!(matches!(take_in(&i, rel).await, Outcome::Done));
     }
@@ -72,6 +73,7 @@ async fn identical_bytes_under_two_patients_are_two_results() {
 async fn results_lost_by_the_store_are_rebuilt_from_processed() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
     for rel in ["p1/scan_R1.png", "p2/scan_L3.png", "p3/clip.png"] {
         assert!(matches!(take_in(&i, rel).await, Outcome::Done));
     }
@@ -123,7 +125,8 @@ async fn results_lost_by_the_store_are_rebuilt_from_processed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processed_is_pruned_to_its_budget_but_never_unacknowledged_scans() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut i, outbox) = intake(dir.path(), 1 << 20);
+    let (i, outbox) = intake(dir.path(), 1 << 20);
+    let mut i = Arc::new(i);
     for rel in ["p1/scan_R1.png", "p2/scan_R1.png", "p3/scan_R1.png"] {
         assert!(matches!(take_in(&i, rel).await, Outcome::Done));
     }
@@ -138,7 +141,11 @@ async fn processed_is_pruned_to_its_budget_but_never_unacknowledged_scans() {
     let ids: Vec<ResultId> = kept.iter().map(|k| k.id.unwrap()).collect();
     // Two acknowledged; the budget holds two scans.
     outbox.remove(&ids[..2]).unwrap();
-    i.cfg.intake.processed_budget_bytes = 2 * size;
+    Arc::get_mut(&mut i)
+        .unwrap()
+        .cfg
+        .intake
+        .processed_budget_bytes = 2 * size;
     let pass = i.tend_processed(&mut HashSet::new()).await;
     assert_eq!(pass.pruned, 1);
     let left: Vec<ResultId> = walk(&i.cfg.processed_dir())
@@ -149,7 +156,11 @@ async fn processed_is_pruned_to_its_budget_but_never_unacknowledged_scans() {
     assert!(!left.contains(&ids[0]), "the oldest acknowledged scan went");
     assert!(left.contains(&ids[2]), "the queued scan stays");
     // Even with no budget at all, the queued scan stays, and status says so.
-    i.cfg.intake.processed_budget_bytes = 0;
+    Arc::get_mut(&mut i)
+        .unwrap()
+        .cfg
+        .intake
+        .processed_budget_bytes = 0;
     let pass = i.tend_processed(&mut HashSet::new()).await;
     assert_eq!(pass.pruned, 1);
     assert_eq!(walk(&i.cfg.processed_dir()).unwrap().len(), 1);
@@ -170,6 +181,7 @@ async fn processed_is_pruned_to_its_budget_but_never_unacknowledged_scans() {
 async fn at_the_quota_scans_wait_unread() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 64 * 1024);
+    let i = Arc::new(i);
     let mut n = 0u64;
     while outbox.has_room() {
         let mut r = pleura_shared::record::sample_record("clinic-a", "pi-1", 1, false);
@@ -180,11 +192,11 @@ async fn at_the_quota_scans_wait_unread() {
     let scan = i.cfg.inbox.join("garbage_R1.png");
     std::fs::write(&scan, b"not an image at all").unwrap();
     let r = i.scan_ref(&scan);
-    let mut attempts = Attempts::load(i.cfg.attempts_file());
+    let attempts = Attempts::load(i.cfg.attempts_file());
     for _ in 0..5 {
         let at = place_of(&i, &scan);
         let o = i
-            .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+            .process(at, &scan, None, &r, SystemTime::now(), &attempts)
             .await;
         assert!(matches!(o, Outcome::Quota));
     }
@@ -197,7 +209,7 @@ async fn at_the_quota_scans_wait_unread() {
         .unwrap();
     let at = place_of(&i, &scan);
     let o = i
-        .process(&at, &scan, None, &r, SystemTime::now(), &mut attempts)
+        .process(at, &scan, None, &r, SystemTime::now(), &attempts)
         .await;
     assert!(matches!(o, Outcome::Done));
     assert!(!scan.exists());
@@ -209,6 +221,7 @@ async fn at_the_quota_scans_wait_unread() {
 async fn a_lost_result_without_its_scan_is_reported_once_per_pass() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
     let r = pleura_shared::record::sample_record("clinic-a", "pi-1", 1, false);
     outbox.put(&r).unwrap();
     let (i, _outbox) = with_store_lost(i, outbox);

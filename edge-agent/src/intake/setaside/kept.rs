@@ -71,7 +71,7 @@ impl Kept {
     pub(crate) fn record(path: &Path, r: &str, stamp: Stamp) -> std::io::Result<usize> {
         let mut k = Self::load(path).unwrap_or_default();
         k.entries
-            .insert(r.to_string(), (crate::status::now_ms(), stamp));
+            .insert(r.to_string(), (pleura_shared::now_ms(), stamp));
         while k.entries.len() > MAX_KEPT {
             let oldest = k
                 .entries

@@ -114,7 +114,7 @@ pub(super) fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     name.push(format!(".damaged-{}", pleura_shared::now_ms()));
     let aside = PathBuf::from(name);
     std::fs::rename(path, &aside)?;
-    crate::intake::private_dir(path)?;
+    pleura_shared::fsutil::private_dir(path)?;
     Ok(aside)
 }
 

@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::*;
-use crate::store::{CaseFilter, DeviceStats, Listing, Scan, StoredCase};
+use crate::store::{
+    AggregateQuery, Aggregates, CaseFilter, DeviceStats, Listing, Scan, StoredCase,
+};
 
 /// Deletes cases behind the store's back, as a damaged page would.
 fn lose(dir: &std::path::Path, ids: &[ResultId]) {
@@ -28,6 +30,9 @@ impl HubStore for NoRetractions {
     }
     fn list(&self, f: &CaseFilter) -> Result<Listing, StoreError> {
         self.0.list(f)
+    }
+    fn aggregates(&self, q: &AggregateQuery) -> Result<Aggregates, StoreError> {
+        self.0.aggregates(q)
     }
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError> {
         self.0.devices()

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{disk, file, now_ms, render, Status};
 use crate::config::EdgeConfig;
+use crate::status::{disk, file, now_ms, render, Status};
 
 /// Status older than this while the agent holds its lock is an alarm.
 const STALE_MS: u64 = 5_000;

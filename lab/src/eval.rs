@@ -1,4 +1,4 @@
-//! `edge-agent eval`: the model card's metrics on any folder laid out like the data sets.
+//! `eval`: the model card's metrics on any folder laid out like the data sets.
 //!
 //! With `--cv models/cv` each item is read by the fold model that never saw its patient
 //! during training, which reproduces the cross-validated numbers; without it the shipped
@@ -13,11 +13,13 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pleura_inference::{metrics as m, InferencePool, ModelFile, PoolConfig, ScanReport};
+use pleura_inference::engine::start_pool;
+use pleura_inference::{InferencePool, ModelFile, ScanReport};
 use serde_json::{json, Value};
 
-use crate::cli::EngineArgs;
 use crate::datasets::{self, Dataset, Item};
+use crate::engine_args::EngineArgs;
+use crate::metrics as m;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -56,7 +58,7 @@ impl Readers {
 fn readers(args: &EvalArgs, model: &ModelFile) -> Result<Readers> {
     let Some(dir) = &args.cv else {
         return Ok(Readers {
-            pools: vec![crate::engine::start_pool(&args.engine, model)?],
+            pools: vec![start_pool(model, args.engine.workers)?],
             fold_of: None,
         });
     };
@@ -82,13 +84,7 @@ fn readers(args: &EvalArgs, model: &ModelFile) -> Result<Readers> {
             .to_string();
         info.version = format!("{}-fold{fold}", info.version);
         let file = ModelFile::from_parts(path, bytes, info)?;
-        pools.push(InferencePool::start(
-            &file,
-            PoolConfig {
-                workers: 1,
-                ..PoolConfig::default()
-            },
-        )?);
+        pools.push(start_pool(&file, 1)?);
     }
     Ok(Readers {
         pools,
@@ -97,8 +93,7 @@ fn readers(args: &EvalArgs, model: &ModelFile) -> Result<Readers> {
 }
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
-    crate::engine::init_backend(&args.engine)?;
-    let model = crate::engine::load_model(&args.engine)?;
+    let model = args.engine.spec().load()?;
     let items = datasets::load(args.dataset, &args.root)?;
     if items.is_empty() {
         bail!("no labelled scans found under {}", args.root.display());

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use pleura_shared::journal;
 use pleura_shared::{now_ms, ResultId};
 
-use super::integrity::{compare, drop_torn_tail, DeviceKey, Integrity, Report, JOURNAL_FILE};
-use super::sled_store::STORE_DIR;
-use super::{HubStore, Scan, SledStore, StoreError};
 use crate::antientropy::AntiEntropy;
 use crate::metrics::Metrics;
+use crate::store::integrity::{
+    compare, drop_torn_tail, DeviceKey, Integrity, Report, JOURNAL_FILE,
+};
+use crate::store::STORE_DIR;
+use crate::store::{HubStore, Scan, SledStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {

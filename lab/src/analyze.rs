@@ -1,3 +1,5 @@
+//! `analyze`: scans read by hand, one report per file, in input order.
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +9,7 @@ use clap::Args;
 use pleura_inference::{InferencePool, ScanReport};
 use pleura_shared::LungClass;
 
-use crate::cli::EngineArgs;
+use crate::engine_args::EngineArgs;
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
@@ -95,9 +97,7 @@ fn analyze_one(pool: &InferencePool, path: &Path, max_scan_bytes: u64) -> Result
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
-    crate::engine::init_backend(&args.engine)?;
-    let model = crate::engine::load_model(&args.engine)?;
-    let pool = crate::engine::start_pool(&args.engine, &model)?;
+    let pleura_inference::Engine { model, pool } = args.engine.spec().start()?;
     let files = collect_files(&args.inputs)?;
     let mut failed = 0;
     for (path, result) in files.iter().zip(analyze_files(

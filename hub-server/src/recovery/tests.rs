@@ -184,7 +184,7 @@ fn an_unopenable_store_is_set_aside_and_everything_it_held_is_missing() {
     // The retraction is restored from the journal and applies when the result is back.
     commit(&r, &recs);
     assert_eq!(m.store_missing.load(Relaxed), 0);
-    let listed = r.store.list(&CaseFilter::default()).unwrap().cases;
+    let listed = r.store.list(&CaseFilter::everything()).unwrap().cases;
     assert_eq!(listed.iter().filter(|c| c.retraction.is_some()).count(), 1);
 }
 
@@ -252,7 +252,7 @@ fn a_retraction_that_no_longer_decodes_neither_stops_the_start_nor_listings() {
     let (r, m) = open(dir.path());
     assert_eq!(m.corrupt_cases.load(Relaxed), 1);
     assert_eq!(m.store_missing.load(Relaxed), 0);
-    let listing = r.store.list(&CaseFilter::default()).unwrap();
+    let listing = r.store.list(&CaseFilter::everything()).unwrap();
     assert_eq!(listing.cases.len(), 2);
     assert_eq!(
         r.store.retraction(&recs[0].id, "c1", "d1").unwrap(),

@@ -1,4 +1,4 @@
-//! `edge-agent bench`: speed as ratios measured in one run, never absolute promises.
+//! `bench`: speed as ratios measured in one run, never absolute promises.
 //!
 //! One process measures one backend (ort binds one engine per process); `--all` runs a
 //! child per available backend and puts the numbers side by side.
@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pleura_inference::engine::start_pool;
 use pleura_inference::preprocess::INPUT_SIZE;
-use pleura_inference::vgg::{vgg_macs, vgg_onnx, VGG_INPUT};
-use pleura_inference::{InferencePool, ModelFile, PoolConfig};
+use pleura_inference::{InferencePool, ModelFile};
 use serde_json::{json, Value};
 
-use crate::cli::EngineArgs;
+use crate::engine_args::EngineArgs;
+use crate::vgg::{vgg_macs, vgg_onnx, VGG_INPUT};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -141,18 +142,8 @@ fn vgg_model() -> ModelFile {
 }
 
 fn bench_backend(args: &BenchArgs) -> Result<Value> {
-    crate::engine::init_backend(&args.engine)?;
-    let model = crate::engine::load_model(&args.engine)?;
+    let model = args.engine.spec().load()?;
     let budget = Duration::from_secs_f64(args.seconds);
-    let pool_of = |m: &ModelFile, workers: usize| {
-        InferencePool::start(
-            m,
-            PoolConfig {
-                workers,
-                ..PoolConfig::default()
-            },
-        )
-    };
     let mut doc = json!({
         "backend": args.engine.backend.to_string(),
         "model": model.info.label(),
@@ -161,12 +152,12 @@ fn bench_backend(args: &BenchArgs) -> Result<Value> {
         "vgg_macs": vgg_macs(),
     });
     eprintln!("[{}] shipped model, batch 1 …", args.engine.backend);
-    doc["model_1t"] = measure(&pool_of(&model, 1)?, 1, 1, budget, 20)?;
-    doc["model_2t"] = measure(&pool_of(&model, 2)?, 1, 2, budget, 20)?;
+    doc["model_1t"] = measure(&start_pool(&model, 1)?, 1, 1, budget, 20)?;
+    doc["model_2t"] = measure(&start_pool(&model, 2)?, 1, 2, budget, 20)?;
     eprintln!("[{}] VGG baseline, batch 1 …", args.engine.backend);
     let vgg = vgg_model();
-    doc["vgg_1t"] = measure(&pool_of(&vgg, 1)?, 1, 1, budget, 3)?;
-    doc["vgg_2t"] = measure(&pool_of(&vgg, 2)?, 1, 2, budget, 2)?;
+    doc["vgg_1t"] = measure(&start_pool(&vgg, 1)?, 1, 1, budget, 3)?;
+    doc["vgg_2t"] = measure(&start_pool(&vgg, 2)?, 1, 2, budget, 2)?;
 
     eprintln!(
         "[{}] whole pipeline on {} …",
@@ -175,7 +166,7 @@ fn bench_backend(args: &BenchArgs) -> Result<Value> {
     );
     let bytes =
         std::fs::read(&args.clip).with_context(|| format!("reading {}", args.clip.display()))?;
-    let pool = pool_of(&model, 1)?;
+    let pool = start_pool(&model, 1)?;
     let first = pool.analyze(bytes.clone())?;
     let analysed = first.analysis.frames_analysed as usize;
     let start = Instant::now();
@@ -202,7 +193,7 @@ fn bench_backend(args: &BenchArgs) -> Result<Value> {
     Ok(doc)
 }
 
-/// Peak RSS of a real `edge-agent analyze` process on the clip (getrusage of the child).
+/// Peak RSS of a real `analyze` process (this binary's own subcommand) on the clip.
 fn analyze_peak_rss(args: &BenchArgs) -> Result<Value> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);

@@ -1,28 +1,13 @@
-//! End-to-end tests of the `edge-agent` binary on the shipped fixtures and model.
+//! `analyze` on the shipped fixtures and model: the same numbers as the Python
+//! pipeline, named errors for bad inputs, and hostile files refused unread.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("running edge-agent")
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+mod support;
+use support::*;
 
 fn probs(v: &Value) -> Vec<f64> {
     let c = &v["class_probs"];
@@ -40,23 +25,9 @@ fn reference(file: &str) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
-/// ONNX Runtime's library, when this machine has one (CI installs it from PyPI).
-fn ort_library() -> Option<String> {
-    match std::env::var("ORT_DYLIB_PATH") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var("PLEURA_REQUIRE_ORT").is_ok_and(|v| v == "1") => {
-            panic!("PLEURA_REQUIRE_ORT=1 but ORT_DYLIB_PATH is not set")
-        }
-        _ => {
-            eprintln!("ORT_DYLIB_PATH not set: skipping the ONNX Runtime comparison (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
 #[test]
 fn analyze_reads_every_fixture_like_the_python_pipeline() {
-    let out = agent(&["analyze", "--json", "fixtures/scans"]);
+    let out = lab(&["analyze", "--json", "fixtures/scans"]);
     assert!(
         out.status.success(),
         "{}",
@@ -112,8 +83,8 @@ fn analyze_reads_every_fixture_like_the_python_pipeline() {
 #[test]
 fn onnxruntime_backend_agrees_with_tract() {
     let Some(lib) = ort_library() else { return };
-    let tract = json_lines(&agent(&["analyze", "--json", "fixtures/scans"]));
-    let out = agent(&[
+    let tract = json_lines(&lab(&["analyze", "--json", "fixtures/scans"]));
+    let out = lab(&[
         "analyze",
         "--json",
         "--backend",
@@ -161,7 +132,7 @@ fn bad_inputs_get_named_errors_and_do_not_stop_the_batch() {
     let png = std::fs::read(root().join("fixtures/scans/pocus_pneu_emdocs1.png")).unwrap();
     std::fs::write(d.join("e_cut.png"), &png[..200]).unwrap();
 
-    let out = agent(&["analyze", "--json", d.to_str().unwrap()]);
+    let out = lab(&["analyze", "--json", d.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "some files failed");
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 5);
@@ -193,7 +164,7 @@ fn a_tampered_or_missing_model_is_refused() {
         dir.path().join("m.json"),
     )
     .unwrap();
-    let out = agent(&[
+    let out = lab(&[
         "analyze",
         "--model",
         model.to_str().unwrap(),
@@ -205,7 +176,7 @@ fn a_tampered_or_missing_model_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = agent(&[
+    let out = lab(&[
         "analyze",
         "--model",
         "/nonexistent/model.onnx",
@@ -214,115 +185,69 @@ fn a_tampered_or_missing_model_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx"));
 }
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-#[test]
-fn eval_covid_blues_layout_reports_patient_and_severity_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("lus_videos")).unwrap();
-    for (src, dst) in [
-        ("cb_patient29_L2.mp4", "patient_901_L2.mp4"),
-        ("cb_patient16_R1.mp4", "patient_902_R1.mp4"),
-        ("cb_patient16_R1.mp4", "patient_902_R2.mp4"),
-    ] {
-        std::fs::copy(
-            root().join("fixtures/scans").join(src),
-            d.join("lus_videos").join(dst),
-        )
+/// Peak RSS of `analyze` on `path`, and its output.
+fn analyze_rss(path: &Path) -> (u64, Output) {
+    let out = lab_cmd(&["analyze", "--json", path.to_str().unwrap()])
+        .env("PLEURA_REPORT_PEAK_RSS", "1")
+        .output()
         .unwrap();
-    }
-    write(
-        &d.join("clinical_variables.csv"),
-        "patient_id,cov_test\n901,1\n902,0\n",
-    );
-    write(&d.join("severity.csv"), "video_file,Severity Score,A-lines,B-lines,comments\npatient_901_L2,3.0,no,yes,\"x\"\npatient_902_R1,0.0,yes,no,\"\"\npatient_902_R2,0.0,yes,no,\"\"\n");
-    let out = agent(&[
-        "eval",
-        "--dataset",
-        "covid-blues",
-        "--root",
-        d.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let m = &doc["metrics"];
-    assert_eq!(doc["evaluated"], 3);
-    assert_eq!(m["patients"], 2);
-    assert_eq!(m["severity_videos"], 3);
-    for key in [
-        "patient_covid_auc",
-        "patient_balanced_accuracy",
-        "patient_sensitivity",
-        "patient_specificity",
-        "severity_macro_f1",
-        "severity_accuracy",
-        "patient_covid_ece",
-    ] {
-        assert!(m[key].is_number(), "{key} missing: {m}");
-    }
-    let confusion: u64 = m["severity_confusion"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.as_array().unwrap())
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(confusion, 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kib = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_kib in {stderr}"));
+    (kib, out)
 }
 
 #[test]
-fn eval_pocus_layout_skips_unreadable_files_with_reasons() {
+fn analyze_refuses_fifos_devices_links_and_oversize_by_name_without_reading_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let conv = d.join("pocus_videos/convex");
-    std::fs::create_dir_all(&conv).unwrap();
-    std::fs::create_dir_all(d.join("pocus_images/convex")).unwrap();
-    std::fs::copy(
-        root().join("fixtures/scans/pocus_reg_alines.mov"),
-        conv.join("Reg_a.mov"),
-    )
-    .unwrap();
-    std::fs::copy(
-        root().join("fixtures/scans/pocus_cov_atlas45.gif"),
-        conv.join("Cov_b.gif"),
-    )
-    .unwrap();
-    std::fs::copy(
-        root().join("fixtures/scans/pocus_pneu_emdocs1.png"),
-        d.join("pocus_images/convex/Pneu_c.png"),
-    )
-    .unwrap();
-    let mut avi = b"RIFF\x10\0\0\0AVI LIST".to_vec();
-    avi.resize(256, 0);
-    std::fs::write(conv.join("Vir_d.avi"), avi).unwrap();
-    write(&d.join("dataset_metadata.csv"), "Filename,Label,Lung Severity Score,Source ID,Patient ID / Name\nReg_a,regular,0,1,\nCov_b,COVID-19,3,2,\nPneu_c,Bacterial pneumonia,,3,\nVir_d,Viral pneumonia,,4,\n");
-    let out = agent(&[
-        "eval",
-        "--dataset",
-        "pocus",
-        "--root",
-        d.to_str().unwrap(),
-        "--json",
-    ]);
+    mkfifo(&d.join("b_fifo.mp4"));
+    std::os::unix::fs::symlink("/dev/zero", d.join("c_zero.mp4")).unwrap();
+    std::os::unix::fs::symlink(d, d.join("d_loop")).unwrap();
+    std::fs::copy(fixture("pocus_pneu_emdocs1.png"), d.join("e_good.png")).unwrap();
+    let big = d.join("a_big.mp4");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+
+    // Would hang on the FIFO, or loop, or grow without end, before.
+    let out = lab(&["analyze", "--json", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let err = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err(0).contains("over the limit"), "{}", err(0));
+    assert!(err(1).contains("FIFO"), "{}", err(1));
+    assert!(err(2).contains("symbolic link"), "{}", err(2));
+    assert!(err(3).contains("symbolic link"), "{}", err(3));
+    assert!(lines[4]["class_probs"].is_object());
+    if mknod_zero(&d.join("dev")) {
+        let out = lab(&["analyze", d.join("dev").to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("character device"));
+    }
+
+    // The 3 GiB file is never read: peak memory stays that of the model.
+    let (big_kib, out) = analyze_rss(&big);
+    assert_eq!(out.status.code(), Some(2));
+    let (small_kib, _) = analyze_rss(&fixture("pocus_pneu_emdocs1.png"));
+    eprintln!("peak RSS: 3 GiB sparse file {big_kib} KiB, 134 KB PNG {small_kib} KiB");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        big_kib < 512 * 1024,
+        "analyze on 3 GiB peaked at {big_kib} KiB"
     );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["evaluated"], 3);
-    assert_eq!(doc["metrics"]["videos"], 3);
-    assert_eq!(doc["metrics"]["severity_videos"], 2);
-    let skipped = doc["skipped"].as_array().unwrap();
-    assert_eq!(skipped.len(), 1);
-    assert!(skipped[0]["reason"].as_str().unwrap().contains("AVI video"));
+    // With the limit raised past the file it would be read; a lower one still refuses.
+    let out = lab(&[
+        "analyze",
+        "--max-scan-bytes",
+        "1000",
+        fixture("pocus_pneu_emdocs1.png").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over the limit of 1000 bytes"));
 }

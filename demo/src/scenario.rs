@@ -1,0 +1,94 @@
+//! The demo's story, step by step: the southern clinic analyses offline, the hub comes
+//! up, the northern clinic joins online, and both catch up.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use hub_server::config::{HubConfig, MqttConfig, SecurityConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::report;
+use crate::setup::{self, agent_config, export, port, status, wait_for};
+
+pub async fn run() -> Result<()> {
+    let root = std::env::temp_dir().join(format!("pleura-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let (mqtt, grpc, metrics) = (port()?, port()?, port()?);
+    println!("Pleura demo in {}", root.display());
+    println!("(triage support only: the model's output is not a diagnosis)\n");
+
+    let shutdown = CancellationToken::new();
+    let south = agent_config(&root, "clinic-south", mqtt, grpc);
+    let north = agent_config(&root, "clinic-north", mqtt, grpc);
+
+    println!("0. The regional CA is created; each clinic's Pi is enrolled (certificate + key),");
+    println!("   and three people get accounts: an operator, a northern specialist, a ministry viewer.\n");
+    let (pki, pki_dir, accounts) = setup::enrol(&root, &[(&north, "north"), (&south, "south")])?;
+
+    println!("1. clinic-south starts; the hub is DOWN. Its device exports 3 scans.");
+    tokio::spawn(edge_agent::daemon::run(south.clone(), shutdown.clone()));
+    export(
+        &south,
+        &[
+            ("P-2001", "L2.mp4", "cb_patient29_L2.mp4"),
+            ("P-2001", "R1.mp4", "cb_patient16_R1.mp4"),
+            ("P-2002", "R3.dcm", "cb_multiframe.dcm"),
+        ],
+    )?;
+    wait_for(
+        "clinic-south to analyse offline",
+        Duration::from_secs(300),
+        || status(&south)["intake"]["analysed"] == 3,
+    )
+    .await?;
+    let s = status(&south);
+    println!(
+        "   analysed offline; {} result(s) queued durably, hub reachable: {}\n",
+        s["outbox"]["pending"], s["sync"]["mqtt_connected"]
+    );
+
+    println!("2. The hub starts (MQTT over mTLS on 127.0.0.1:{mqtt}, gRPC over TLS on {grpc}).");
+    let hub_cfg = HubConfig {
+        data_dir: root.join("hub"),
+        mqtt: MqttConfig {
+            listen: format!("127.0.0.1:{mqtt}").parse()?,
+            ..MqttConfig::default()
+        },
+        grpc_listen: format!("127.0.0.1:{grpc}").parse()?,
+        metrics_listen: format!("127.0.0.1:{metrics}").parse()?,
+        security: SecurityConfig {
+            pki_dir: pki_dir.clone(),
+            accounts_file: accounts.clone(),
+            ..SecurityConfig::default()
+        },
+    };
+    hub_cfg.validate()?;
+    tokio::spawn(hub_server::run(hub_cfg, shutdown.clone()));
+
+    println!("3. clinic-north starts online. Its device exports 4 scans (one is not a scan).\n");
+    tokio::spawn(edge_agent::daemon::run(north.clone(), shutdown.clone()));
+    export(
+        &north,
+        &[
+            ("P-1001", "R2.png", "pocus_pneu_emdocs1.png"),
+            ("P-1001", "L1.gif", "pocus_cov_atlas45.gif"),
+            ("P-1002", "R4.jpg", "pocus_cov_oliviera_fig4a.jpg"),
+        ],
+    )?;
+    std::fs::write(north.inbox.join("referral-letter.txt"), "not an image")?;
+
+    wait_for("both clinics to sync", Duration::from_secs(300), || {
+        let (n, s) = (status(&north), status(&south));
+        n["intake"]["analysed"] == 3
+            && n["outbox"]["pending"] == 0
+            && s["outbox"]["pending"] == 0
+            && s["sync"]["synced_total"] == 3
+    })
+    .await?;
+
+    report::show(&pki.ca_cert(), grpc, &[&north, &south], &root).await?;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

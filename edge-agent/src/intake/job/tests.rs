@@ -1,0 +1,127 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pleura_inference::decode::dicom::parses_on_this_thread;
+
+use super::super::attempts::Attempts;
+use super::super::tests::{intake, place_of};
+use super::super::Outcome;
+use super::*;
+use crate::deid::dicom_identity;
+use crate::outbox::Outbox;
+
+fn fixture(rel: &str) -> Vec<u8> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read(root.join("fixtures").join(rel)).unwrap()
+}
+
+/// The pool job gives each fixture the record the intake always gave it: the result
+/// id v2 over (clinic, device, pseudonym, zone, bytes), the DICOM header's patient and
+/// study day before the folder's and the file time, and the model's reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_job_gives_the_same_record_and_id_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, _outbox) = intake(dir.path(), 1 << 20);
+    let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 5);
+    for (rel, at) in [
+        ("scans/pocus_pneu_emdocs1.png", "p1/scan_R1.png"),
+        ("scans/cb_patient16_R1.mp4", "clip_l2.mp4"),
+        ("scans/cb_multiframe.dcm", "p2/scan_L3.dcm"),
+        ("phi/synthetic_phi.dcm", "p3/exam_R4.dcm"),
+    ] {
+        let bytes = fixture(rel);
+        let path = i.cfg.inbox.join(at);
+        let facts = i.facts(&path, modified);
+        let header = dicom_identity(&bytes, &i.key).unwrap_or_default();
+        let folder = Path::new(at)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| i.key.pseudonym(p.to_str().unwrap()));
+        let patient = header.patient_key.or(folder);
+        let zone = zone_from(at);
+        let (clinic, device) = (&i.cfg.clinic, &i.cfg.device);
+        let want_id = result_id(clinic, device, patient.as_ref(), zone.as_deref(), &bytes);
+        let want = i.pool.analyze(bytes.clone()).unwrap();
+        let got = i
+            .pool
+            .run(move |w| scan_job(w, bytes, &facts))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, want_id, "{rel}");
+        assert_eq!(
+            (&got.clinic[..], &got.device[..]),
+            (&i.cfg.clinic[..], &i.cfg.device[..])
+        );
+        assert_eq!(got.patient_key, patient, "{rel}");
+        assert_eq!(got.zone, zone, "{rel}");
+        assert_eq!(got.scan_day, header.scan_day.unwrap_or(20_000), "{rel}");
+        assert_eq!(got.analysis, want.analysis, "{rel}");
+        assert_eq!(got.format, want.format.to_string());
+    }
+    // The header names the patient, not the folder: the same DICOM under two folders
+    // is one patient.
+    let bytes = fixture("phi/synthetic_phi.dcm");
+    assert_eq!(
+        dicom_identity(&bytes, &i.key).unwrap().patient_key,
+        Some(i.key.pseudonym("MRN-4471-PHI"))
+    );
+}
+
+fn zone_from(at: &str) -> Option<String> {
+    super::super::zone_from_name(Path::new(at))
+}
+
+/// One parse of a DICOM file gives the identity and the frames: the whole job, on
+/// its inference thread, parses it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dicom_scan_is_parsed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, _outbox) = intake(dir.path(), 1 << 20);
+    let facts = i.facts(&i.cfg.inbox.join("p1/scan_R1.dcm"), SystemTime::now());
+    let bytes = fixture("phi/synthetic_phi.dcm");
+    let (parses, record) = i
+        .pool
+        .run(move |w| {
+            let before = parses_on_this_thread();
+            let r = scan_job(w, bytes, &facts);
+            (parses_on_this_thread() - before, r)
+        })
+        .await
+        .unwrap();
+    let record = record.unwrap();
+    assert_eq!(parses, 1);
+    assert_eq!(record.patient_key, Some(i.key.pseudonym("MRN-4471-PHI")));
+}
+
+/// A DICOM that cannot be parsed is set aside at once, its reason naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_dicom_is_set_aside_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
+    std::fs::create_dir_all(i.cfg.inbox.join("p1")).unwrap();
+    let scan = i.cfg.inbox.join("p1/scan_R1.dcm");
+    let mut bytes = fixture("phi/synthetic_phi.dcm");
+    bytes.truncate(700);
+    std::fs::write(&scan, &bytes).unwrap();
+    let r = i.scan_ref(&scan);
+    let attempts = Attempts::load(i.cfg.attempts_file());
+    let at = place_of(&i, &scan);
+    let o = i
+        .process(at, &scan, None, &r, SystemTime::now(), &attempts)
+        .await;
+    assert!(matches!(o, Outcome::Done));
+    assert!(!scan.exists());
+    let reason =
+        std::fs::read_to_string(i.cfg.rejected_dir().join("p1/scan_R1.dcm.reason.txt")).unwrap();
+    assert!(
+        reason.contains("corrupt or truncated DICOM file"),
+        "{reason}"
+    );
+    assert!(!reason.contains("MRN-4471"), "{reason}");
+    assert_eq!(attempts.get(&r), 0);
+    assert_eq!(outbox.stats().unwrap().pending, 0);
+    assert_eq!(i.status.snapshot().intake.rejected, 1);
+}

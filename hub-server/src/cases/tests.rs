@@ -1,0 +1,297 @@
+//! The case service over a real store, audit log and accounts: what each role gets, and
+//! the audit line each access leaves, allowed or refused.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pleura_shared::record::sample_record;
+use pleura_shared::ScanRecord;
+
+use super::*;
+use crate::audit::Entry;
+use crate::auth::{add_account, Role};
+use crate::directory::FixedDirectory;
+use crate::recovery::open_checked;
+
+const PW: &str = "a long enough password";
+
+struct Hub {
+    svc: CaseService,
+    dir: tempfile::TempDir,
+    north_flagged: ScanRecord,
+    north_normal: ScanRecord,
+    south_flagged: ScanRecord,
+}
+
+/// A hub with clinics n1 (north) and s1 (south), one account per role, and three cases.
+fn hub() -> Hub {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let recovered = open_checked(dir.path(), metrics.clone()).unwrap();
+    let accounts = dir.path().join("accounts.json");
+    add_account(&accounts, "ana", Role::Specialist, Some("north"), PW).unwrap();
+    add_account(&accounts, "min", Role::Ministry, None, PW).unwrap();
+    add_account(&accounts, "op", Role::Operator, None, PW).unwrap();
+    let auth = Auth::open(&accounts, &dir.path().join("token.key"), 60_000).unwrap();
+    let audit = AuditLog::open(dir.path(), metrics.clone()).unwrap();
+    let north_flagged = sample_record("n1", "d1", 3, true);
+    let north_normal = sample_record("n1", "d1", 0, false);
+    let south_flagged = sample_record("s1", "d1", 2, true);
+    let all = [
+        north_flagged.clone(),
+        north_normal.clone(),
+        south_flagged.clone(),
+    ];
+    recovered.store.commit(&all, 5).unwrap();
+    let svc = CaseService::new(
+        Arc::new(recovered.store),
+        Arc::new(auth),
+        Arc::new(audit),
+        Arc::new(FixedDirectory::new([("n1", "north"), ("s1", "south")])),
+        Arc::new(recovered.integrity),
+        metrics,
+    );
+    Hub {
+        svc,
+        dir,
+        north_flagged,
+        north_normal,
+        south_flagged,
+    }
+}
+
+impl Hub {
+    async fn who(&self, user: &str) -> Who {
+        let s = self.svc.login(user, PW, "10.0.0.1").await.unwrap();
+        self.svc
+            .caller(Some(&s.token), "10.0.0.1", Action::ListCases)
+            .await
+            .unwrap()
+    }
+
+    fn audit(&self) -> Vec<Entry> {
+        audit_lines(self.dir.path())
+    }
+
+    /// Whether the log holds a line for `user` doing `action` with an outcome that starts
+    /// with `outcome`.
+    fn logged(&self, user: &str, action: &str, outcome: &str) -> bool {
+        self.audit()
+            .iter()
+            .any(|e| e.user == user && e.action == action && e.outcome.starts_with(outcome))
+    }
+}
+
+fn audit_lines(dir: &Path) -> Vec<Entry> {
+    std::fs::read_to_string(dir.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(cases: &[StoredCase]) -> Vec<ResultId> {
+    cases.iter().map(|c| c.record.id).collect()
+}
+
+#[tokio::test]
+async fn a_specialist_works_their_regions_flagged_cases_only() {
+    let h = hub();
+    let ana = h.who("ana").await;
+    let listed = h.svc.list(&ana, CaseQuery::default()).await.unwrap();
+    assert_eq!(ids(&listed), vec![h.north_flagged.id]);
+    // Asking for another clinic or for unflagged cases widens nothing.
+    let q = CaseQuery {
+        clinic: Some("s1".into()),
+        ..Default::default()
+    };
+    assert!(h.svc.list(&ana, q).await.unwrap().is_empty());
+    let q = CaseQuery {
+        flagged: Some(false),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&h.svc.list(&ana, q).await.unwrap()),
+        vec![h.north_flagged.id]
+    );
+
+    let got = h.svc.get(&ana, h.north_flagged.id).await.unwrap();
+    assert_eq!(got.record, h.north_flagged);
+    let denied = HubError::Denied(policy::NOT_IN_SCOPE.into());
+    for id in [h.south_flagged.id, h.north_normal.id, ResultId::random()] {
+        assert_eq!(h.svc.get(&ana, id).await.unwrap_err(), denied);
+    }
+
+    let log = h.audit();
+    let mine: Vec<_> = log.iter().filter(|e| e.user == "ana").collect();
+    assert_eq!(mine[0].action, "login");
+    assert!(mine
+        .iter()
+        .any(|e| e.action == "list_cases" && e.target == "1 cases"));
+    assert!(mine.iter().any(|e| e.action == "get_case"
+        && e.target == h.north_flagged.id.to_string()
+        && e.outcome == "allowed"));
+    assert!(mine.iter().any(|e| e.action == "get_case"
+        && e.target == h.south_flagged.id.to_string()
+        && e.outcome == format!("denied: {}", policy::NOT_IN_SCOPE)));
+    assert!(mine
+        .iter()
+        .all(|e| e.source == "10.0.0.1" && e.role == "specialist"));
+}
+
+#[tokio::test]
+async fn operators_see_every_case_and_listings_page() {
+    let h = hub();
+    let op = h.who("op").await;
+    let all = h.svc.list(&op, CaseQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let page = |offset| CaseQuery {
+        offset,
+        limit: 2,
+        ..Default::default()
+    };
+    let first = h.svc.list(&op, page(0)).await.unwrap();
+    let second = h.svc.list(&op, page(2)).await.unwrap();
+    assert_eq!([ids(&first), ids(&second)].concat(), ids(&all));
+    assert!(h.svc.get(&op, h.north_normal.id).await.is_ok());
+    assert!(h.logged("op", "list_cases", "allowed"));
+}
+
+#[tokio::test]
+async fn a_ministry_viewer_reads_no_case_and_the_refusal_is_audited() {
+    let h = hub();
+    let min = h.who("min").await;
+    let denied = HubError::Denied(policy::AGGREGATES_ONLY.into());
+    assert_eq!(
+        h.svc.list(&min, CaseQuery::default()).await.unwrap_err(),
+        denied
+    );
+    assert_eq!(
+        h.svc.get(&min, h.north_flagged.id).await.unwrap_err(),
+        denied
+    );
+    assert!(h.logged("min", "list_cases", "denied: ministry"));
+    assert!(h.logged("min", "get_case", "denied: ministry"));
+}
+
+#[tokio::test]
+async fn aggregates_are_scoped_by_region_and_always_audited() {
+    let h = hub();
+    let min = h.who("min").await;
+    let rows = h.svc.aggregates(&min, DayRange::default()).await.unwrap();
+    let regions: Vec<_> = rows
+        .iter()
+        .map(|r| (r.region.as_str(), r.counts.scans))
+        .collect();
+    assert_eq!(regions, vec![("north", 2), ("south", 1)]);
+    assert_eq!(rows[0].counts.flagged, 1);
+
+    // A specialist's aggregates count their own region only.
+    let ana = h.who("ana").await;
+    let rows = h.svc.aggregates(&ana, DayRange::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].region.as_str(), rows[0].counts.scans),
+        ("north", 2)
+    );
+    let later = DayRange {
+        from_day: Some(h.north_flagged.scan_day + 1),
+        to_day: None,
+    };
+    assert!(h.svc.aggregates(&min, later).await.unwrap().is_empty());
+
+    assert!(h.logged("min", "aggregates", "allowed"));
+    assert!(h.logged("ana", "aggregates", "allowed"));
+    let n = h
+        .audit()
+        .iter()
+        .filter(|e| e.action == "aggregates")
+        .count();
+    assert_eq!(n, 3, "one line per call");
+
+    // Refused for its token: audited too (first from a source at once, then folded).
+    let e = h
+        .svc
+        .caller(None, "10.0.0.9", Action::Aggregates)
+        .await
+        .unwrap_err();
+    assert_eq!(e, HubError::Unauthenticated("no bearer token".into()));
+    let refused = h.audit().into_iter().last().unwrap();
+    assert_eq!(
+        (refused.action.as_str(), refused.source.as_str()),
+        ("aggregates", "10.0.0.9")
+    );
+    assert!(refused.outcome.starts_with("denied: no bearer token"));
+}
+
+#[tokio::test]
+async fn sync_status_is_for_operators_and_always_audited() {
+    let h = hub();
+    let op = h.who("op").await;
+    let s = h.svc.sync_status(&op).await.unwrap();
+    assert_eq!(s.devices.len(), 2);
+    assert_eq!(s.missing, 0);
+    assert!(h.logged("op", "sync_status", "allowed"));
+    let target = &h.audit().into_iter().last().unwrap().target;
+    assert_eq!(target, "2 devices");
+
+    for user in ["ana", "min"] {
+        let who = h.who(user).await;
+        assert_eq!(
+            h.svc.sync_status(&who).await.unwrap_err(),
+            HubError::Denied(policy::OPERATORS_ONLY.into())
+        );
+        assert!(h.logged(user, "sync_status", "denied: sync status is for operators"));
+    }
+
+    let e = h
+        .svc
+        .caller(Some("v1.forged.token"), "10.0.0.8", Action::SyncStatus)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HubError::Unauthenticated(_)));
+    assert!(h.audit().iter().any(|l| l.action == "sync_status"
+        && l.source == "10.0.0.8"
+        && l.outcome.starts_with("denied")));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_audited() {
+    let h = hub();
+    let e = h.svc.login("ana", "not the password", "10.0.0.7").await;
+    assert!(matches!(e, Err(HubError::Unauthenticated(_))));
+    assert!(h.logged("ana", "login", "denied"));
+}
+
+#[test]
+fn clinic_rows_fold_into_region_rows() {
+    let row = |clinic: &str, day, scans| ClinicDay {
+        clinic: clinic.into(),
+        day,
+        counts: Counts {
+            scans,
+            ..Default::default()
+        },
+    };
+    let regions = HashMap::from([
+        ("n1".to_string(), "north".to_string()),
+        ("n2".to_string(), "north".to_string()),
+    ]);
+    let folded = by_region(
+        vec![
+            row("n1", 7, 1),
+            row("n2", 7, 2),
+            row("n2", 8, 4),
+            row("x", 7, 8),
+        ],
+        &regions,
+    );
+    let got: Vec<_> = folded
+        .iter()
+        .map(|r| (r.region.as_str(), r.day, r.counts.scans))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("north", 7, 3), ("north", 8, 4), (UNASSIGNED, 7, 8)]
+    );
+}

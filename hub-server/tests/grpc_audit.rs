@@ -1,0 +1,236 @@
+//! The gRPC API over real TLS, the hub running in this process: devices upload over
+//! mTLS, people's `Aggregates` and `SyncStatus` calls are scoped by role, and every one
+//! of them, allowed or refused, leaves a line in the audit log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hub_server::audit::{self, AuditPaths, Entry};
+use hub_server::auth::{add_account, Role};
+use hub_server::ca::Pki;
+use hub_server::config::HubConfig;
+use pleura_proto::v1::hub_client::HubClient;
+use pleura_proto::v1::{AggregatesRequest, LoginRequest, SignedBatch, SyncStatusRequest};
+use pleura_shared::record::sample_record;
+use pleura_shared::signing::BatchSigner;
+use pleura_shared::wire::ResultBatch;
+use pleura_shared::{ScanRecord, SCHEMA_VERSION};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request};
+
+const PW: &str = "a long enough password";
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A TLS channel trusting the hub's CA, as the device of `bundle` if given.
+async fn channel(addr: SocketAddr, pki: &Path, bundle: Option<&Path>) -> Channel {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+        std::fs::read(pki.join("ca.pem")).unwrap(),
+    ));
+    if let Some(b) = bundle {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(b.join("device.pem")).unwrap(),
+            std::fs::read(b.join("device.key")).unwrap(),
+        ));
+    }
+    let ep = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    for _ in 0..200 {
+        if let Ok(c) = ep.connect().await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the hub's gRPC port {addr} never answered");
+}
+
+fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> SignedBatch {
+    let batch = ResultBatch {
+        schema_version: SCHEMA_VERSION,
+        clinic_id: clinic.into(),
+        device_id: device.into(),
+        results: records.iter().map(ScanRecord::to_wire).collect(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))
+        .unwrap()
+        .sign(&batch);
+    SignedBatch { batch, signature }
+}
+
+fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregates_and_sync_status_are_scoped_and_every_call_is_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki_dir, data) = (tmp.path().join("pki"), tmp.path().join("data"));
+    let pki = Pki::init(&pki_dir, "test", &["127.0.0.1".into()]).unwrap();
+    let now = (pleura_shared::now_ms() / 1000) as i64;
+    let bundle = |name: &str| tmp.path().join(name);
+    pki.enroll(
+        "nclinic",
+        "n1",
+        "north",
+        now - 60,
+        now + 3600,
+        &bundle("n1"),
+    )
+    .unwrap();
+    pki.enroll(
+        "sclinic",
+        "s1",
+        "south",
+        now - 60,
+        now + 3600,
+        &bundle("s1"),
+    )
+    .unwrap();
+    let accounts = tmp.path().join("accounts.json");
+    add_account(&accounts, "ana", Role::Specialist, Some("north"), PW).unwrap();
+    add_account(&accounts, "min", Role::Ministry, None, PW).unwrap();
+    add_account(&accounts, "op", Role::Operator, None, PW).unwrap();
+
+    let grpc = free_addr();
+    let cfg: HubConfig = toml::from_str(&format!(
+        "data_dir = {data:?}\ngrpc_listen = \"{grpc}\"\nmetrics_listen = \"{}\"\n\
+         [mqtt]\nlisten = \"{}\"\n\
+         [security]\npki_dir = {pki_dir:?}\naccounts_file = {accounts:?}\n",
+        free_addr(),
+        free_addr(),
+    ))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let hub = tokio::spawn(hub_server::run(cfg, shutdown.clone()));
+
+    for (clinic, device, records) in [
+        (
+            "nclinic",
+            "n1",
+            vec![
+                sample_record("nclinic", "n1", 3, true),
+                sample_record("nclinic", "n1", 0, false),
+            ],
+        ),
+        (
+            "sclinic",
+            "s1",
+            vec![sample_record("sclinic", "s1", 3, true)],
+        ),
+    ] {
+        let b = bundle(device);
+        let mut c = HubClient::new(channel(grpc, &pki_dir, Some(&b)).await);
+        c.upload(signed(clinic, device, &records, &b))
+            .await
+            .unwrap();
+    }
+
+    let mut c = HubClient::new(channel(grpc, &pki_dir, None).await);
+    let token = |user: &'static str| {
+        let mut c = c.clone();
+        async move {
+            c.login(LoginRequest {
+                username: user.into(),
+                password: PW.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+        }
+    };
+    let (ana, min, op) = (token("ana").await, token("min").await, token("op").await);
+
+    // The ministry counts every region; a specialist only their own.
+    let all = c
+        .aggregates(bearer(AggregatesRequest::default(), &min))
+        .await
+        .unwrap()
+        .into_inner()
+        .rows;
+    let scans: Vec<_> = all.iter().map(|r| (r.region.as_str(), r.scans)).collect();
+    assert_eq!(scans, vec![("north", 2), ("south", 1)]);
+    let north = c
+        .aggregates(bearer(AggregatesRequest::default(), &ana))
+        .await
+        .unwrap()
+        .into_inner()
+        .rows;
+    assert_eq!(north.len(), 1);
+    assert_eq!((north[0].region.as_str(), north[0].scans), ("north", 2));
+
+    // Sync status: operators only.
+    let status = c
+        .sync_status(bearer(SyncStatusRequest {}, &op))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.devices.len(), 2);
+    for t in [&min, &ana] {
+        let e = c
+            .sync_status(bearer(SyncStatusRequest {}, t))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+
+    // Refused for the token: no token, a forged one. Apart by more than the folding
+    // window, so that each is its own line.
+    let e = c
+        .aggregates(AggregatesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    tokio::time::sleep(hub_server::denials::WINDOW * 2).await;
+    let e = c
+        .sync_status(bearer(SyncStatusRequest {}, "v1.00.forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    shutdown.cancel();
+    hub.await.unwrap().unwrap();
+
+    let key = audit::load_key(&AuditPaths::in_dir(&data).key, false).unwrap();
+    let entries: Vec<Entry> = audit::verify(&AuditPaths::in_dir(&data), &key)
+        .unwrap()
+        .entries;
+    let has = |user: &str, action: &str, outcome: &str| {
+        entries.iter().any(|e| {
+            e.user == user
+                && e.action.contains(action)
+                && e.outcome.starts_with(outcome)
+                && e.source == "127.0.0.1"
+        })
+    };
+    assert!(has("min", "aggregates", "allowed"));
+    assert!(has("ana", "aggregates", "allowed"));
+    assert!(has("op", "sync_status", "allowed"));
+    assert!(has(
+        "min",
+        "sync_status",
+        "denied: sync status is for operators"
+    ));
+    assert!(has(
+        "ana",
+        "sync_status",
+        "denied: sync status is for operators"
+    ));
+    assert!(has("-", "aggregates", "denied: no bearer token"));
+    assert!(has("-", "sync_status", "denied: token is malformed"));
+}
