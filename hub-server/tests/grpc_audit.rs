@@ -16,7 +16,6 @@ use pleura_shared::record::sample_record;
 use pleura_shared::signing::BatchSigner;
 use pleura_shared::wire::ResultBatch;
 use pleura_shared::{ScanRecord, SCHEMA_VERSION};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request};
@@ -55,18 +54,15 @@ async fn channel(addr: SocketAddr, pki: &Path, bundle: Option<&Path>) -> Channel
 }
 
 fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> SignedBatch {
-    let batch = ResultBatch {
-        schema_version: SCHEMA_VERSION,
-        clinic_id: clinic.into(),
-        device_id: device.into(),
-        results: records.iter().map(ScanRecord::to_wire).collect(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))
+    BatchSigner::from_pem_file(&bundle.join("device.key"))
         .unwrap()
-        .sign(&batch);
-    SignedBatch { batch, signature }
+        .seal(&ResultBatch {
+            schema_version: SCHEMA_VERSION,
+            clinic_id: clinic.into(),
+            device_id: device.into(),
+            results: records.iter().map(ScanRecord::to_wire).collect(),
+            ..Default::default()
+        })
 }
 
 fn bearer<T>(msg: T, token: &str) -> Request<T> {

@@ -55,6 +55,13 @@ impl BatchSigner {
         self.key.sign(&message(batch)).as_ref().to_vec()
     }
 
+    /// `batch` encoded and signed: the envelope a device sends.
+    pub fn seal(&self, batch: &pleura_proto::v1::ResultBatch) -> pleura_proto::v1::SignedBatch {
+        let batch = prost::Message::encode_to_vec(batch);
+        let signature = self.sign(&batch);
+        pleura_proto::v1::SignedBatch { batch, signature }
+    }
+
     pub fn public_key(&self) -> &[u8] {
         self.key.public_key().as_ref()
     }

@@ -52,3 +52,24 @@ pub fn mqtt_client(
     }
     rumqttc::Client::new(opts, 16)
 }
+
+/// `records` in a batch signed with the key of `bundle`, as that device would send it.
+pub fn signed(
+    clinic: &str,
+    device: &str,
+    records: &[pleura_shared::ScanRecord],
+    bundle: &Path,
+) -> pleura_proto::v1::SignedBatch {
+    pleura_shared::signing::BatchSigner::from_pem_file(&bundle.join("device.key"))
+        .expect("the bundle's device key")
+        .seal(&pleura_shared::wire::ResultBatch {
+            schema_version: pleura_shared::SCHEMA_VERSION,
+            clinic_id: clinic.into(),
+            device_id: device.into(),
+            results: records
+                .iter()
+                .map(pleura_shared::ScanRecord::to_wire)
+                .collect(),
+            ..Default::default()
+        })
+}

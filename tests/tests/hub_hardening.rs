@@ -4,33 +4,14 @@
 //! holds on gRPC as on MQTT, and the data directory is private.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use pleura_e2e::*;
 use pleura_proto::v1::hub_client::HubClient;
-use pleura_proto::v1::{GetCaseRequest, LoginRequest, SignedBatch};
+use pleura_proto::v1::{GetCaseRequest, LoginRequest};
 use pleura_shared::record::sample_record;
-use pleura_shared::signing::BatchSigner;
-use pleura_shared::wire::ResultBatch;
-use pleura_shared::{ScanRecord, SCHEMA_VERSION};
-use prost::Message;
+use pleura_shared::ScanRecord;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> SignedBatch {
-    let batch = ResultBatch {
-        schema_version: SCHEMA_VERSION,
-        clinic_id: clinic.into(),
-        device_id: device.into(),
-        results: records.iter().map(ScanRecord::to_wire).collect(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))
-        .unwrap()
-        .sign(&batch);
-    SignedBatch { batch, signature }
-}
 
 /// A TLS channel to the hub from a chosen loopback source address.
 async fn channel_from(hub: &Hub, source: &str) -> anyhow::Result<Channel> {

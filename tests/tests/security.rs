@@ -7,30 +7,13 @@ use std::time::Duration;
 
 use pleura_e2e::*;
 use pleura_proto::v1::hub_client::HubClient;
-use pleura_proto::v1::{AggregatesRequest, GetCaseRequest, ListCasesRequest, SignedBatch};
+use pleura_proto::v1::{AggregatesRequest, GetCaseRequest, ListCasesRequest};
 use pleura_shared::record::sample_record;
-use pleura_shared::signing::BatchSigner;
-use pleura_shared::wire::ResultBatch;
-use pleura_shared::{topics, ScanRecord, SCHEMA_VERSION};
+use pleura_shared::{topics, ScanRecord};
 use prost::Message;
 use rumqttc::{Event, Packet, QoS};
 
 /// A batch of `records` claiming `clinic/device`, signed with the key in `bundle`.
-fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> SignedBatch {
-    let batch = ResultBatch {
-        schema_version: SCHEMA_VERSION,
-        clinic_id: clinic.into(),
-        device_id: device.into(),
-        results: records.iter().map(ScanRecord::to_wire).collect(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))
-        .unwrap()
-        .sign(&batch);
-    SignedBatch { batch, signature }
-}
-
 /// Connects, runs `act` once connected, then polls until the connection ends or
 /// `settle` passes. Returns whether it ever connected and whether the peer closed it.
 fn session(

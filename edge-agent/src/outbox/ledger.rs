@@ -76,6 +76,9 @@ impl Line {
 pub struct Ledger {
     journal: Journal,
     pub state: HashMap<ResultId, State>,
+    /// The ids whose state is `Lost`, kept beside `state`: intake asks at every poll
+    /// and `state` holds every acknowledged id of the retention window.
+    lost: HashSet<ResultId>,
     pub retractions: HashSet<ResultId>,
     /// Lines that failed their checksum or did not parse when the journal was read.
     pub damaged: u64,
@@ -89,6 +92,7 @@ impl Ledger {
         let mut l = Ledger {
             journal: Journal::open(path)?,
             state: HashMap::new(),
+            lost: HashSet::new(),
             retractions: HashSet::new(),
             damaged: replay.damaged,
             appended: 0,
@@ -108,6 +112,7 @@ impl Ledger {
         Ledger {
             journal: Journal::open(Path::new("/dev/full")).expect("/dev/full"),
             state: HashMap::new(),
+            lost: HashSet::new(),
             retractions: HashSet::new(),
             damaged: 0,
             appended: 0,
@@ -115,15 +120,24 @@ impl Ledger {
     }
 
     fn apply(&mut self, line: Line) {
-        match line {
-            Line::Queued(id) => drop(self.state.insert(id, State::Queued)),
-            Line::Acked(id, day) => drop(self.state.insert(id, State::Acked(day))),
-            Line::Parked(id) => drop(self.state.insert(id, State::Parked)),
-            Line::Lost(id) => drop(self.state.insert(id, State::Lost)),
-            Line::Gone(id, day) => drop(self.state.insert(id, State::Gone(day))),
-            Line::Pruned(id) => drop(self.state.remove(&id)),
-            Line::RetractAsked(id) => drop(self.retractions.insert(id)),
-            Line::RetractDone(id) => drop(self.retractions.remove(&id)),
+        let (id, now) = match line {
+            Line::Queued(id) => (id, Some(State::Queued)),
+            Line::Acked(id, day) => (id, Some(State::Acked(day))),
+            Line::Parked(id) => (id, Some(State::Parked)),
+            Line::Lost(id) => (id, Some(State::Lost)),
+            Line::Gone(id, day) => (id, Some(State::Gone(day))),
+            Line::Pruned(id) => (id, None),
+            Line::RetractAsked(id) => return drop(self.retractions.insert(id)),
+            Line::RetractDone(id) => return drop(self.retractions.remove(&id)),
+        };
+        if now == Some(State::Lost) {
+            self.lost.insert(id);
+        } else {
+            self.lost.remove(&id);
+        }
+        match now {
+            Some(s) => drop(self.state.insert(id, s)),
+            None => drop(self.state.remove(&id)),
         }
     }
 
@@ -182,11 +196,11 @@ impl Ledger {
     }
 
     pub fn lost(&self) -> Vec<ResultId> {
-        self.state
-            .iter()
-            .filter(|(_, s)| **s == State::Lost)
-            .map(|(id, _)| *id)
-            .collect()
+        self.lost.iter().copied().collect()
+    }
+
+    pub fn lost_count(&self) -> usize {
+        self.lost.len()
     }
 }
 
@@ -282,6 +296,11 @@ impl Ledger {
             .collect();
         c.lost_retractions = lost_retractions.len() as u64;
         self.retractions.extend(held.retractions.iter().copied());
+        self.lost = next
+            .iter()
+            .filter(|(_, s)| **s == State::Lost)
+            .map(|(id, _)| *id)
+            .collect();
         self.state = next;
         self.damaged = 0;
         // Not fatal (a full disk must not stop the agent): the journal as it is replays
@@ -353,5 +372,12 @@ mod tests {
         // The lost acknowledged one is remembered as such: not rebuilt, not resent.
         assert_eq!(l.state.get(&c), Some(&State::Gone(7)));
         assert_eq!(l.state.len(), 4);
+        // Replayed from the journal, and kept as results leave the lost state.
+        let mut l = l;
+        assert_eq!(l.lost(), vec![a]);
+        l.record(&[Line::Queued(a)]).unwrap();
+        assert!(l.lost().is_empty());
+        l.record(&[Line::Lost(b), Line::Pruned(b)]).unwrap();
+        assert!(l.lost().is_empty());
     }
 }

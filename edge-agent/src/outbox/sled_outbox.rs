@@ -300,7 +300,7 @@ impl Outbox for SledOutbox {
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
             }
         }
-        let lost_pending = self.ledger()?.lost().len() as u64;
+        let lost_pending = self.ledger()?.lost_count() as u64;
         Ok(OutboxStats {
             pending: self.queue.len() as u64,
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),

@@ -49,15 +49,13 @@ impl SyncWorker {
 
     /// The batch, encoded and signed with the device key (unsigned only without one).
     pub(super) fn sign(&self, batch: ResultBatch) -> SignedBatch {
-        use prost::Message;
-        let batch = batch.encode_to_vec();
-        let signature = self
-            .creds
-            .signer
-            .as_ref()
-            .map(|s| s.sign(&batch))
-            .unwrap_or_default();
-        SignedBatch { batch, signature }
+        match &self.creds.signer {
+            Some(signer) => signer.seal(&batch),
+            None => SignedBatch {
+                batch: prost::Message::encode_to_vec(&batch),
+                signature: Vec::new(),
+            },
+        }
     }
 
     pub(super) fn results_message(&self, records: &[ScanRecord]) -> SignedBatch {
