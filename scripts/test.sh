@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test, with both inference backends. Installs what the tests need:
-# ONNX Runtime's shared library from PyPI's onnxruntime wheel, and grpcio for the
-# standard-client interop test (tests/interop/), both into .venv-test/.
+# ONNX Runtime's shared library from PyPI's onnxruntime wheel, grpcio for the
+# standard-client interop test (tests/interop/) and selenium for the browser test
+# (tests/browser/, driving Debian's chromium + chromedriver), all into .venv-test/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 GRPCIO_VERSION=1.76.0
+SELENIUM_VERSION=4.51.0
 venv=.venv-test
-if ! "$venv/bin/python" -c "import onnxruntime, grpc" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import onnxruntime, grpc, selenium" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" \
-    "grpcio==$GRPCIO_VERSION"
+    "grpcio==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION"
 fi
 ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1

@@ -2,9 +2,13 @@
 //! TLS gate) and two clinic agents on loopback, all on embedded defaults, with TLS on:
 //! the demo creates the regional CA, enrols both devices and adds three accounts. The
 //! southern clinic starts while the hub is down, analyses its scans offline, and
-//! catches up once the hub is up. Prints what arrived where and who may see it.
+//! catches up once the hub is up. Prints what arrived where and who may see it; then the
+//! northern specialist reads the flagged examination in the web application and the
+//! verdict reaches the clinic's page. Both pages stay up until Ctrl-C
+//! (`PLEURA_DEMO_EXIT=1`: end at once).
 
 mod report;
+mod review;
 pub mod scenario;
 mod setup;
 

@@ -1,5 +1,7 @@
 //! The demo's story, step by step: the southern clinic analyses offline, the hub comes
-//! up, the northern clinic joins online, and both catch up.
+//! up, the northern clinic joins online, and both catch up; a flagged scan's preview
+//! reaches the hub, the northern specialist reads it in the web application, and the
+//! verdict comes back to the clinic's own page.
 
 use std::time::Duration;
 
@@ -8,7 +10,11 @@ use hub_server::config::{HubConfig, MqttConfig, SecurityConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::report;
-use crate::setup::{self, agent_config, export, port, status, wait_for};
+use crate::review::Specialist;
+use crate::setup::{self, agent_config, export, port, status, wait_for, PEOPLE};
+
+/// The northern clinic's page PIN (the demo sets it; a clinic uses `edge-agent clinic-pin set`).
+pub const CLINIC_PIN: &str = "2468-demo";
 
 pub async fn run() -> Result<()> {
     let root = std::env::temp_dir().join(format!("pleura-demo-{}", std::process::id()));
@@ -19,7 +25,10 @@ pub async fn run() -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let south = agent_config(&root, "clinic-south", mqtt, grpc);
-    let north = agent_config(&root, "clinic-north", mqtt, grpc);
+    let mut north = agent_config(&root, "clinic-north", mqtt, grpc);
+    let clinic_page = port()?;
+    north.clinic_page.enabled = true;
+    north.clinic_page.listen = format!("127.0.0.1:{clinic_page}").parse()?;
 
     println!("0. The regional CA is created; each clinic's Pi is enrolled (certificate + key),");
     println!("   and three people get accounts: an operator, a northern specialist, a ministry viewer.\n");
@@ -65,7 +74,10 @@ pub async fn run() -> Result<()> {
     hub_cfg.validate()?;
     tokio::spawn(hub_server::run(hub_cfg, shutdown.clone()));
 
-    println!("3. clinic-north starts online. Its device exports 4 scans (one is not a scan).\n");
+    println!("3. clinic-north starts online, with its clinic page on. Its device exports 4 scans");
+    println!("   (one is not a scan).\n");
+    pleura_shared::fsutil::private_dir(&north.data_dir)?;
+    edge_agent::clinic::auth::set_pin(&north.data_dir, CLINIC_PIN)?;
     tokio::spawn(edge_agent::daemon::run(north.clone(), shutdown.clone()));
     export(
         &north,
@@ -87,6 +99,44 @@ pub async fn run() -> Result<()> {
     .await?;
 
     report::show(&pki.ca_cert(), grpc, &[&north, &south], &root).await?;
+
+    let (user, _, _, password) = PEOPLE[1];
+    println!("\n4. The flagged scans' de-identified previews (key frames + activation maps) and");
+    println!("   clips follow the results. {user} signs in to the hub's web application");
+    println!("   (https://127.0.0.1:{metrics}/) and opens the most urgent examination.");
+    let web = format!("127.0.0.1:{metrics}").parse()?;
+    let dr = Specialist::login(web, &pki.ca_cert(), user, password).await?;
+    let (exam, page) = dr.first_case_with_preview(Duration::from_secs(300)).await?;
+    println!("   examination {exam}: preview at the hub; {user} claims it and answers:");
+    println!("   COVID-19 compatible, refer.");
+    dr.give_verdict(
+        &exam,
+        &page,
+        "covid",
+        "refer",
+        "B-lines with a subpleural consolidation; refer for oxygen.",
+    )
+    .await?;
+    wait_for(
+        "the verdict to reach clinic-north",
+        Duration::from_secs(120),
+        || status(&north)["verdicts"] == 1,
+    )
+    .await?;
+    println!("5. The verdict, signed by the hub, is held by clinic-north and shown on its page.\n");
+
+    if std::env::var_os("PLEURA_DEMO_EXIT").is_none() {
+        println!("Both web pages stay up until Ctrl-C (the browser will warn about the demo's own");
+        println!(
+            "certificates: accept them, or trust {}):",
+            pki.ca_cert().display()
+        );
+        println!(
+            "  specialist  https://127.0.0.1:{metrics}/  user {user}, password \"{password}\""
+        );
+        println!("  clinic      https://127.0.0.1:{clinic_page}/  PIN {CLINIC_PIN}");
+        tokio::signal::ctrl_c().await?;
+    }
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = std::fs::remove_dir_all(&root);

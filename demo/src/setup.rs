@@ -91,6 +91,7 @@ pub fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConf
             ca: bundle.join("ca.pem"),
             cert: bundle.join("device.pem"),
             key: bundle.join("device.key"),
+            hub_key: Some(bundle.join("hub-downlink.pub")),
         }),
         sync: SyncSettings {
             backoff_min_ms: 200,
@@ -105,6 +106,8 @@ pub fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConf
             ..InferenceSettings::default()
         },
         intake: IntakeSettings::default(),
+        media: Default::default(),
+        clinic_page: Default::default(),
     }
 }
 

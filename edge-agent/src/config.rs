@@ -32,6 +32,60 @@ pub struct EdgeConfig {
     pub inference: InferenceSettings,
     #[serde(default)]
     pub intake: IntakeSettings,
+    #[serde(default)]
+    pub clinic_page: ClinicPageSettings,
+    #[serde(default)]
+    pub media: MediaSettings,
+}
+
+/// Previews and clips of flagged scans for the hub's specialists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// Most bytes of media kept in `<data_dir>/media/`. Items the hub holds are pruned
+    /// first (reviewed results' first); past it no new clips are made (previews of
+    /// flagged scans always are, with an alarm).
+    pub max_bytes: u64,
+    /// Seconds to wait for the hub's answer to a media message before asking again.
+    pub ack_timeout_s: u64,
+    /// Make a clip of every flagged scan (uploaded when the link is idle); when off,
+    /// clips are made only when the hub asks for one.
+    pub clips_of_flagged: bool,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 512 * 1024 * 1024,
+            ack_timeout_s: 10,
+            clips_of_flagged: true,
+        }
+    }
+}
+
+/// The clinic's own page on the LAN (`clinic`): off unless enabled, behind a PIN set
+/// with `edge-agent clinic-pin set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClinicPageSettings {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Plain HTTP, for a setup behind a TLS proxy of its own; HTTPS with a self-signed
+    /// certificate (made in the data folder on first start) otherwise.
+    pub insecure_http: bool,
+    /// Minutes a login lasts.
+    pub session_minutes: u64,
+}
+
+impl Default for ClinicPageSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8480)),
+            insecure_http: false,
+            session_minutes: 480,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +154,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its Ed25519 key: TLS client authentication and batch signatures.
     pub key: PathBuf,
+    /// The hub's downlink public key (the bundle's `hub-downlink.pub`): verifies what the
+    /// hub sends (verdicts, clip requests). Without it those messages are dropped.
+    #[serde(default)]
+    pub hub_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +339,14 @@ impl EdgeConfig {
         if self.intake.max_analysis_s == 0 {
             return inv("intake.max_analysis_s must be positive".into());
         }
+        if self.media.ack_timeout_s == 0 || self.media.max_bytes < 1024 * 1024 {
+            return inv(
+                "media.ack_timeout_s must be positive and media.max_bytes at least 1 MiB".into(),
+            );
+        }
+        if self.clinic_page.session_minutes == 0 || self.clinic_page.session_minutes > 24 * 60 {
+            return inv("clinic_page.session_minutes must be 1-1440".into());
+        }
         Ok(())
     }
 
@@ -319,7 +385,9 @@ impl EdgeConfig {
          [tls]\n\
          ca = \"/etc/pleura/ca.pem\"\n\
          cert = \"/etc/pleura/device.pem\"\n\
-         key = \"/etc/pleura/device.key\"\n\n\
+         key = \"/etc/pleura/device.key\"\n\
+         # The hub's downlink key: verdicts and clip requests are trusted only with it.\n\
+         hub_key = \"/etc/pleura/hub-downlink.pub\"\n\n\
          [sync]\n\
          batch_size = 50\n\
          max_in_flight = 1000\n\
@@ -351,7 +419,25 @@ impl EdgeConfig {
          # rebuild a result the outbox loses); then they are pruned, oldest first, past\n\
          # this many bytes (2 GiB) or days.\n\
          processed_budget_bytes = 2147483648\n\
-         processed_keep_days = 30\n"
+         processed_keep_days = 30\n\n\
+         # The clinic's page on the LAN: today's scans by local patient id, their sync state\n\
+         # and the specialist's verdict. Off by default; set its PIN with\n\
+         # `edge-agent clinic-pin set --config ...` (read from standard input) first.\n\
+         [clinic_page]\n\
+         enabled = false\n\
+         listen = \"0.0.0.0:8480\"\n\
+         # HTTPS with a self-signed certificate made in data_dir (its SHA-256 fingerprint is\n\
+         # logged at start); plain HTTP only behind a TLS proxy of the clinic's own.\n\
+         insecure_http = false\n\
+         session_minutes = 480\n\n\
+         # Previews (key frames with the model's map) and clips of flagged scans, sent to\n\
+         # the hub after the results. At most this many bytes (512 MiB) are kept here;\n\
+         # media the hub holds is pruned first. Clips of flagged scans are made unless\n\
+         # clips_of_flagged = false (then only when a specialist asks for one).\n\
+         [media]\n\
+         max_bytes = 536870912\n\
+         ack_timeout_s = 10\n\
+         clips_of_flagged = true\n"
             .to_string()
     }
 }
@@ -376,6 +462,16 @@ mod tests {
         assert_eq!(cfg.intake.max_attempts, d.max_attempts);
         assert_eq!(cfg.intake.max_analysis_s, d.max_analysis_s);
         assert!(!cfg.intake.log_paths && !d.log_paths);
+        // The clinic page is off unless asked for, by default and in the example.
+        assert!(!cfg.clinic_page.enabled && !ClinicPageSettings::default().enabled);
+        assert_eq!(cfg.clinic_page.listen, ClinicPageSettings::default().listen);
+        let mut bad = cfg.clone();
+        bad.clinic_page.session_minutes = 0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("session_minutes"));
         let mut bad = cfg.clone();
         bad.intake.max_attempts = 0;
         assert!(bad

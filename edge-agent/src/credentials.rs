@@ -63,3 +63,29 @@ impl Credentials {
         })
     }
 }
+
+/// The keys of the hub <-> device channel: the device key that signs uplink messages
+/// (None without a bundle) and what downlink messages are trusted by. A configured
+/// `hub_key` that cannot be read stops the agent; none configured is logged once here
+/// (messages from the hub are then dropped).
+pub fn channel_keys(
+    cfg: &EdgeConfig,
+) -> anyhow::Result<(Option<BatchSigner>, crate::downlink::HubTrust)> {
+    use crate::downlink::HubTrust;
+    let Some(t) = &cfg.tls else {
+        return Ok((None, HubTrust::Insecure));
+    };
+    let signer = BatchSigner::from_pem_file(&t.key)?;
+    let Some(path) = &t.hub_key else {
+        tracing::warn!(
+            "[tls] has no hub_key (the bundle's hub-downlink.pub): verdicts and clip requests \
+             from the hub cannot be trusted and will be dropped"
+        );
+        return Ok((Some(signer), HubTrust::Missing));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading [tls] hub_key {}", path.display()))?;
+    let key = crate::downlink::parse_hub_key(&text)
+        .map_err(|e| anyhow::anyhow!("[tls] hub_key {}: {e}", path.display()))?;
+    Ok((Some(signer), HubTrust::Key(key)))
+}

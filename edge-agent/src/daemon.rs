@@ -268,7 +268,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     let creds = crate::credentials::Credentials::load(&cfg).context("loading the [tls] bundle")?;
     let pleura_inference::Engine { model, pool } = cfg.inference.engine().start()?;
     let pool = Arc::new(pool);
-    let outbox: Arc<dyn Outbox> = Arc::new(open_outbox_for_daemon(&cfg)?);
+    let sled_outbox = Arc::new(open_outbox_for_daemon(&cfg)?);
+    let outbox: Arc<dyn Outbox> = sled_outbox.clone();
     let reserve_dir = cfg.data_dir.clone();
     let sd = shutdown.clone();
     // Restored as soon as there is room again.
@@ -294,6 +295,41 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     let queued = Arc::new(tokio::sync::Notify::new());
 
     let tracker = tokio_util::task::TaskTracker::new();
+    // The hub <-> device channel: verdicts and clip requests in, receipts and media out.
+    let downlink = crate::downlink::start(
+        &cfg,
+        crate::credentials::channel_keys(&cfg)?,
+        &sled_outbox,
+        shared.clone(),
+        &tracker,
+        shutdown.clone(),
+    )
+    .context("starting the hub channel")?;
+    // Previews and clips of flagged scans, uploaded after the results.
+    let (media_hook, media) = crate::media::start(
+        &cfg,
+        &sled_outbox,
+        crate::media::MediaInputs {
+            pool: pool.clone(),
+            outbox: outbox.clone(),
+            channel: downlink.channel.clone(),
+            acks: downlink.media_acks,
+            clip_requests: downlink.clip_requests,
+            pending_clips: downlink.clips.clone(),
+            verdicts: downlink.verdicts.clone(),
+            status: shared.clone(),
+        },
+        &tracker,
+        shutdown.clone(),
+    )?;
+    // The clinic's scan log and page (`clinic`; the page only when enabled).
+    let clinic = crate::clinic::sources::open(
+        &sled_outbox,
+        outbox.clone(),
+        media,
+        Arc::new(downlink.verdicts.clone()),
+    )
+    .context("opening the clinic's scan log")?;
     let intake = Intake {
         cfg: cfg.clone(),
         pool,
@@ -302,6 +338,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         status: shared.clone(),
         queued: queued.clone(),
         abandoned: Arc::default(),
+        scan_log: Some(clinic.scans.clone()),
+        media: Some(media_hook),
     };
     tracker.spawn(intake.run(shutdown.clone()));
     let sync = SyncWorker {
@@ -312,8 +350,9 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         creds,
     };
     let sd = shutdown.clone();
+    let channel = downlink.channel.clone();
     tracker.spawn(async move {
-        if let Err(e) = sync.run(sd).await {
+        if let Err(e) = sync.run_with_channel(Some(channel), sd).await {
             tracing::error!(error = %e, "sync worker stopped");
         }
     });
@@ -324,6 +363,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         status_path,
         shutdown.clone(),
     ));
+    crate::clinic::start(&cfg, clinic, shutdown.clone(), &tracker).await;
     tracker.close();
     tracing::info!(clinic = %cfg.clinic, device = %cfg.device, "agent running");
     shutdown.cancelled().await;

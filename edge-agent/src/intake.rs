@@ -61,6 +61,10 @@ pub struct Intake {
     /// Analyses given up after `intake.max_analysis_s` that still hold a pool worker
     /// (a pool job cannot be cancelled). New scans wait while they hold every worker.
     pub abandoned: Arc<AtomicUsize>,
+    /// The clinic's local scan log (`scanlog`), written as each result settles.
+    pub scan_log: Option<crate::scanlog::ScanLog>,
+    /// Schedules a flagged result's preview and clip once its scan is in processed/.
+    pub media: Option<crate::media::MediaHook>,
 }
 
 /// How often processed/ is checked for lost results to rebuild and scans to prune.

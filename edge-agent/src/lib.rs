@@ -2,14 +2,18 @@
 //! every result in a durable outbox, and syncs them to the regional hub.
 
 pub mod cli;
+pub mod clinic;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod deid;
+pub mod downlink;
 pub mod intake;
 pub mod lock;
+pub mod media;
 pub mod outbox;
 pub mod processed;
 pub mod retract;
+pub mod scanlog;
 pub mod status;
 pub mod sync;

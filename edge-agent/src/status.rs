@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod file;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -33,6 +34,12 @@ pub struct Status {
     pub disk: disk::DiskStatus,
     /// When the counters started (the first start of this installation), ms.
     pub counters_since_ms: u64,
+    /// Specialists' verdicts held at the clinic (all time).
+    pub verdicts: u64,
+    /// The hub -> device channel: messages received, dropped, receipted (since start).
+    pub downlink: DownlinkStatus,
+    /// Media items (previews, clips) for the hub: made, stored, uploaded.
+    pub media: MediaStatus,
     /// Conditions a person should act on.
     pub alarms: Vec<String>,
     /// Only from `edge-agent status` on a stopped agent: the alarms it had when it
@@ -71,6 +78,22 @@ pub struct SyncStatus {
     pub retractions_refused: u64,
 }
 
+/// `status.json`'s `downlink`: counts since this start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DownlinkStatus {
+    /// Whether downlink messages can be trusted: "hub_key", "insecure" or "missing".
+    pub trust: String,
+    pub received: u64,
+    pub verdicts: u64,
+    pub clip_requests: u64,
+    pub media_acks: u64,
+    pub duplicates: u64,
+    pub receipts_sent: u64,
+    /// Messages dropped, by reason (signature, other_device, no_hub_key…).
+    pub dropped: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IntakeStatus {
@@ -98,6 +121,32 @@ pub struct IntakeStatus {
     /// Analyses given up after `intake.max_analysis_s`.
     #[serde(default)]
     pub analyses_timed_out: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MediaStatus {
+    /// Bytes of item content sent in chunks (re-sends included).
+    pub chunk_bytes_sent: u64,
+    /// Whole uplink payloads (signed messages) sent for media: chunks and queries.
+    pub uplink_bytes_sent: u64,
+    pub messages_sent: u64,
+    pub items_uploaded: u64,
+    pub items_prepared: u64,
+    /// Items the hub refused for good.
+    pub refused: u64,
+    pub ack_timeouts: u64,
+    pub errors: u64,
+    /// Items that could not be made (scan no longer kept, decode failure).
+    pub unavailable: u64,
+    /// Clips not made because the media store is at `[media] max_bytes`.
+    pub clips_skipped_for_room: u64,
+    /// Previews kept although the store is over `[media] max_bytes` (never dropped).
+    pub previews_over_budget: u64,
+    pub stored_bytes: u64,
+    pub max_bytes: u64,
+    pub queued: u64,
+    pub at_hub: u64,
 }
 
 #[derive(Default)]
@@ -145,6 +194,15 @@ pub fn seed_counters(s: &mut Status, prev: &Status) {
     y.resent_for_hub = q.resent_for_hub;
     y.retractions_recorded = q.retractions_recorded;
     y.retractions_refused = q.retractions_refused;
+    let (m, q) = (&mut s.media, &prev.media);
+    m.items_prepared = q.items_prepared;
+    m.items_uploaded = q.items_uploaded;
+    m.refused = q.refused;
+    m.ack_timeouts = q.ack_timeouts;
+    m.errors = q.errors;
+    m.unavailable = q.unavailable;
+    m.clips_skipped_for_room = q.clips_skipped_for_room;
+    m.previews_over_budget = q.previews_over_budget;
     s.counters_since_ms = if prev.counters_since_ms > 0 {
         prev.counters_since_ms
     } else {

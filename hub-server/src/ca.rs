@@ -18,7 +18,12 @@
 //! gRPC clients refuse Ed25519 in TLS; device keys stay Ed25519 (they also sign batches,
 //! and rustls and OpenSSL accept them as client certificates under a P-256 CA).
 
+mod downlink_key;
 mod migrate;
+
+pub use downlink_key::{
+    parse_public as parse_downlink_public, BUNDLE_FILE as DOWNLINK_BUNDLE_FILE,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -207,6 +212,7 @@ impl Pki {
         write_file(&pki.ca_cert(), cert.pem().as_bytes(), false)?;
         pki.issue_hub(&Issuer::new(params, key), sans, hub_key)?;
         pki.write_crl()?;
+        pki.downlink_signer()?;
         Ok(pki)
     }
 
@@ -284,7 +290,8 @@ impl Pki {
     }
 
     /// Issues a device certificate valid from `not_before_s` to `not_after_s` (Unix
-    /// seconds) and writes the agent bundle into `out`: ca.pem, device.pem, device.key.
+    /// seconds) and writes the agent bundle into `out`: ca.pem, device.pem, device.key,
+    /// hub-downlink.pub.
     /// Re-enrolling a device replaces its certificate; the old one stops working.
     pub fn enroll(
         &self,
@@ -336,6 +343,7 @@ impl Pki {
             read(&self.ca_cert())?.as_bytes(),
             false,
         )?;
+        self.write_downlink_pub(out)?;
         let rec = DeviceRecord {
             clinic: clinic.into(),
             device: device.into(),

@@ -2,7 +2,9 @@
 //! mandatory, registry-checked client certificate, then relays the connection to
 //! rumqttd on loopback while reading every packet the device sends and closing the
 //! connection on the first one outside its identity: a CONNECT with another client id,
-//! a PUBLISH to any topic but its own results, a SUBSCRIBE to anything but its own acks.
+//! a PUBLISH to any topic but its own results and uplink, a SUBSCRIBE to anything but its
+//! own acks and downlink (`topics::device_publishes` / `device_subscribes`, the same rule
+//! as deploy/mosquitto/pleura.acl).
 //! Broker-to-device traffic is relayed untouched.
 
 use std::net::SocketAddr;
@@ -38,9 +40,9 @@ pub enum Denied {
     ClientId(String),
     #[error("will messages are not allowed")]
     Will,
-    #[error("publish to {0:?} is outside this device's results topic")]
+    #[error("publish to {0:?} is outside this device's results and uplink topics")]
     Publish(String),
-    #[error("subscription to {0:?} is outside this device's acks")]
+    #[error("subscription to {0:?} is outside this device's acks and downlink")]
     Subscribe(String),
     #[error("packet type {0} may not come from a client")]
     PacketType(u8),
@@ -63,16 +65,16 @@ impl Denied {
 /// A device's rights on the broker.
 pub struct Scope {
     pub client_id: String,
-    pub publish: String,
-    pub subscribe: String,
+    pub publish: [String; 2],
+    pub subscribe: [String; 2],
 }
 
 impl Scope {
     pub fn device(clinic: &str, device: &str) -> Self {
         Self {
             client_id: topics::client_id(clinic, device),
-            publish: topics::results(clinic, device),
-            subscribe: topics::acks(clinic, device),
+            publish: topics::device_publishes(clinic, device),
+            subscribe: topics::device_subscribes(clinic, device),
         }
     }
 }
@@ -141,7 +143,7 @@ pub fn inspect(packet: &[u8], scope: &Scope, connected: bool) -> Result<(), Deni
         (_, false) => Err(Denied::NotConnected),
         (3, true) => {
             let (topic, _) = string_at(body, 0)?;
-            if topic != scope.publish {
+            if !scope.publish.iter().any(|t| t == topic) {
                 return Err(Denied::Publish(topic.chars().take(128).collect()));
             }
             Ok(())
@@ -153,7 +155,7 @@ pub fn inspect(packet: &[u8], scope: &Scope, connected: bool) -> Result<(), Deni
             }
             while at < body.len() {
                 let (filter, next) = string_at(body, at)?;
-                if filter != scope.subscribe {
+                if !scope.subscribe.iter().any(|t| t == filter) {
                     return Err(Denied::Subscribe(filter.chars().take(128).collect()));
                 }
                 at = next + 1; // requested QoS
@@ -331,10 +333,17 @@ mod tests {
             inspect(&publish(&topics::results("c1", "d1")), &s, false),
             Err(Denied::NotConnected)
         );
+        assert_eq!(
+            inspect(&publish(&topics::uplink("c1", "d1")), &s, true),
+            Ok(())
+        );
         for t in [
             topics::results("c1", "d2"),
             topics::results("c2", "d1"),
             topics::acks("c1", "d1"),
+            topics::uplink("c1", "d2"),
+            topics::downlink("c1", "d1"),
+            topics::downlink("c1", "d2"),
         ] {
             assert_eq!(
                 inspect(&publish(&t), &s, true),
@@ -351,10 +360,15 @@ mod tests {
         };
         let mine = topics::acks("c1", "d1");
         assert_eq!(inspect(&subscribe(&[&mine]), &s, true), Ok(()));
+        let both = [mine.as_str(), &topics::downlink("c1", "d1")];
+        assert_eq!(inspect(&subscribe(&both), &s, true), Ok(()));
         for f in [
             "pleura/v1/clinic/+/device/+/acks",
+            "pleura/v1/clinic/c1/device/+/downlink",
             "#",
             &topics::acks("c1", "d2"),
+            &topics::downlink("c1", "d2"),
+            &topics::uplink("c1", "d1"),
         ] {
             assert_eq!(
                 inspect(&subscribe(&[&mine, f]), &s, true),

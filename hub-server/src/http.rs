@@ -21,13 +21,20 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// For the stored-cases gauge.
     pub store: Arc<dyn HubStore>,
+    /// The specialists' web application (`web`), when served.
+    pub web: Option<crate::web::WebState>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let web = state.web.clone();
+    let base = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .with_state(state);
+    match web {
+        Some(w) => base.merge(crate::web::router(w)),
+        None => base,
+    }
 }
 
 impl HubError {

@@ -13,11 +13,13 @@ pub mod config;
 pub mod denials;
 pub mod device_port;
 pub mod directory;
+pub mod downlink;
 pub mod error;
 pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod mqtt;
 pub mod perms;
@@ -25,6 +27,8 @@ pub mod ratelimit;
 pub mod recovery;
 pub mod store;
 pub mod tls;
+pub mod uplink;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +78,17 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     ingest.max_payload = cfg.mqtt.max_payload;
     ingest.audit = Some(audit.clone());
     let ingest = Arc::new(ingest);
+    // Media the devices upload (previews, clips): read by the web application, written
+    // by the uplink dispatcher through `media_receiver`.
+    let media_store: Arc<dyn media::MediaStore> = Arc::new(
+        media::FsMediaStore::open(&cfg.data_dir)
+            .with_context(|| format!("opening the media store in {}", cfg.data_dir.display()))?,
+    );
+    let media_receiver: Arc<dyn uplink::MediaSink> = Arc::new(media::MediaReceiver::new(
+        media_store.clone(),
+        ingest.store.clone(),
+        metrics.clone(),
+    ));
     let auth = Arc::new(
         Auth::open(
             &sec.accounts_file,
@@ -83,6 +98,14 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .context("opening accounts")?,
     );
     let denials = tokio::spawn(flush_denials(audit.clone(), shutdown.clone()));
+    let downlink = open_downlink(&cfg, registry.as_deref(), metrics.clone())?;
+    let uplink = Arc::new(uplink::UplinkDispatcher {
+        registry: registry.clone(),
+        downlink: downlink.clone(),
+        media: Some(media_receiver),
+        metrics: metrics.clone(),
+        max_payload: cfg.mqtt.max_payload,
+    });
 
     let max_packet = cfg.mqtt.max_payload * 4 + 1024;
     let (host, port, client_tls, device_port) = match (cfg.mqtt.broker, &registry) {
@@ -165,6 +188,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             tls: client_tls,
         },
         ingest.clone(),
+        uplink,
         shutdown.clone(),
         subscribed,
     ));
@@ -177,17 +201,23 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         Some(r) => r.clone(),
         None => Arc::new(FixedDirectory::default()),
     };
-    let cases = Arc::new(CaseService::new(
-        ingest.store.clone(),
-        auth,
-        audit,
-        directory,
-        ingest.integrity.clone(),
-        metrics.clone(),
-    ));
+    let cases = Arc::new(
+        CaseService::new(
+            ingest.store.clone(),
+            auth,
+            audit,
+            directory,
+            ingest.integrity.clone(),
+            metrics.clone(),
+        )
+        .with_review(cases::ReviewParts {
+            media: media_store.clone(),
+            downlink: downlink.clone(),
+        }),
+    );
     let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
         ingest: ingest.clone(),
-        cases,
+        cases: cases.clone(),
     })
     // The batch limit itself is checked in ingest (counted, same for MQTT); this bound,
     // the same as the MQTT packet limit, keeps grossly oversized messages from being
@@ -212,7 +242,13 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     let router = http::router(http::HttpState {
         metrics: metrics.clone(),
         store: ingest.store.clone(),
-    });
+        web: Some(web::WebState {
+            cases,
+            secure: registry.is_some(),
+        }),
+    })
+    // The web application audits each caller's address.
+    .into_make_service_with_connect_info::<web::PeerAddr>();
     // HTTPS with the hub certificate in mtls mode; plaintext only in insecure mode.
     let http = match &registry {
         Some(reg) => {
@@ -240,6 +276,37 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     let _ = denials.await;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// The queue of messages to devices, signed with the hub's downlink key (created in
+/// the PKI if missing); unsigned in insecure mode.
+fn open_downlink(
+    cfg: &HubConfig,
+    registry: Option<&Registry>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<downlink::Downlink>> {
+    let signer = match registry {
+        Some(r) => {
+            let (signer, created) = r
+                .pki()
+                .downlink_signer()
+                .context("loading the hub's downlink key")?;
+            if created {
+                tracing::info!(
+                    path = %r.pki().downlink_key().display(),
+                    "created the hub's downlink key; devices enrolled before now need the \
+                     new hub-downlink.pub (re-enrol, or copy it as their [tls] hub_key)"
+                );
+            }
+            Some(signer)
+        }
+        None => None,
+    };
+    let dl = downlink::Downlink::open(&cfg.data_dir, signer, metrics)
+        .context("opening the downlink queue")?;
+    perms::private_tree(&cfg.data_dir)
+        .with_context(|| format!("making data_dir {} private", cfg.data_dir.display()))?;
+    Ok(Arc::new(dl))
 }
 
 /// Writes the folded counts of refused calls once their window closes, and all of them

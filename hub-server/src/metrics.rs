@@ -1,5 +1,7 @@
 //! Hub counters, rendered in the Prometheus text format on `/metrics`.
 
+pub mod review;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,18 @@ pub struct Metrics {
     /// Retractions recorded, and those refused (another device's result).
     pub retractions: AtomicU64,
     pub retractions_denied: AtomicU64,
+    /// Arrival → first claim and arrival → first verdict of examinations.
+    pub review: review::ReviewTimes,
+    /// Downlink messages queued and not yet receipted (gauge), those handed to the
+    /// MQTT link (repeats included), and receipts that removed a queued message.
+    pub downlink_pending: AtomicU64,
+    pub downlink_published: AtomicU64,
+    pub downlink_receipts: AtomicU64,
+    /// Uplink messages received, and those refused by reason.
+    pub uplink_messages: AtomicU64,
+    uplink_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Media chunks and queries by outcome (written, complete, out_of_order, refused_*).
+    media_chunks: Mutex<BTreeMap<&'static str, u64>>,
     /// MAC of the audit log's last entry (hex).
     audit_head: Mutex<String>,
     /// Rejected messages by reason (a short, fixed label).
@@ -56,6 +70,32 @@ impl Metrics {
         if let Ok(mut m) = self.rejected_messages.lock() {
             *m.entry(reason).or_default() += 1;
         }
+    }
+
+    pub fn reject_uplink(&self, reason: &'static str) {
+        if let Ok(mut m) = self.uplink_rejected.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn media_outcome(&self, outcome: &'static str) {
+        if let Ok(mut m) = self.media_chunks.lock() {
+            *m.entry(outcome).or_default() += 1;
+        }
+    }
+
+    pub fn media_chunks(&self, outcome: &str) -> u64 {
+        self.media_chunks
+            .lock()
+            .map(|m| m.get(outcome).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn uplink_rejected(&self, reason: &str) -> u64 {
+        self.uplink_rejected
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     pub fn gate_refuse(&self, reason: &'static str) {
@@ -164,9 +204,29 @@ impl Metrics {
             "Retractions refused: the result is another device's.",
             g(&self.retractions_denied),
         );
+        counter(
+            "pleura_hub_downlink_published_total",
+            "Downlink messages handed to the MQTT link (re-sends of unreceipted ones included).",
+            g(&self.downlink_published),
+        );
+        counter(
+            "pleura_hub_downlink_receipts_total",
+            "Queued downlink messages a device confirmed holding.",
+            g(&self.downlink_receipts),
+        );
+        counter(
+            "pleura_hub_uplink_messages_total",
+            "Uplink messages (media, receipts) received.",
+            g(&self.uplink_messages),
+        );
         let mut gauge = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
+        gauge(
+            "pleura_hub_downlink_pending",
+            "Downlink messages (verdicts, clip requests) queued for devices and not yet receipted.",
+            g(&self.downlink_pending),
+        );
         gauge(
             "pleura_hub_store_missing_results",
             "Results this hub acknowledged that its case store no longer holds (damage); 0 when whole.",
@@ -212,6 +272,30 @@ impl Metrics {
         }
         let _ = writeln!(
             s,
+            "# HELP pleura_hub_uplink_rejected_total Uplink messages refused, by reason.\n# TYPE pleura_hub_uplink_rejected_total counter"
+        );
+        if let Ok(m) = self.uplink_rejected.lock() {
+            for (reason, v) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "pleura_hub_uplink_rejected_total{{reason=\"{reason}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP pleura_hub_media_chunks_total Media chunks and queries from devices, by outcome.\n# TYPE pleura_hub_media_chunks_total counter"
+        );
+        if let Ok(m) = self.media_chunks.lock() {
+            for (outcome, v) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "pleura_hub_media_chunks_total{{outcome=\"{outcome}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
             "# HELP pleura_hub_gate_refused_total MQTT connections refused or closed by the gate, by reason.\n# TYPE pleura_hub_gate_refused_total counter"
         );
         if let Ok(m) = self.gate_refused.lock() {
@@ -231,6 +315,7 @@ impl Metrics {
             s,
             "# HELP pleura_hub_stored_cases Cases in the store.\n# TYPE pleura_hub_stored_cases gauge\npleura_hub_stored_cases {stored_cases}"
         );
+        self.review.render(&mut s);
         s
     }
 }

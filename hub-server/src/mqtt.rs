@@ -1,6 +1,8 @@
 //! The hub's MQTT side: the shared MQTT link (pleura-runtime) keeps the broker
 //! session; its events go to one ingest task, which commits received result messages
-//! in groups and publishes the acks (never from the link's polling task).
+//! in groups and publishes the acks (never from the link's polling task). Uplink
+//! messages (media, receipts) go on to a task of their own (`uplink`), which also
+//! re-publishes unreceipted downlink messages whenever the link comes up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use rumqttc::{MqttOptions, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::downlink::Downlink;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::uplink::UplinkDispatcher;
 
 pub struct MqttSettings {
     pub host: String,
@@ -35,6 +39,7 @@ pub struct MqttSettings {
 pub async fn run(
     settings: MqttSettings,
     ingest: Arc<Ingest>,
+    uplink: Arc<UplinkDispatcher>,
     shutdown: CancellationToken,
     subscribed: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
@@ -52,8 +57,12 @@ pub async fn run(
         ));
     }
     let filter = topics::results_subscription(settings.share_group.as_deref());
+    let uplink_filter = topics::uplink_subscription(settings.share_group.as_deref());
     let mut cfg = LinkConfig::new(
-        vec![(filter, QoS::AtLeastOnce)],
+        vec![
+            (filter, QoS::AtLeastOnce),
+            (uplink_filter, QoS::AtLeastOnce),
+        ],
         Backoff::new(Duration::from_millis(100), Duration::from_secs(3)),
     );
     cfg.requests = 1024;
@@ -65,31 +74,101 @@ pub async fn run(
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
     let (link, events) = MqttLink::start(opts, cfg);
+    uplink.downlink.attach(link.publisher());
+    let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_QUEUE);
+    let uplink_worker = tokio::spawn(uplink_loop(uplink_rx, uplink.clone()));
+    let republisher = tokio::spawn(
+        uplink
+            .downlink
+            .clone()
+            .republish_periodically(shutdown.clone()),
+    );
     let worker = tokio::spawn(ingest_loop(
         events,
         link.publisher(),
         ingest,
+        uplink_tx,
+        uplink.downlink.clone(),
         Some(subscribed),
     ));
     shutdown.cancelled().await;
     // The link's events end with it; the ingest task then drains what came before.
     link.stop().await;
     let _ = worker.await;
+    let _ = uplink_worker.await;
+    let _ = republisher.await;
     Ok(())
 }
 
 /// Most messages committed together in one durable write.
 const GROUP_COMMIT: usize = 64;
 
+/// Uplink messages waiting for the uplink task; more are dropped (counted): a device
+/// sends an unanswered media message again, and a lost receipt is asked again by the
+/// next re-publish.
+const UPLINK_QUEUE: usize = 1024;
+
+enum UplinkWork {
+    Message(String, bytes::Bytes),
+    LinkUp,
+}
+
+/// Checks and dispatches uplink messages (blocking work off the async workers), and
+/// re-publishes unreceipted downlink messages after every (re)connect.
+async fn uplink_loop(mut rx: mpsc::Receiver<UplinkWork>, uplink: Arc<UplinkDispatcher>) {
+    while let Some(first) = rx.recv().await {
+        let mut work = vec![first];
+        while work.len() < GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(w) => work.push(w),
+                Err(_) => break,
+            }
+        }
+        let up = uplink.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            for w in work {
+                match w {
+                    UplinkWork::Message(topic, payload) => up.handle(&topic, &payload),
+                    UplinkWork::LinkUp => {
+                        let n = up.downlink.republish_all();
+                        if n > 0 {
+                            tracing::info!(
+                                messages = n,
+                                "re-published unreceipted downlink messages"
+                            );
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "uplink task failed");
+        }
+    }
+}
+
 async fn ingest_loop(
     mut events: mpsc::Receiver<LinkEvent>,
     publisher: Publisher,
     ingest: Arc<Ingest>,
+    uplink: mpsc::Sender<UplinkWork>,
+    downlink: Arc<Downlink>,
     mut subscribed: Option<oneshot::Sender<()>>,
 ) {
     let metrics = ingest.metrics.clone();
-    // Link news is acted on at once; messages are returned for ingest.
+    // Link news is acted on at once; result messages are returned for ingest, uplink
+    // messages passed to their task (never waiting: see pleura_runtime::mqtt_link).
     let mut take = |ev: LinkEvent| match ev {
+        LinkEvent::Message { topic, payload } if topics::parse_uplink(&topic).is_ok() => {
+            if uplink
+                .try_send(UplinkWork::Message(topic, payload))
+                .is_err()
+            {
+                metrics.reject_uplink("queue_full");
+            }
+            None
+        }
         LinkEvent::Message { topic, payload } => {
             Metrics::inc(&metrics.mqtt_messages, 1);
             Some((topic, payload))
@@ -97,6 +176,9 @@ async fn ingest_loop(
         LinkEvent::Up => {
             tracing::info!("hub connected to the broker and subscribed");
             metrics.mqtt_connected.store(1, Ordering::Relaxed);
+            if uplink.try_send(UplinkWork::LinkUp).is_err() {
+                tracing::warn!("uplink task behind: unreceipted downlink messages go at the next periodic re-publish");
+            }
             if let Some(tx) = subscribed.take() {
                 let _ = tx.send(());
             }
@@ -154,6 +236,8 @@ async fn ingest_loop(
         let mut dropped = 0u64;
         let mut last_error = None;
         for out in outcomes {
+            // A device whose results arrived is online: see `Downlink::device_seen`.
+            downlink.device_seen(&out.clinic, &out.device);
             let ack_topic = topics::acks(&out.clinic, &out.device);
             match publisher.publish(ack_topic, QoS::AtLeastOnce, out.ack.encode_to_vec()) {
                 Ok(()) => Metrics::inc(&ingest.metrics.acks_published, 1),

@@ -3,6 +3,7 @@
 
 use pleura_shared::{ClassProbs, FlagReason, PatientSummary, ScanAnalysis, Severity};
 
+use crate::media::FrameScore;
 use crate::model::{FrameOutputs, ModelInfo};
 
 /// Frames → one reading of the video.
@@ -78,6 +79,32 @@ pub fn localisation_map(out: &FrameOutputs) -> Vec<f32> {
         map.iter_mut().for_each(|v| *v = 0.0);
     }
     map
+}
+
+/// Each frame's pathology (1 − P(normal)) and the map of its pathological classes (the
+/// larger of the COVID and other-pneumonia maps), rescaled to 0..1 within the frame;
+/// `indices` are the frames' source numbers.
+pub fn frame_scores(out: &FrameOutputs, indices: &[usize]) -> Vec<FrameScore> {
+    let s2 = out.cam_size * out.cam_size;
+    (0..out.n)
+        .map(|f| {
+            let at = |c: usize| &out.cam[(f * 3 + c) * s2..(f * 3 + c + 1) * s2];
+            let mut cam: Vec<f32> = at(0).iter().zip(at(1)).map(|(a, b)| a.max(*b)).collect();
+            let (lo, hi) = cam
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            if hi > lo {
+                cam.iter_mut().for_each(|v| *v = (*v - lo) / (hi - lo));
+            } else {
+                cam.iter_mut().for_each(|v| *v = 0.0);
+            }
+            FrameScore {
+                index: indices.get(f).copied().unwrap_or(f),
+                pathology: (1.0 - out.class_probs[f][2]).clamp(0.0, 1.0),
+                cam,
+            }
+        })
+        .collect()
 }
 
 /// Videos of one patient (`zone` is the BLUE point / ICLUS area) → lung score and COVID

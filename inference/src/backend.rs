@@ -69,6 +69,10 @@ static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 /// Selects the engine for this process. Idempotent for the same kind.
 pub fn init(cfg: &BackendConfig) -> Result<BackendKind, BackendError> {
+    // One set-up at a time: two threads initialising at once (parallel tests) would both
+    // build the engine environment, and the second build fails.
+    static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SETTING_UP.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(active) = ACTIVE.get() {
         return if *active == cfg.kind {
             Ok(*active)

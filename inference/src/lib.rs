@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod backend;
 pub mod decode;
 pub mod engine;
+pub mod media;
 pub mod model;
 pub mod pool;
 pub mod preprocess;

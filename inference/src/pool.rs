@@ -10,8 +10,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::aggregate::{aggregate_video, localisation_map};
+use crate::aggregate::{aggregate_video, frame_scores, localisation_map};
 use crate::decode::{decode_scan_with_header, DecodeError, Decoded, DecodedScan, Format};
+use crate::media::FrameScore;
 use crate::model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
 use crate::preprocess::MAX_FRAMES;
 use pleura_shared::ScanAnalysis;
@@ -41,6 +42,12 @@ pub struct ScanReport {
     /// Coarse map (side `localisation_size`) of where the pathological pattern is, 0..1.
     pub localisation: Vec<f32>,
     pub localisation_size: usize,
+    /// Each analysed frame's reading, for the media preview.
+    #[serde(skip)]
+    pub frame_scores: Vec<FrameScore>,
+    /// Side of each `frame_scores` map.
+    #[serde(skip)]
+    pub cam_size: usize,
 }
 
 /// Frames per model call when analysing a scan: small batches keep the edge's peak
@@ -267,6 +274,8 @@ impl Worker<'_> {
             analysis: aggregate_video(&out, self.info, scan.frames_total),
             localisation: localisation_map(&out),
             localisation_size: out.cam_size,
+            frame_scores: frame_scores(&out, &scan.indices),
+            cam_size: out.cam_size,
         })
     }
 

@@ -90,21 +90,26 @@ fn area_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
 /// Box-filter resize to `size`×`size`. Anti-aliased when shrinking, which matters for
 /// speckle: a plain bilinear shrink of a 350 px frame to 112 px aliases it.
 pub fn resize_area(frame: &GrayFrame, size: usize) -> Vec<f32> {
-    let wx = area_weights(frame.width, size);
-    let wy = area_weights(frame.height, size);
-    // horizontal pass: height × size
-    let mut tmp = vec![0f32; frame.height * size];
+    resize_area_to(frame, size, size)
+}
+
+/// Box-filter resize to `out_w`×`out_h` (the same filter as `resize_area`).
+pub fn resize_area_to(frame: &GrayFrame, out_w: usize, out_h: usize) -> Vec<f32> {
+    let wx = area_weights(frame.width, out_w);
+    let wy = area_weights(frame.height, out_h);
+    // horizontal pass: height × out_w
+    let mut tmp = vec![0f32; frame.height * out_w];
     for y in 0..frame.height {
         let row = &frame.pixels[y * frame.width..(y + 1) * frame.width];
         for (x, (j0, w)) in wx.iter().enumerate() {
-            tmp[y * size + x] = w.iter().zip(&row[*j0..]).map(|(a, b)| a * b).sum();
+            tmp[y * out_w + x] = w.iter().zip(&row[*j0..]).map(|(a, b)| a * b).sum();
         }
     }
-    let mut out = vec![0f32; size * size];
+    let mut out = vec![0f32; out_w * out_h];
     for (y, (j0, w)) in wy.iter().enumerate() {
-        let dst = &mut out[y * size..(y + 1) * size];
+        let dst = &mut out[y * out_w..(y + 1) * out_w];
         for (k, wk) in w.iter().enumerate() {
-            let src = &tmp[(j0 + k) * size..(j0 + k + 1) * size];
+            let src = &tmp[(j0 + k) * out_w..(j0 + k + 1) * out_w];
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += wk * s;
             }

@@ -2,6 +2,7 @@
 //! analysis says, how a result is identified, pseudonymised and carried.
 
 pub mod analysis;
+pub mod exam;
 pub mod fsutil;
 pub mod holdings;
 pub mod ids;
@@ -16,6 +17,7 @@ pub mod topics;
 pub use analysis::{
     ClassProbs, FlagReason, LungClass, PatientSummary, ScanAnalysis, Severity, SeverityError,
 };
+pub use exam::ExamId;
 pub use ids::{validate_name, IdError, ResultId};
 pub use pleura_proto::{v1 as wire, SCHEMA_VERSION};
 pub use pseudonym::PseudonymKey;

@@ -9,8 +9,27 @@ use rustls_pki_types::PrivateKeyDer;
 
 use crate::pki::{load_key, PkiError};
 
-/// Domain separation: a signature over a batch can never be replayed as anything else.
-const CONTEXT: &[u8] = b"pleura.v1.ResultBatch\0";
+/// Domain separation: a signature over one kind of message can never be replayed as
+/// another (a batch as an uplink message, a device's uplink as a hub's downlink…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// `SignedBatch.batch`, signed by a device.
+    ResultBatch,
+    /// `SignedUplink.body`, signed by a device.
+    Uplink,
+    /// `SignedDownlink.body`, signed by the hub's downlink key.
+    Downlink,
+}
+
+impl Domain {
+    fn context(self) -> &'static [u8] {
+        match self {
+            Domain::ResultBatch => b"pleura.v1.ResultBatch\0",
+            Domain::Uplink => b"pleura.v1.Uplink\0",
+            Domain::Downlink => b"pleura.v1.Downlink\0",
+        }
+    }
+}
 
 pub struct BatchSigner {
     key: Ed25519KeyPair,
@@ -26,10 +45,11 @@ pub enum SignatureError {
     Pki(#[from] PkiError),
 }
 
-fn message(batch: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CONTEXT.len() + batch.len());
-    m.extend_from_slice(CONTEXT);
-    m.extend_from_slice(batch);
+fn message(domain: Domain, body: &[u8]) -> Vec<u8> {
+    let context = domain.context();
+    let mut m = Vec::with_capacity(context.len() + body.len());
+    m.extend_from_slice(context);
+    m.extend_from_slice(body);
     m
 }
 
@@ -52,7 +72,21 @@ impl BatchSigner {
     }
 
     pub fn sign(&self, batch: &[u8]) -> Vec<u8> {
-        self.key.sign(&message(batch)).as_ref().to_vec()
+        self.sign_in(Domain::ResultBatch, batch)
+    }
+
+    /// Signs `body` as a message of `domain` (the same key signs uplink messages).
+    pub fn sign_in(&self, domain: Domain, body: &[u8]) -> Vec<u8> {
+        self.key.sign(&message(domain, body)).as_ref().to_vec()
+    }
+
+    /// Generates a fresh key (the hub's downlink key at `ca init`; tests), with its
+    /// PKCS#8 document so that it can be stored.
+    pub fn generate() -> Result<(Self, Vec<u8>), SignatureError> {
+        let rng = ring::rand::SystemRandom::new();
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| SignatureError::Key(e.to_string()))?;
+        Ok((Self::from_pkcs8(doc.as_ref())?, doc.as_ref().to_vec()))
     }
 
     /// `batch` encoded and signed: the envelope a device sends.
@@ -75,8 +109,19 @@ pub fn verify(
     signature: &[u8],
     who: &str,
 ) -> Result<(), SignatureError> {
+    verify_in(Domain::ResultBatch, public_key, batch, signature, who)
+}
+
+/// Checks `signature` over `body` as a message of `domain`.
+pub fn verify_in(
+    domain: Domain,
+    public_key: &[u8],
+    body: &[u8],
+    signature: &[u8],
+    who: &str,
+) -> Result<(), SignatureError> {
     UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(&message(batch), signature)
+        .verify(&message(domain, body), signature)
         .map_err(|_| SignatureError::Invalid(who.to_string()))
 }
 
@@ -98,6 +143,12 @@ mod tests {
         assert!(verify(a.public_key(), b"batcH", &sig, "a").is_err());
         assert!(verify(b.public_key(), b"batch", &sig, "b").is_err());
         assert!(verify(a.public_key(), b"batch", &sig[..63], "a").is_err());
+        // A batch signature is no uplink or downlink signature, and back.
+        assert!(verify_in(Domain::Uplink, a.public_key(), b"batch", &sig, "a").is_err());
+        let up = a.sign_in(Domain::Uplink, b"batch");
+        verify_in(Domain::Uplink, a.public_key(), b"batch", &up, "a").unwrap();
+        assert!(verify(a.public_key(), b"batch", &up, "a").is_err());
+        assert!(verify_in(Domain::Downlink, a.public_key(), b"batch", &up, "a").is_err());
         // The context prefix matters: a raw signature over the bytes does not verify.
         let raw = a.key.sign(b"batch");
         assert!(verify(a.public_key(), b"batch", raw.as_ref(), "a").is_err());

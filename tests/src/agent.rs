@@ -52,10 +52,11 @@ impl Agent {
             Some(b) => (
                 "mqtts",
                 format!(
-                    "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nhub_key = \"{}\"\n",
                     b.join("ca.pem").display(),
                     b.join("device.pem").display(),
-                    b.join("device.key").display()
+                    b.join("device.key").display(),
+                    b.join("hub-downlink.pub").display()
                 ),
             ),
             None => ("mqtt", String::new()),

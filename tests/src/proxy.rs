@@ -16,6 +16,16 @@ pub struct CountingProxy {
 
 impl CountingProxy {
     pub fn start(target: u16, keep: bool) -> Result<Self> {
+        Self::start_with(target, keep, None)
+    }
+
+    /// A proxy that forwards at most `bytes_per_s` each way per connection (a slow
+    /// clinic link: long uploads that a kill can cut).
+    pub fn throttled(target: u16, bytes_per_s: u64) -> Result<Self> {
+        Self::start_with(target, false, Some(bytes_per_s.max(1)))
+    }
+
+    fn start_with(target: u16, keep: bool, rate: Option<u64>) -> Result<Self> {
         use std::sync::atomic::AtomicU64;
         use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -31,8 +41,8 @@ impl CountingProxy {
                 let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
                     continue;
                 };
-                pipe(c2, s2, u.clone(), c.clone());
-                pipe(server, client, d.clone(), c.clone());
+                pipe(c2, s2, u.clone(), c.clone(), rate);
+                pipe(server, client, d.clone(), c.clone(), rate);
             }
         });
         Ok(Self {
@@ -56,11 +66,14 @@ fn pipe(
     mut to: TcpStream,
     counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
     capture: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+    rate: Option<u64>,
 ) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
+        // Throttled: small reads, each followed by the time its bytes take at `rate`.
+        let step = rate.map_or(buf.len(), |r| (r as usize / 20).clamp(1, buf.len()));
         loop {
-            match from.read(&mut buf) {
+            match from.read(&mut buf[..step]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -71,6 +84,9 @@ fn pipe(
                     }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
+                    }
+                    if let Some(r) = rate {
+                        std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / r as f64));
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! and `bench` beside them.
 
 mod status;
+mod verdicts;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +26,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the specialists' verdicts received from the hub, as JSON (agent stopped).
+    Verdicts {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only those received after this time (Unix ms).
+        #[arg(long)]
+        since_ms: Option<u64>,
+        /// Only those on this examination (32 hex digits).
+        #[arg(long)]
+        exam: Option<String>,
+    },
     /// Print a commented default configuration.
     PrintConfig,
     /// Withdraw a result from the hub (a mistaken export, e.g. a scan under the wrong
@@ -46,6 +58,11 @@ pub enum Command {
         input: PathBuf,
         output: PathBuf,
     },
+    /// The clinic page's PIN (`[clinic_page]`).
+    ClinicPin {
+        #[command(subcommand)]
+        action: ClinicPinAction,
+    },
     /// Queue synthetic results (benchmarks and fault tests; marked model "synthetic").
     #[command(hide = true)]
     OutboxFill {
@@ -56,6 +73,16 @@ pub enum Command {
         /// Stop quietly when the outbox quota is reached (prints how many were queued).
         #[arg(long)]
         until_full: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClinicPinAction {
+    /// Set (or replace) the PIN, read from standard input (6-128 characters); only its
+    /// argon2 hash is kept, in the data folder. A running agent uses it at the next login.
+    Set {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -104,6 +131,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             println!("{}", crate::retract::command(&config, &target, &reason)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verdicts {
+            config,
+            since_ms,
+            exam,
+        } => verdicts::show(&config, since_ms, exam.as_deref()),
         Command::PrintConfig => {
             print!("{}", crate::config::EdgeConfig::example());
             Ok(ExitCode::SUCCESS)
@@ -118,6 +150,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             count,
             until_full,
         } => outbox_fill(&config, count, until_full),
+        Command::ClinicPin {
+            action: ClinicPinAction::Set { config },
+        } => clinic_pin_set(&config),
     }
 }
 
@@ -129,6 +164,20 @@ fn deidentify(config: &Path, input: &Path, output: &Path) -> Result<ExitCode> {
         .with_context(|| format!("de-identifying {}", input.display()))?;
     std::fs::write(output, out).with_context(|| format!("writing {}", output.display()))?;
     println!("wrote de-identified {}", output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn clinic_pin_set(config: &Path) -> Result<ExitCode> {
+    let cfg = crate::config::EdgeConfig::load(config).map_err(Misconfigured::new)?;
+    let mut pin = String::new();
+    std::io::stdin()
+        .read_line(&mut pin)
+        .context("reading the PIN from standard input")?;
+    crate::clinic::auth::set_pin(&cfg.data_dir, pin.trim_end_matches(['\r', '\n']))?;
+    println!(
+        "clinic page PIN set ({})",
+        crate::clinic::auth::pin_path(&cfg.data_dir).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

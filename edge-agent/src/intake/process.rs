@@ -252,6 +252,12 @@ impl Intake {
             let why = format!("moving to processed/: {e}");
             return self.failed_counted(at, path, r, &why, attempts);
         }
+        if let Some(log) = &self.scan_log {
+            log.settled(&record, &self.cfg.inbox, &named, &self.cfg.processed_dir());
+        }
+        if let Some(media) = &self.media {
+            media.settled(&record);
+        }
         attempts.clear(r);
         self.status.update(|s| s.intake.analysed += 1);
         tracing::info!(result_id = %id, scan = %r, zone, path = %self.shown(path), flagged = record.analysis.flagged, "scan analysed and queued");

@@ -47,6 +47,8 @@ pub(super) fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::Sled
         status: Arc::default(),
         queued: Arc::default(),
         abandoned: Arc::default(),
+        scan_log: None,
+        media: None,
     };
     (i, outbox)
 }

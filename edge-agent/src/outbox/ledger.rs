@@ -127,8 +127,14 @@ impl Ledger {
             Line::Lost(id) => (id, Some(State::Lost)),
             Line::Gone(id, day) => (id, Some(State::Gone(day))),
             Line::Pruned(id) => (id, None),
-            Line::RetractAsked(id) => return drop(self.retractions.insert(id)),
-            Line::RetractDone(id) => return drop(self.retractions.remove(&id)),
+            Line::RetractAsked(id) => {
+                self.retractions.insert(id);
+                return;
+            }
+            Line::RetractDone(id) => {
+                self.retractions.remove(&id);
+                return;
+            }
         };
         if now == Some(State::Lost) {
             self.lost.insert(id);

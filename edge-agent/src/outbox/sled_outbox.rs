@@ -63,6 +63,12 @@ fn acked_key(day: u32, id: &ResultId) -> [u8; 20] {
 }
 
 impl SledOutbox {
+    /// Another tree in the outbox's store (media items, verdicts, the clinic's scan log):
+    /// one sled database per agent, so one lock, one cache and one flush.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, OutboxError> {
+        self.db.open_tree(name).map_err(sled_err)
+    }
+
     pub fn open(dir: &Path, quota_bytes: u64) -> Result<Self, OutboxError> {
         let path = dir.join("outbox.sled");
         // Case data: the store's folder is the agent's alone, whatever the umask.

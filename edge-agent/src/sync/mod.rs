@@ -58,7 +58,17 @@ struct Session {
 impl SyncWorker {
     /// Syncs over MQTT, with gRPC as the fallback when `hub.grpc_url` is set.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let primary = transport::mqtt::Mqtt::start(&self.cfg, self.creds.mqtt_tls.clone())?;
+        self.run_with_channel(None, shutdown).await
+    }
+
+    /// `run`, with the hub <-> device channel on the MQTT link (crate::downlink).
+    pub async fn run_with_channel(
+        self,
+        channel: Option<Arc<crate::downlink::Channel>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let primary =
+            transport::mqtt::Mqtt::start(&self.cfg, self.creds.mqtt_tls.clone(), channel)?;
         let fallback = self
             .cfg
             .hub

@@ -6,8 +6,11 @@
 
 mod access;
 pub mod policy;
+pub mod review;
 #[cfg(test)]
 mod tests;
+pub mod turnaround;
+pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -28,6 +31,9 @@ use crate::store::{
 
 pub use access::{Session, Who};
 pub use policy::Action;
+pub use review::{ClaimResult, ExamDetail, ExamQuery, MediaBytes, ReviewParts, WorklistPage};
+pub use turnaround::TurnaroundStats;
+pub use verdict::{Submitted, VerdictForm};
 
 /// Cases listed when a query names no limit, and the most one listing returns.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -87,6 +93,9 @@ pub struct CaseService {
     integrity: Arc<Integrity>,
     metrics: Arc<Metrics>,
     limiter: LoginLimiter,
+    /// Media and the downlink, for the review loop (examinations work without them;
+    /// media, verdicts and clip requests need them).
+    review: Option<ReviewParts>,
 }
 
 /// Runs store (and directory) work off the async workers.
@@ -143,7 +152,14 @@ impl CaseService {
             integrity,
             metrics,
             limiter: LoginLimiter::default(),
+            review: None,
         }
+    }
+
+    /// Adds the media store and the downlink the review loop sends through.
+    pub fn with_review(mut self, parts: ReviewParts) -> Self {
+        self.review = Some(parts);
+        self
     }
 
     /// The cases matching `q` that `who` may see, newest first.

@@ -18,6 +18,14 @@ pub enum Action {
     GetCase,
     Aggregates,
     SyncStatus,
+    Worklist,
+    GetExam,
+    Claim,
+    Release,
+    Verdict,
+    RequestClip,
+    GetMedia,
+    Turnaround,
 }
 
 impl Action {
@@ -28,6 +36,14 @@ impl Action {
             Action::GetCase => "get_case",
             Action::Aggregates => "aggregates",
             Action::SyncStatus => "sync_status",
+            Action::Worklist => "worklist",
+            Action::GetExam => "get_exam",
+            Action::Claim => "claim",
+            Action::Release => "release",
+            Action::Verdict => "verdict",
+            Action::RequestClip => "request_clip",
+            Action::GetMedia => "get_media",
+            Action::Turnaround => "turnaround",
         }
     }
 }
@@ -37,6 +53,8 @@ pub const AGGREGATES_ONLY: &str = "ministry viewers see aggregates only";
 /// which case ids exist.
 pub const NOT_IN_SCOPE: &str = "no such case in your scope";
 pub const OPERATORS_ONLY: &str = "sync status is for operators";
+/// Claims, verdicts and clip requests: the clinical reading is a specialist's.
+pub const SPECIALISTS_ONLY: &str = "only specialists read examinations";
 
 /// Which clinics' data a caller reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]

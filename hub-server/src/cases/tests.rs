@@ -17,6 +17,7 @@ const PW: &str = "a long enough password";
 
 struct Hub {
     svc: CaseService,
+    store: Arc<crate::store::SledStore>,
     dir: tempfile::TempDir,
     north_flagged: ScanRecord,
     north_normal: ScanRecord,
@@ -30,6 +31,7 @@ fn hub() -> Hub {
     let recovered = open_checked(dir.path(), metrics.clone()).unwrap();
     let accounts = dir.path().join("accounts.json");
     add_account(&accounts, "ana", Role::Specialist, Some("north"), PW).unwrap();
+    add_account(&accounts, "bob", Role::Specialist, Some("north"), PW).unwrap();
     add_account(&accounts, "min", Role::Ministry, None, PW).unwrap();
     add_account(&accounts, "op", Role::Operator, None, PW).unwrap();
     let auth = Auth::open(&accounts, &dir.path().join("token.key"), 60_000).unwrap();
@@ -43,16 +45,25 @@ fn hub() -> Hub {
         south_flagged.clone(),
     ];
     recovered.store.commit(&all, 5).unwrap();
+    let store = Arc::new(recovered.store);
+    let parts = ReviewParts {
+        media: Arc::new(crate::media::FsMediaStore::open(dir.path()).unwrap()),
+        downlink: Arc::new(
+            crate::downlink::Downlink::open(dir.path(), None, metrics.clone()).unwrap(),
+        ),
+    };
     let svc = CaseService::new(
-        Arc::new(recovered.store),
+        store.clone(),
         Arc::new(auth),
         Arc::new(audit),
         Arc::new(FixedDirectory::new([("n1", "north"), ("s1", "south")])),
         Arc::new(recovered.integrity),
         metrics,
-    );
+    )
+    .with_review(parts);
     Hub {
         svc,
+        store,
         dir,
         north_flagged,
         north_normal,
@@ -294,4 +305,71 @@ fn clinic_rows_fold_into_region_rows() {
         got,
         vec![("north", 7, 3), ("north", 8, 4), (UNASSIGNED, 7, 8)]
     );
+}
+
+#[tokio::test]
+async fn a_rescan_after_the_verdict_is_read_again_and_no_one_seconds_their_own_read() {
+    use crate::store::exams::{Exam, Impression, Recommendation};
+    use crate::store::HubStore;
+    let h = hub();
+    let (ana, bob) = (h.who("ana").await, h.who("bob").await);
+    let exam = Exam::id_of(&h.north_flagged);
+    let form = |second_read| VerdictForm {
+        impression: Some(Impression::CovidCompatible),
+        recommendation: Some(Recommendation::Refer),
+        second_read,
+        ..Default::default()
+    };
+    let unread = |who: Who| {
+        let svc = &h.svc;
+        async move {
+            let page = svc
+                .worklist(
+                    &who,
+                    ExamQuery {
+                        read: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            page.rows.iter().map(|r| r.exam.id).collect::<Vec<_>>()
+        }
+    };
+    h.svc.submit_verdict(&ana, exam, form(false)).await.unwrap();
+    assert!(!unread(ana.clone()).await.contains(&exam));
+    // Ana cannot second her own read (refused, audited); the form does not offer it.
+    let own = h.svc.submit_verdict(&ana, exam, form(true)).await;
+    match own {
+        Err(HubError::Invalid(m)) => assert!(m.contains("another specialist"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(h.logged("ana", "verdict", "refused: you gave the first read"));
+    // The same patient rescanned that afternoon, severity 3 and flagged.
+    let mut afternoon = sample_record("n1", "d1", 3, true);
+    afternoon.patient_key = h.north_flagged.patient_key;
+    afternoon.scan_day = h.north_flagged.scan_day;
+    afternoon.zone = Some("L2".into());
+    assert_eq!(Exam::id_of(&afternoon), exam);
+    h.store
+        .commit(std::slice::from_ref(&afternoon), 50)
+        .unwrap();
+    assert!(
+        unread(ana.clone()).await.contains(&exam),
+        "back on the worklist"
+    );
+    let d = h.svc.exam(&ana, exam).await.unwrap();
+    let new: Vec<_> = d.exam.new_since_read().map(|r| r.id).collect();
+    assert_eq!(new, vec![afternoon.id]);
+    // A new verdict (first kind) covers the rescan, and goes to the device again.
+    let again = h.svc.submit_verdict(&bob, exam, form(false)).await.unwrap();
+    assert!(again.read.zones.iter().any(|z| z.result_id == afternoon.id));
+    assert!(!unread(ana.clone()).await.contains(&exam));
+    let d = h.svc.exam(&ana, exam).await.unwrap();
+    let reads = d.reads.unwrap();
+    assert_eq!(
+        (reads.first.reviewer.as_str(), reads.later.len()),
+        ("ana", 1)
+    );
+    assert_eq!(reads.latest().reviewer, "bob");
 }

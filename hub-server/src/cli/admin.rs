@@ -17,7 +17,7 @@ pub fn ca(cmd: CaCommand) -> Result<()> {
         } => {
             let pki = Pki::init(&pki_dir, &name, &sans)?;
             println!(
-                "CA and hub certificate created in {} (hub valid for {}); CA: {}",
+                "CA, hub certificate and downlink key created in {} (hub valid for {}); CA: {}",
                 pki_dir.display(),
                 sans.join(", "),
                 pki.ca_cert().display()

@@ -3,17 +3,24 @@
 //! suite every backend must pass. Listing and aggregation take their filter and the
 //! caller's clinic scope, so a backend with indexes answers them without a full scan.
 
+pub mod exams;
 pub mod integrity;
 mod sled_store;
 #[cfg(test)]
 pub mod suite;
+#[cfg(test)]
+mod suite_exams;
 
 pub use integrity::Integrity;
 pub use sled_store::{SledStore, STORE_DIR};
 
 use std::collections::BTreeSet;
 
-use pleura_shared::{LungClass, ResultId, ScanRecord};
+use pleura_shared::{ExamId, LungClass, ResultId, ScanRecord};
+
+use exams::{
+    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Worklist, WorklistQuery,
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,4 +284,56 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> Result<Option<Retraction>, StoreError>;
     /// Reads everything once (at start, to check the store against the journal).
     fn scan(&self) -> Result<Scan, StoreError>;
+
+    // Examinations (see `exams`). The defaults answer "unsupported", for wrappers and
+    // backends that do not index examinations.
+
+    fn exam(&self, _id: &ExamId) -> Result<Option<Exam>, StoreError> {
+        Err(unsupported())
+    }
+    /// Examinations in clinical priority order (tier, deadline, uncertainty), scoped and
+    /// filtered inside the query, each with its live claim.
+    fn worklist(&self, _q: &WorklistQuery, _now_ms: u64) -> Result<Worklist, StoreError> {
+        Err(unsupported())
+    }
+    /// Every examination of one patient pseudonym at one clinic, newest day first.
+    fn patient_exams(&self, _clinic: &str, _patient: &[u8; 16]) -> Result<Vec<Exam>, StoreError> {
+        Err(unsupported())
+    }
+    /// Claims (or renews) an examination for `user`; refused while another's claim lives.
+    fn claim(
+        &self,
+        _exam: &ExamId,
+        _user: &str,
+        _now_ms: u64,
+        _ttl_ms: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        Err(unsupported())
+    }
+    /// Drops `user`'s claim; false if they held none.
+    fn release(&self, _exam: &ExamId, _user: &str) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    fn claim_of(&self, _exam: &ExamId, _now_ms: u64) -> Result<Option<Claim>, StoreError> {
+        Err(unsupported())
+    }
+    /// Records a first or second read durably; the claim ends with it.
+    fn record_read(&self, _exam: &ExamId, _read: Read) -> Result<ReadOutcome, StoreError> {
+        Err(unsupported())
+    }
+    fn reads(&self, _exam: &ExamId) -> Result<Option<Reads>, StoreError> {
+        Err(unsupported())
+    }
+    /// Arrival, claim and first-read times of examinations first read since `since_ms`.
+    fn turnaround(
+        &self,
+        _scope: &ClinicScope,
+        _since_ms: u64,
+    ) -> Result<Vec<Turnaround>, StoreError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Backend("this store does not index examinations".into())
 }

@@ -3,6 +3,9 @@
 //! "clinic/device" → JSON `Retraction`. One transaction and one flush per batch.
 //! Listing and aggregation scan every case (sled has no secondary indexes); fine for a
 //! regional hub, and the reason the trait hands the whole query to the backend.
+//! Examinations (`exams`) are indexed on commit, in the same transaction.
+
+mod exams;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -11,10 +14,15 @@ use pleura_shared::{ResultId, ScanRecord};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{
-    AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, Commit, Counts, DeviceStats,
-    HubStore, Listing, Retraction, Scan, StoreError, StoredCase,
+use self::exams::ExamTx;
+use super::exams::{
+    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Worklist, WorklistQuery,
 };
+use super::{
+    AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, ClinicScope, Commit, Counts,
+    DeviceStats, HubStore, Listing, Retraction, Scan, StoreError, StoredCase,
+};
+use pleura_shared::ExamId;
 
 /// The store's folder inside the hub's data directory.
 pub const STORE_DIR: &str = "cases.sled";
@@ -24,6 +32,13 @@ pub struct SledStore {
     cases: sled::Tree,
     devices: sled::Tree,
     retractions: sled::Tree,
+    exams: sled::Tree,
+    worklist: sled::Tree,
+    patients: sled::Tree,
+    exam_clinics: sled::Tree,
+    claims: sled::Tree,
+    reads: sled::Tree,
+    reviewed: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -94,12 +109,30 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = pleura_shared::sled_open::open(&sled::Config::new().path(dir.join(STORE_DIR)))
             .map_err(open_error)?;
-        Ok(Self {
-            cases: db.open_tree("cases").map_err(open_error)?,
-            devices: db.open_tree("devices").map_err(open_error)?,
-            retractions: db.open_tree("retractions").map_err(open_error)?,
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let store = Self {
+            cases: tree("cases")?,
+            devices: tree("devices")?,
+            retractions: tree("retractions")?,
+            exams: tree("exams")?,
+            worklist: tree("worklist")?,
+            patients: tree("patients")?,
+            exam_clinics: tree("exam_clinics")?,
+            claims: tree("claims")?,
+            reads: tree("reads")?,
+            reviewed: tree("reviewed")?,
             db,
-        })
+        };
+        store.index_exams_if_missing()?;
+        Ok(store)
+    }
+
+    /// The stored record of `id`, without its retraction.
+    fn get_case_only(&self, id: &ResultId) -> Result<Option<ScanRecord>, StoreError> {
+        match self.cases.get(id.as_bytes()).map_err(backend)? {
+            Some(v) => Ok(Some(Self::decode(id.as_bytes(), &v)?.record)),
+            None => Ok(None),
+        }
     }
 
     fn decode(key: &[u8], v: &[u8]) -> Result<StoredCase, StoreError> {
@@ -171,7 +204,23 @@ impl HubStore for SledStore {
         records: &[ScanRecord],
         received_at_ms: u64,
     ) -> Result<Vec<Commit>, StoreError> {
-        let result = (&self.cases, &self.devices).transaction(|(cases, devices)| {
+        let trees = (
+            &self.cases,
+            &self.devices,
+            &self.retractions,
+            &self.exams,
+            &self.worklist,
+            &self.patients,
+            &self.exam_clinics,
+        );
+        let result = trees.transaction(|t| {
+            let (cases, devices, retractions, exams, worklist, patients, clinics) = t;
+            let exam_tx = ExamTx {
+                exams,
+                worklist,
+                patients,
+                clinics,
+            };
             let mut outcome = Vec::with_capacity(records.len());
             let mut stats: HashMap<String, DeviceStats> = HashMap::new();
             for r in records {
@@ -213,6 +262,10 @@ impl HubStore for SledStore {
                 let mut v = received_at_ms.to_be_bytes().to_vec();
                 v.extend_from_slice(&encoded);
                 cases.insert(r.id.as_bytes(), v)?;
+                let retracted = retractions
+                    .get(retraction_key(&r.id, &r.clinic, &r.device))?
+                    .is_some();
+                exam_tx.add(r, received_at_ms, retracted)?;
                 s.results += 1;
                 outcome.push(Commit::New);
             }
@@ -326,6 +379,7 @@ impl HubStore for SledStore {
                 }
             }
         }
+        self.retract_from_exams(retractions)?;
         self.db.flush().map_err(backend)?;
         Ok(())
     }
@@ -342,6 +396,52 @@ impl HubStore for SledStore {
             .get(&k)
             .map_err(backend)?
             .and_then(|v| decode_retraction(&k, &v)))
+    }
+
+    fn exam(&self, id: &ExamId) -> Result<Option<Exam>, StoreError> {
+        self.exam_get(id)
+    }
+
+    fn worklist(&self, q: &WorklistQuery, now_ms: u64) -> Result<Worklist, StoreError> {
+        self.exam_worklist(q, now_ms)
+    }
+
+    fn patient_exams(&self, clinic: &str, patient: &[u8; 16]) -> Result<Vec<Exam>, StoreError> {
+        self.exams_of_patient(clinic, patient)
+    }
+
+    fn claim(
+        &self,
+        exam: &ExamId,
+        user: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.exam_take_claim(exam, user, now_ms, ttl_ms)
+    }
+
+    fn release(&self, exam: &ExamId, user: &str) -> Result<bool, StoreError> {
+        self.exam_release(exam, user)
+    }
+
+    fn claim_of(&self, exam: &ExamId, now_ms: u64) -> Result<Option<Claim>, StoreError> {
+        self.exam_claim(exam, now_ms)
+    }
+
+    fn record_read(&self, exam: &ExamId, read: Read) -> Result<ReadOutcome, StoreError> {
+        self.exam_record_read(exam, read)
+    }
+
+    fn reads(&self, exam: &ExamId) -> Result<Option<Reads>, StoreError> {
+        self.exam_reads(exam)
+    }
+
+    fn turnaround(
+        &self,
+        scope: &ClinicScope,
+        since_ms: u64,
+    ) -> Result<Vec<Turnaround>, StoreError> {
+        self.exam_turnaround(scope, since_ms)
     }
 
     fn scan(&self) -> Result<Scan, StoreError> {
@@ -382,6 +482,12 @@ mod tests {
     fn sled_store_answers_queries_like_every_backend() {
         let dir = tempfile::tempdir().unwrap();
         super::super::suite::queries(&SledStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn sled_store_keeps_examinations_like_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::suite::exams(&SledStore::open(dir.path()).unwrap());
     }
 
     #[test]

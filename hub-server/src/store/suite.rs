@@ -1,12 +1,13 @@
 //! The test suite every `HubStore` backend must pass: `run` (commits, retractions,
 //! reopening; `open` reopens the same store) and `queries` (filters, clinic scope,
-//! paging and aggregates, on an empty store).
+//! paging and aggregates, on an empty store) and `exams` (examinations, claims, reads).
 
 use std::collections::BTreeSet;
 
 use pleura_shared::record::sample_record;
 use pleura_shared::ScanRecord;
 
+pub use super::suite_exams::exams;
 use super::{
     AggregateQuery, CaseFilter, ClinicDay, ClinicScope, Commit, Counts, HubStore, Retraction,
 };
@@ -203,7 +204,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     assert_eq!(store.count().unwrap(), 5);
 }
 
-fn only(clinics: &[&str]) -> ClinicScope {
+pub(super) fn only(clinics: &[&str]) -> ClinicScope {
     ClinicScope::Only(clinics.iter().map(|c| c.to_string()).collect())
 }
 

@@ -42,6 +42,21 @@ pub(super) fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, DecodeError> {
     open(bytes).map_err(|e| DecodeError::corrupt(F, e))
 }
 
+/// Frames per second from Frame Time (ms per frame), else Cine Rate, else the
+/// Recommended Display Frame Rate.
+fn frame_rate(obj: &DefaultDicomObject) -> Option<f64> {
+    let num = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_float64().ok())
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    num(tags::FRAME_TIME)
+        .map(|ms| 1000.0 / ms)
+        .or_else(|| num(tags::CINE_RATE))
+        .or_else(|| num(tags::RECOMMENDED_DISPLAY_FRAME_RATE))
+}
+
 /// DICOM single- or multi-frame (ultrasound multi-frame is the common case), from the
 /// parsed file. Colour frames go through the same BT.601 luma as images; monochrome is
 /// scaled to 8 bits.
@@ -59,6 +74,9 @@ pub(super) fn decode(obj: &DefaultDicomObject, sink: &mut FrameSink) -> Result<(
     sink.check_size(cols, rows)?;
     let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
     sink.expect_frames(frames)?;
+    if let Some(fps) = frame_rate(obj) {
+        sink.set_fps(fps);
+    }
     let opts = ConvertOptions::new().force_8bit();
     for i in 0..frames {
         if !sink.wants_next() {

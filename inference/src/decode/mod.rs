@@ -8,6 +8,9 @@ pub mod dicom;
 pub mod dicom_bounds;
 pub mod file;
 mod gif;
+pub(crate) mod glyphs;
+pub mod media_frames;
+pub(crate) mod morph;
 mod mp4;
 pub mod mp4_bounds;
 mod still;
@@ -15,6 +18,7 @@ mod still;
 use std::fmt;
 
 use crate::preprocess::{resize_area, sample_indices, GrayFrame, INPUT_SIZE};
+use media_frames::{Frame8, MediaFrames, MediaSampling};
 
 /// Largest frame accepted, in pixels (a 4K frame is 8.3 M); guards against decompression bombs.
 pub const MAX_FRAME_PIXELS: usize = 4096 * 4096;
@@ -91,6 +95,8 @@ pub struct DecodedScan {
     pub height: usize,
     pub frames_total: usize,
     pub frames: Vec<f32>,
+    /// Source frame number (display order) of each frame in `frames`.
+    pub indices: Vec<usize>,
 }
 
 impl DecodedScan {
@@ -173,21 +179,43 @@ pub struct Decoded {
 pub fn decode_scan_with_header(bytes: &[u8], max_frames: usize) -> Result<Decoded, DecodeError> {
     let format = detect(bytes)?;
     let mut sink = FrameSink::new(format, max_frames);
-    let mut dicom = None;
-    match format {
-        Format::Png | Format::Jpeg | Format::Bmp => still::decode(bytes, format, &mut sink)?,
-        Format::Gif => gif::decode(bytes, &mut sink)?,
-        Format::Mp4 => mp4::decode(bytes, &mut sink)?,
-        Format::Dicom => {
-            let obj = dicom::parse(bytes)?;
-            dicom::decode(&obj, &mut sink)?;
-            dicom = Some(obj);
-        }
-    }
+    let dicom = decode_into(bytes, format, &mut sink)?;
     Ok(Decoded {
         scan: sink.finish()?,
         dicom,
     })
+}
+
+/// Decodes a scan at media resolution: the sampled frames (and the ones `sampling` asks
+/// for by number) as 8-bit gray, shrunk to fit `sampling.max_side`, with the parsed DICOM
+/// file if it is one. The model's path (`decode_scan`) is untouched by this.
+pub fn decode_media(
+    bytes: &[u8],
+    sampling: &MediaSampling,
+) -> Result<(MediaFrames, Option<dicom_object::DefaultDicomObject>), DecodeError> {
+    let format = detect(bytes)?;
+    let mut sink = FrameSink::new(format, sampling.max_frames.max(1));
+    sink.media = Some(media_frames::MediaKeep::new(sampling));
+    let dicom = decode_into(bytes, format, &mut sink)?;
+    Ok((sink.finish_media()?, dicom))
+}
+
+fn decode_into(
+    bytes: &[u8],
+    format: Format,
+    sink: &mut FrameSink,
+) -> Result<Option<dicom_object::DefaultDicomObject>, DecodeError> {
+    match format {
+        Format::Png | Format::Jpeg | Format::Bmp => still::decode(bytes, format, sink)?,
+        Format::Gif => gif::decode(bytes, sink)?,
+        Format::Mp4 => mp4::decode(bytes, sink)?,
+        Format::Dicom => {
+            let obj = dicom::parse(bytes)?;
+            dicom::decode(&obj, sink)?;
+            return Ok(Some(obj));
+        }
+    }
+    Ok(None)
 }
 
 /// Receives decoded frames in display order and keeps only the sampled ones, resized, so
@@ -202,6 +230,10 @@ pub(crate) struct FrameSink {
     size: (usize, usize),
     /// Pixels decoded so far, against MAX_DECODED_PIXELS.
     decoded_pixels: u64,
+    /// Set when decoding for media (previews, clips) instead of the model.
+    media: Option<media_frames::MediaKeep>,
+    /// Frames per second, where the container says.
+    fps: Option<f32>,
 }
 
 impl FrameSink {
@@ -214,6 +246,15 @@ impl FrameSink {
             kept: Vec::new(),
             size: (0, 0),
             decoded_pixels: 0,
+            media: None,
+            fps: None,
+        }
+    }
+
+    /// Records the frame rate the container declares (ignored unless finite and positive).
+    pub(crate) fn set_fps(&mut self, fps: f64) {
+        if fps.is_finite() && fps > 0.0 {
+            self.fps = Some(fps as f32);
         }
     }
 
@@ -225,7 +266,11 @@ impl FrameSink {
                 format!("{n} frames, limit {MAX_VIDEO_FRAMES}"),
             ));
         }
-        self.wanted = Some(sample_indices(n, self.max_frames));
+        let mut wanted = sample_indices(n, self.max_frames);
+        if let Some(m) = &self.media {
+            m.add_wanted(n, &mut wanted);
+        }
+        self.wanted = Some(wanted);
         Ok(())
     }
 
@@ -259,7 +304,10 @@ impl FrameSink {
         self.count_frame(frame.width, frame.height)?;
         if self.wants_next() {
             self.size = (frame.width, frame.height);
-            self.kept.push((self.seen, resize_area(&frame, INPUT_SIZE)));
+            match &mut self.media {
+                None => self.kept.push((self.seen, resize_area(&frame, INPUT_SIZE))),
+                Some(m) => m.keep(self.seen, &frame),
+            }
         }
         self.seen += 1;
         Ok(())
@@ -303,6 +351,29 @@ impl FrameSink {
         Ok(())
     }
 
+    fn finish_media(self) -> Result<MediaFrames, DecodeError> {
+        let Some(m) = self.media else {
+            return Err(DecodeError::NoFrames {
+                format: self.format,
+            });
+        };
+        let frames: Vec<(usize, Frame8)> =
+            m.finish(self.wanted.is_none(), self.seen, self.max_frames);
+        if frames.is_empty() {
+            return Err(DecodeError::NoFrames {
+                format: self.format,
+            });
+        }
+        Ok(MediaFrames {
+            format: self.format,
+            source_width: self.size.0,
+            source_height: self.size.1,
+            frames_total: self.seen,
+            fps: self.fps,
+            frames,
+        })
+    }
+
     fn finish(self) -> Result<DecodedScan, DecodeError> {
         if self.kept.is_empty() {
             return Err(DecodeError::NoFrames {
@@ -316,9 +387,11 @@ impl FrameSink {
             .is_none()
             .then(|| sample_indices(self.seen, self.max_frames));
         let mut frames = Vec::new();
+        let mut indices = Vec::new();
         for (idx, f) in &self.kept {
             if keep.as_ref().is_none_or(|k| k.binary_search(idx).is_ok()) {
                 frames.extend_from_slice(f);
+                indices.push(*idx);
             }
         }
         Ok(DecodedScan {
@@ -327,6 +400,7 @@ impl FrameSink {
             height: self.size.1,
             frames_total: self.seen,
             frames,
+            indices,
         })
     }
 }

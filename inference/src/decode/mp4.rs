@@ -52,6 +52,10 @@ pub(super) fn decode(bytes: &[u8], sink: &mut FrameSink) -> Result<(), DecodeErr
     sink.check_size(track.width() as usize, track.height() as usize)?;
     let samples = track.sample_count();
     sink.expect_frames(samples as usize)?;
+    let mdhd = &track.trak.mdia.mdhd;
+    if mdhd.timescale > 0 && mdhd.duration > 0 {
+        sink.set_fps(samples as f64 * mdhd.timescale as f64 / mdhd.duration as f64);
+    }
 
     let mut decoder = Decoder::new().map_err(|e| DecodeError::unsupported(F, e))?;
     decode_access_unit(&mut decoder, &header, sink)

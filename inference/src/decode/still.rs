@@ -24,5 +24,8 @@ pub(super) fn decode(
     let img = image::load_from_memory_with_format(bytes, fmt)
         .map_err(|e| DecodeError::corrupt(format, e))?;
     let rgb = img.to_rgb8();
+    if let Some(m) = sink.media.as_mut() {
+        m.colour(rgb.as_raw(), 3);
+    }
     sink.push(GrayFrame::from_rgb8(w as usize, h as usize, rgb.as_raw()))
 }

@@ -30,6 +30,8 @@ fn with_store_lost(i: Arc<Intake>, outbox: Arc<SledOutbox>) -> (Arc<Intake>, Arc
         status: Arc::default(),
         queued: Arc::default(),
         abandoned: Arc::default(),
+        scan_log: None,
+        media: None,
     };
     (Arc::new(i), outbox)
 }

@@ -1,6 +1,8 @@
 //! The primary transport: batches published on the device's results topic, the hub's
 //! answers read from its ack topic, over the shared MQTT link (pleura-runtime), which
-//! keeps the connection and paces reconnects.
+//! keeps the connection and paces reconnects. The same link carries the hub <-> device
+//! channel (crate::downlink): it subscribes the downlink topic too and hands what arrives
+//! there to the channel's receiver, and the channel publishes through its publisher.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +17,23 @@ use tokio::sync::mpsc;
 
 use super::{Answers, Event, Sent, Transport, TransportError};
 use crate::config::EdgeConfig;
+use crate::downlink::Channel;
 
 pub struct Mqtt {
     link: MqttLink,
     events: mpsc::Receiver<LinkEvent>,
     results: String,
     acks: String,
+    channel: Option<Arc<Channel>>,
 }
 
 impl Mqtt {
     /// Starts connecting at once (needs a Tokio runtime).
-    pub fn start(cfg: &EdgeConfig, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<Self> {
+    pub fn start(
+        cfg: &EdgeConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        channel: Option<Arc<Channel>>,
+    ) -> anyhow::Result<Self> {
         let (host, port) = crate::config::parse_mqtt_url(&cfg.hub.mqtt_url)?;
         let mut opts = MqttOptions::new(topics::client_id(&cfg.clinic, &cfg.device), host, port);
         opts.set_keep_alive(Duration::from_secs(20))
@@ -41,17 +49,25 @@ impl Mqtt {
             Duration::from_millis(cfg.sync.backoff_min_ms),
             Duration::from_millis(cfg.sync.backoff_max_ms),
         );
-        let mut link_cfg = LinkConfig::new(vec![(acks.clone(), QoS::AtLeastOnce)], backoff);
+        let mut subscriptions = vec![(acks.clone(), QoS::AtLeastOnce)];
+        if let Some(ch) = &channel {
+            subscriptions.push((ch.downlink_topic(), QoS::AtLeastOnce));
+        }
+        let mut link_cfg = LinkConfig::new(subscriptions, backoff);
         // Room for a whole in-flight window of batches plus the holdings check and
         // retractions, so a full request queue (`send` fails, see below) is rare.
         let window = cfg.sync.max_in_flight.div_ceil(cfg.sync.batch_size.max(1));
         link_cfg.requests = link_cfg.requests.max(window + 8);
         let (link, events) = MqttLink::start(opts, link_cfg);
+        if let Some(ch) = &channel {
+            ch.attach(link.publisher());
+        }
         Ok(Self {
             link,
             events,
             results: topics::results(&cfg.clinic, &cfg.device),
             acks,
+            channel,
         })
     }
 }
@@ -84,7 +100,15 @@ impl Transport for Mqtt {
 
     async fn next_event(&mut self) -> Option<Event> {
         loop {
-            match self.events.recv().await? {
+            let ev = self.events.recv().await?;
+            if let Some(ch) = &self.channel {
+                match &ev {
+                    LinkEvent::Up => ch.set_up(true),
+                    LinkEvent::Down { .. } => ch.set_up(false),
+                    LinkEvent::Message { .. } => {}
+                }
+            }
+            match ev {
                 LinkEvent::Up => return Some(Event::Up),
                 LinkEvent::Down { error, .. } => return Some(Event::Down(error)),
                 LinkEvent::Message { topic, payload } if topic == self.acks => {
@@ -92,12 +116,19 @@ impl Transport for Mqtt {
                         return Some(Event::Answer(ack));
                     }
                 }
-                LinkEvent::Message { .. } => {}
+                // Never waits: the receiver runs in a task of its own.
+                LinkEvent::Message { topic, payload } => match &self.channel {
+                    Some(ch) if topic == ch.downlink_topic() => ch.deliver(payload),
+                    _ => {}
+                },
             }
         }
     }
 
     async fn stop(self) {
+        if let Some(ch) = &self.channel {
+            ch.set_up(false);
+        }
         self.link.stop().await;
     }
 }

@@ -1,0 +1,415 @@
+//! Examinations: the scans of one patient pseudonym at one clinic on one day, the unit a
+//! specialist reads. The store keeps an index of them beside the results (updated in the
+//! same transaction), the specialists' claims and their verdicts, and answers the
+//! worklist in clinical priority order from an ordered index rather than a scan.
+
+use pleura_shared::{ExamId, ResultId, ScanRecord};
+use serde::{Deserialize, Serialize};
+
+use super::ClinicScope;
+
+/// Uncertainty at or above which a case moves up one urgency tier.
+pub const HIGH_UNCERTAINTY: f32 = 0.5;
+/// How long a claim holds unless renewed.
+pub const CLAIM_TTL_MS: u64 = 30 * 60 * 1000;
+const HOUR_MS: u64 = 3_600_000;
+/// Time to a read per urgency tier: severity 3, severity 2, flagged, the rest.
+pub const TIER_WINDOWS_MS: [u64; 4] = [HOUR_MS, 4 * HOUR_MS, 12 * HOUR_MS, 48 * HOUR_MS];
+
+/// One result of an examination, as the index keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamResult {
+    pub id: ResultId,
+    pub device: String,
+    pub zone: Option<String>,
+    pub severity: u8,
+    pub flagged: bool,
+    pub uncertainty: f32,
+    pub received_at_ms: u64,
+    /// Withdrawn by its device: kept here, but no longer part of the reading.
+    #[serde(default)]
+    pub retracted: bool,
+    /// Arrived after the examination's latest verdict: it needs a new one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_read: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exam {
+    #[serde(with = "exam_hex")]
+    pub id: ExamId,
+    pub clinic: String,
+    pub patient_key: Option<[u8; 16]>,
+    pub day: u32,
+    pub results: Vec<ExamResult>,
+    pub max_severity: u8,
+    pub flagged: bool,
+    pub max_uncertainty: f32,
+    pub first_received_ms: u64,
+    pub last_received_ms: u64,
+    /// When it was first claimed, and first read (turnaround).
+    pub claimed_at_ms: Option<u64>,
+    pub read_at_ms: Option<u64>,
+    /// Verdicts given: 0, 1 (first read) or 2 (second read).
+    pub reads: u8,
+}
+
+mod exam_hex {
+    use pleura_shared::ExamId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &ExamId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ExamId, D::Error> {
+        let s = String::deserialize(d)?;
+        ExamId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad exam id"))
+    }
+}
+
+/// How urgent a case is: tier 0 most urgent, and by when it should be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priority {
+    pub tier: u8,
+    pub deadline_ms: u64,
+}
+
+impl Priority {
+    pub fn of(max_severity: u8, flagged: bool, max_uncertainty: f32, first_ms: u64) -> Self {
+        let base: u8 = match (max_severity, flagged) {
+            (3.., _) => 0,
+            (2, _) => 1,
+            (_, true) => 2,
+            _ => 3,
+        };
+        let tier = if max_uncertainty >= HIGH_UNCERTAINTY {
+            base.saturating_sub(1)
+        } else {
+            base
+        };
+        Self {
+            tier,
+            deadline_ms: first_ms.saturating_add(TIER_WINDOWS_MS[usize::from(tier)]),
+        }
+    }
+
+    /// Milliseconds until the deadline; negative when overdue.
+    pub fn time_left_ms(&self, now_ms: u64) -> i64 {
+        self.deadline_ms as i64 - now_ms as i64
+    }
+}
+
+impl Exam {
+    /// The examination a record belongs to, with nothing in it yet.
+    pub fn empty_for(r: &ScanRecord) -> Self {
+        let key = r.patient_key.map(|k| k.to_vec()).unwrap_or_default();
+        Self {
+            id: ExamId::of(&r.clinic, &key, r.scan_day, &r.id),
+            clinic: r.clinic.clone(),
+            patient_key: r.patient_key,
+            day: r.scan_day,
+            results: Vec::new(),
+            max_severity: 0,
+            flagged: false,
+            max_uncertainty: 0.0,
+            first_received_ms: u64::MAX,
+            last_received_ms: 0,
+            claimed_at_ms: None,
+            read_at_ms: None,
+            reads: 0,
+        }
+    }
+
+    pub fn id_of(r: &ScanRecord) -> ExamId {
+        let key = r.patient_key.map(|k| k.to_vec()).unwrap_or_default();
+        ExamId::of(&r.clinic, &key, r.scan_day, &r.id)
+    }
+
+    /// Adds a result (once) and recomputes the summary.
+    pub fn add(&mut self, r: &ScanRecord, received_at_ms: u64, retracted: bool) {
+        if self.results.iter().any(|x| x.id == r.id) {
+            return;
+        }
+        self.results.push(ExamResult {
+            id: r.id,
+            device: r.device.clone(),
+            zone: r.zone.clone(),
+            severity: r.analysis.severity.score().min(3),
+            flagged: r.analysis.flagged,
+            uncertainty: r.analysis.uncertainty,
+            received_at_ms,
+            retracted,
+            after_read: self.reads > 0 && !retracted,
+        });
+        self.recompute();
+    }
+
+    /// Whether it awaits a verdict: never read, or a live result arrived after the
+    /// latest verdict (a rescan the same day).
+    pub fn needs_read(&self) -> bool {
+        self.reads == 0 || self.live().any(|r| r.after_read)
+    }
+
+    /// Live results that arrived after the latest verdict.
+    pub fn new_since_read(&self) -> impl Iterator<Item = &ExamResult> {
+        self.live().filter(|r| r.after_read)
+    }
+
+    /// A new verdict covers every result so far.
+    pub fn mark_read(&mut self) {
+        for r in &mut self.results {
+            r.after_read = false;
+        }
+    }
+
+    /// Marks a result withdrawn; true if it changed anything.
+    pub fn retract(&mut self, id: &ResultId) -> bool {
+        let Some(x) = self
+            .results
+            .iter_mut()
+            .find(|x| x.id == *id && !x.retracted)
+        else {
+            return false;
+        };
+        x.retracted = true;
+        self.recompute();
+        true
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &ExamResult> {
+        self.results.iter().filter(|r| !r.retracted)
+    }
+
+    fn recompute(&mut self) {
+        let live: Vec<ExamResult> = self.live().cloned().collect();
+        self.max_severity = live.iter().map(|r| r.severity).max().unwrap_or(0);
+        self.flagged = live.iter().any(|r| r.flagged);
+        self.max_uncertainty = live.iter().map(|r| r.uncertainty).fold(0.0, f32::max);
+        self.first_received_ms = live
+            .iter()
+            .map(|r| r.received_at_ms)
+            .min()
+            .unwrap_or(self.first_received_ms);
+        self.last_received_ms = live
+            .iter()
+            .map(|r| r.received_at_ms)
+            .max()
+            .unwrap_or(self.last_received_ms);
+    }
+
+    /// Its urgency; the clock starts at the first live result, or, once read, at the
+    /// first result that arrived after the verdict.
+    pub fn priority(&self) -> Priority {
+        let first = self
+            .new_since_read()
+            .map(|r| r.received_at_ms)
+            .min()
+            .unwrap_or(self.first_received_ms);
+        Priority::of(self.max_severity, self.flagged, self.max_uncertainty, first)
+    }
+
+    /// Devices that sent a (live) scan of this examination.
+    pub fn devices(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.live().map(|r| r.device.clone()).collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    /// Its key in the worklist index (clinic, flagged, read, then priority order), or
+    /// None when every result was withdrawn (it leaves the worklist).
+    pub fn worklist_key(&self) -> Option<Vec<u8>> {
+        self.live().next()?;
+        let mut k = worklist_prefix(&self.clinic, self.flagged, !self.needs_read());
+        let p = self.priority();
+        k.push(p.tier);
+        k.extend_from_slice(&p.deadline_ms.to_be_bytes());
+        // Higher uncertainty first among equal deadlines.
+        let unc = (self.max_uncertainty.clamp(0.0, 1.0) * 65535.0).round() as u16;
+        k.extend_from_slice(&(u16::MAX - unc).to_be_bytes());
+        k.extend_from_slice(self.id.as_bytes());
+        Some(k)
+    }
+}
+
+pub fn worklist_prefix(clinic: &str, flagged: bool, read: bool) -> Vec<u8> {
+    let mut k = clinic.as_bytes().to_vec();
+    k.push(0);
+    k.push(u8::from(flagged));
+    k.push(u8::from(read));
+    k
+}
+
+/// Key of an examination in the per-patient index.
+pub fn patient_key(clinic: &str, patient: &[u8; 16], day: u32, exam: &ExamId) -> Vec<u8> {
+    let mut k = clinic.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(patient);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.extend_from_slice(exam.as_bytes());
+    k
+}
+
+/// A specialist working a case; it holds until `expires_at_ms` unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub user: String,
+    pub at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl Claim {
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms > now_ms
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Claimed (or renewed) by the caller.
+    Claimed(Claim),
+    /// Someone else holds a live claim.
+    HeldBy(Claim),
+    NoSuchExam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Impression {
+    CovidCompatible,
+    OtherPneumonia,
+    Normal,
+    NonDiagnostic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recommendation {
+    Refer,
+    TreatLocally,
+    Rescan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneRead {
+    pub result_id: ResultId,
+    pub zone: String,
+    pub model_score: u8,
+    pub score: u8,
+    pub overridden: bool,
+}
+
+/// One specialist's reading of an examination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Read {
+    pub reviewer: String,
+    pub at_ms: u64,
+    pub zones: Vec<ZoneRead>,
+    pub impression: Impression,
+    pub recommendation: Recommendation,
+    pub rescan_reason: String,
+    pub comment: String,
+    pub second_read: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reads {
+    pub first: Read,
+    pub second: Option<Read>,
+    /// Verdicts given after results that arrived after the earlier ones, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<Read>,
+}
+
+impl Reads {
+    /// The newest verdict.
+    pub fn latest(&self) -> &Read {
+        self.later.last().unwrap_or(&self.first)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Recorded,
+    NoSuchExam,
+    /// A first read exists and this one is not marked second, or both exist.
+    AlreadyRead,
+    /// Marked second but there is no first read.
+    NoFirstRead,
+    /// Marked second by the specialist who gave the first read.
+    OwnRead,
+}
+
+/// What the worklist asks for. `scope` fails closed (default: no clinic).
+#[derive(Debug, Clone, Default)]
+pub struct WorklistQuery {
+    pub scope: ClinicScope,
+    pub flagged: Option<bool>,
+    /// Some(false): awaiting a read (never read, or a live result arrived after the
+    /// latest verdict); Some(true): read; None: both.
+    pub read: Option<bool>,
+    pub offset: usize,
+    /// 0 means 50.
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorklistRow {
+    pub exam: Exam,
+    pub priority: Priority,
+    /// A live claim, if any.
+    pub claim: Option<Claim>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Worklist {
+    pub rows: Vec<WorklistRow>,
+    /// More rows follow this page.
+    pub more: bool,
+}
+
+/// One read examination's turnaround.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turnaround {
+    pub clinic: String,
+    pub arrived_ms: u64,
+    pub claimed_ms: Option<u64>,
+    pub read_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_follow_severity_flags_and_uncertainty() {
+        let t = |s, f, u| Priority::of(s, f, u, 1000);
+        assert_eq!(
+            t(3, true, 0.1),
+            Priority {
+                tier: 0,
+                deadline_ms: 1000 + HOUR_MS
+            }
+        );
+        assert_eq!(t(2, false, 0.1).tier, 1);
+        assert_eq!(t(1, true, 0.1).tier, 2);
+        assert_eq!(t(0, false, 0.1).tier, 3);
+        assert_eq!(t(1, true, 0.9).tier, 1, "uncertain: one tier up");
+        assert_eq!(t(3, true, 0.9).tier, 0);
+        assert_eq!(t(0, false, 0.9).deadline_ms, 1000 + 12 * HOUR_MS);
+        assert_eq!(
+            t(3, true, 0.1).time_left_ms(1000 + 2 * HOUR_MS),
+            -(HOUR_MS as i64)
+        );
+    }
+
+    #[test]
+    fn an_exam_whose_results_all_arrived_withdrawn_has_no_overflowing_priority() {
+        let r = pleura_shared::record::sample_record("c1", "d1", 3, true);
+        let mut e = Exam::empty_for(&r);
+        e.add(&r, 10, true);
+        assert_eq!(e.first_received_ms, u64::MAX);
+        assert_eq!(e.priority().deadline_ms, u64::MAX, "saturates");
+        assert_eq!(Priority::of(3, true, 0.0, u64::MAX).deadline_ms, u64::MAX);
+        assert_eq!(e.worklist_key(), None);
+    }
+}
