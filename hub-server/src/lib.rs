@@ -215,6 +215,8 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             downlink: downlink.clone(),
         }),
     );
+    // Verdicts stored but not yet queued to every device: at start, then every minute.
+    tokio::spawn(cases.clone().sweep_verdicts_periodically(shutdown.clone()));
     let svc = pleura_proto::v1::hub_server::HubServer::new(grpc::HubService {
         ingest: ingest.clone(),
         cases: cases.clone(),

@@ -6,6 +6,7 @@ mod admin;
 mod agent;
 mod client;
 mod hub;
+pub mod media;
 mod mosquitto;
 mod mqtt;
 mod net;

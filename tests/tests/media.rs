@@ -6,78 +6,12 @@
 //! sent stay within 10 % of the media's size (a cut costs at most the chunk in flight).
 //! Real hub and agent processes over mTLS, the hub's embedded broker.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hub_server::ca::Pki;
-use hub_server::downlink::Downlink;
-use hub_server::metrics::Metrics;
+use pleura_e2e::media::*;
 use pleura_e2e::*;
-use pleura_proto::v1::{downlink, ClipRequest, MediaPreview};
+use pleura_proto::v1::MediaPreview;
 use prost::Message;
-use sha2::Digest;
-
-const PREVIEW: i64 = 1;
-const CLIP: i64 = 2;
-
-#[derive(Debug, Clone)]
-struct HubItem {
-    sha: String,
-    kind: i64,
-    result: String,
-    total: u64,
-    complete: bool,
-    also: Vec<String>,
-}
-
-/// The hub's media index, read from its files (the hub may be running).
-fn hub_items(hub: &Hub) -> Vec<HubItem> {
-    let dir = hub.dir.join("data/media/index");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map(|v| HubItem {
-            sha: v["sha256"].as_str().unwrap_or_default().into(),
-            kind: v["kind"].as_i64().unwrap_or(0),
-            result: v["result_id"].as_str().unwrap_or_default().into(),
-            total: v["total"].as_u64().unwrap_or(0),
-            complete: v["complete"].as_bool().unwrap_or(false),
-            also: v["also"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// The complete item of `kind` the hub lists under `result` (as its first result, or
-/// as another result of the same device with the very same bytes).
-fn complete(hub: &Hub, result: &str, kind: i64) -> Option<HubItem> {
-    hub_items(hub).into_iter().find(|i| {
-        (i.result == result || i.also.iter().any(|a| a == result)) && i.kind == kind && i.complete
-    })
-}
-
-/// A complete item's bytes, checked against its name (the SHA-256) and size.
-fn object(hub: &Hub, item: &HubItem) -> Vec<u8> {
-    let path = hub.dir.join("data/media/objects").join(&item.sha);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(bytes.len() as u64, item.total, "size of {}", item.sha);
-    assert_eq!(
-        hex(&sha2::Sha256::digest(&bytes)),
-        item.sha,
-        "hash of the stored item"
-    );
-    bytes
-}
 
 fn check_preview(bytes: &[u8]) {
     let p = MediaPreview::decode(bytes).expect("a MediaPreview");
@@ -184,31 +118,6 @@ fn a_flagged_scans_preview_and_clip_reach_the_hub_whole() {
     assert_eq!(st["items_uploaded"].as_u64(), Some(2), "{st}");
     agent.kill9();
     hub.kill9();
-}
-
-/// Queues a ClipRequest for `result` at the hub (stopped: its store is its own).
-fn request_clip(hub: &Hub, clinic: &str, device: &str, result: &str) {
-    let pki = Pki::open(hub.pki.as_ref().unwrap()).unwrap();
-    let (signer, _) = pki.downlink_signer().unwrap();
-    let dl = Downlink::open(
-        &hub.dir.join("data"),
-        Some(signer),
-        Arc::new(Metrics::default()),
-    )
-    .unwrap();
-    let req = ClipRequest {
-        result_id: hex_decode(result),
-        reason: "specialist asked for the whole scan".into(),
-    };
-    dl.send(clinic, device, downlink::Kind::ClipRequest(req))
-        .unwrap();
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn chunk_bytes(agent: &Agent) -> u64 {

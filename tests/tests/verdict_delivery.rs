@@ -9,12 +9,9 @@
 //! hub stopped, since its sled store is the running hub's alone.
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hub_server::ca::Pki;
-use hub_server::downlink::Downlink;
-use hub_server::metrics::Metrics;
 use pleura_e2e::*;
 use pleura_proto::v1::{downlink, Impression, Recommendation, Verdict, ZoneScore};
 
@@ -45,15 +42,7 @@ fn pending(hub: &Hub) -> Option<u64> {
 }
 
 fn queue_verdict(hub: &Hub, clinic: &str, device: &str, exam: [u8; 16]) -> [u8; 16] {
-    let pki = Pki::open(hub.pki.as_ref().unwrap()).unwrap();
-    let (signer, created) = pki.downlink_signer().unwrap();
-    assert!(!created, "`ca init` made the hub's downlink key");
-    let dl = Downlink::open(
-        &hub.dir.join("data"),
-        Some(signer),
-        Arc::new(Metrics::default()),
-    )
-    .unwrap();
+    let dl = pleura_e2e::media::hub_downlink(hub);
     let v = Verdict {
         exam_id: exam.to_vec(),
         patient_key: vec![3; 16],

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use pleura_proto::v1::{Impression, Recommendation};
 
 use super::html::{date, date_time, esc, frame, time_of_day};
-use super::view::{PatientGroup, ReceivedVerdict, Row};
+use super::view::{PatientGroup, ReceivedVerdict, RecentVerdict, Row};
 
 /// The login form; `csrf` is the login form's token (also in its cookie).
 pub fn login(csrf: &str, error: Option<&str>) -> String {
@@ -33,6 +33,8 @@ pub struct DayPage<'a> {
     /// The days offered (today first).
     pub days: &'a [u32],
     pub groups: &'a [PatientGroup],
+    /// Verdicts received in the last days, whatever day their scans were.
+    pub recent: &'a [RecentVerdict],
     pub csrf: &'a str,
 }
 
@@ -48,6 +50,7 @@ pub fn scans(p: &DayPage<'_>) -> String {
         let _ = write!(b, "<a href=\"/scans?day={0}\"{cur}>{0}</a>", date(d));
     }
     b.push_str("</nav>");
+    recent(&mut b, p.recent);
     let n: usize = p.groups.iter().map(|g| g.rows.len()).sum();
     let _ = write!(
         b,
@@ -66,6 +69,36 @@ pub fn scans(p: &DayPage<'_>) -> String {
          without the hub.</p></section>",
     );
     frame("clinic scans", Some(p.csrf), &b)
+}
+
+/// Verdicts that came back lately, newest first, each linking to its scans' day: a
+/// clinic offline for days sees what arrived on today's page.
+fn recent(b: &mut String, recent: &[RecentVerdict]) {
+    if recent.is_empty() {
+        return;
+    }
+    b.push_str(
+        "<section id=\"recent-verdicts\"><h2>Verdicts received lately</h2><table><thead><tr>\
+         <th>Received</th><th>Patient</th><th>Scanned</th><th>Impression</th>\
+         <th>Recommendation</th></tr></thead><tbody>",
+    );
+    for r in recent {
+        let v = &r.received.verdict;
+        let who = match &r.patient {
+            Some(p) => esc(p),
+            None => "<span class=\"muted\">no patient identifier</span>".into(),
+        };
+        let _ = write!(
+            b,
+            "<tr class=\"recent-verdict\"><td>{}</td><td>{who}</td>\
+             <td><a href=\"/scans?day={day}\">{day}</a></td><td>{}</td><td>{}</td></tr>",
+            date_time(r.received.received_at_ms),
+            impression(v.impression),
+            recommendation(v.recommendation),
+            day = date(v.scan_day),
+        );
+    }
+    b.push_str("</tbody></table></section>");
 }
 
 fn patient(b: &mut String, g: &PatientGroup) {
@@ -252,6 +285,7 @@ mod tests {
             day: 20_000,
             days: &[20_000, 19_999],
             groups: &groups,
+            recent: &[],
             csrf: "tok\"en",
         });
         assert!(!html.contains("<script>"), "{html}");
@@ -304,6 +338,7 @@ mod tests {
             day: 20_000,
             days: &[20_000],
             groups: &groups,
+            recent: &[],
             csrf: "t",
         });
         assert_eq!(html.matches("class=\"verdict\"").count(), 1);
@@ -332,6 +367,7 @@ mod tests {
             day: 20_000,
             days: &[20_000],
             groups: &groups,
+            recent: &[],
             csrf: "t",
         });
         // The verdict is shown with the examination, the scan is not "reviewed".
@@ -348,5 +384,41 @@ mod tests {
         assert!(html.contains("name=\"csrf\" value=\"abc\""));
         assert!(html.contains("Wrong PIN"));
         assert!(!html.contains("/logout"));
+    }
+
+    #[test]
+    fn verdicts_received_lately_are_listed_with_their_patient_and_scan_day() {
+        let v = Verdict {
+            impression: Impression::CovidCompatible as i32,
+            recommendation: Recommendation::Refer as i32,
+            scan_day: 20_400,
+            ..Default::default()
+        };
+        let recent = [RecentVerdict {
+            received: ReceivedVerdict {
+                received_at_ms: 1,
+                verdict: v,
+            },
+            patient: Some("<b>P-9</b>".into()),
+        }];
+        let html = scans(&DayPage {
+            day: 20_410,
+            days: &[20_410],
+            groups: &[],
+            recent: &recent,
+            csrf: "t",
+        });
+        assert!(html.contains("id=\"recent-verdicts\""));
+        assert!(html.contains("&lt;b&gt;P-9&lt;/b&gt;"), "escaped: {html}");
+        assert!(html.contains(&format!("href=\"/scans?day={}\"", date(20_400))));
+        assert!(html.contains("compatible with COVID-19"));
+        let none = scans(&DayPage {
+            day: 20_410,
+            days: &[20_410],
+            groups: &[],
+            recent: &[],
+            csrf: "t",
+        });
+        assert!(!none.contains("recent-verdicts"));
     }
 }

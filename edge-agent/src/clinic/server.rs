@@ -272,10 +272,13 @@ async fn scans(State(page): State<Arc<Page>>, headers: HeaderMap, uri: Uri) -> R
     };
     let today = day_of_ms(pleura_shared::now_ms());
     let days: Vec<u32> = (0..DAYS).filter_map(|i| today.checked_sub(i)).collect();
+    // Any day the scan log keeps can be opened (a recent verdict links to its scans'
+    // day); the menu offers the last week.
+    let kept = today.saturating_sub(crate::scanlog::KEEP_DAYS)..=today;
     let asked = uri
         .query()
         .and_then(|q| form_value(q, "day"))
-        .map(|d| html::parse_date(&d).filter(|d| days.contains(d)));
+        .map(|d| html::parse_date(&d).filter(|d| kept.contains(d)));
     let day = match asked {
         None => today,
         Some(Some(d)) => d,
@@ -283,17 +286,23 @@ async fn scans(State(page): State<Arc<Page>>, headers: HeaderMap, uri: Uri) -> R
             return respond(
                 StatusCode::BAD_REQUEST,
                 "text/plain; charset=utf-8",
-                format!("day must be one of the last {DAYS} days, as YYYY-MM-DD\n"),
+                format!(
+                    "day must be one of the last {} days, as YYYY-MM-DD\n",
+                    crate::scanlog::KEEP_DAYS
+                ),
             )
         }
     };
     let sources = page.sources.clone();
     let read = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::task::spawn_blocking(move || sources.day(day)),
+        tokio::task::spawn_blocking(move || {
+            let since = pleura_shared::now_ms().saturating_sub(u64::from(DAYS) * 86_400_000);
+            Ok::<_, String>((sources.day(day)?, sources.recent_verdicts(since)?))
+        }),
     )
     .await;
-    let groups = match read {
+    let (groups, recent) = match read {
         Ok(Ok(Ok(g))) => g,
         other => {
             let why = match other {
@@ -315,6 +324,7 @@ async fn scans(State(page): State<Arc<Page>>, headers: HeaderMap, uri: Uri) -> R
             day,
             days: &days,
             groups: &groups,
+            recent: &recent,
             csrf: &s.csrf,
         }),
     )

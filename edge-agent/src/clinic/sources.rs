@@ -30,18 +30,29 @@ impl MediaView for MediaOutbox {
 impl VerdictView for VerdictStore {
     fn verdicts(&self, exam: &ExamId) -> Vec<ReceivedVerdict> {
         match self.for_exam(exam) {
-            Ok(v) => v
-                .into_iter()
-                .map(|s| ReceivedVerdict {
-                    received_at_ms: s.received_at_ms,
-                    verdict: s.verdict,
-                })
-                .collect(),
+            Ok(v) => v.into_iter().map(received).collect(),
             Err(e) => {
                 tracing::warn!(exam = %exam, error = %e, "clinic page: reading verdicts");
                 Vec::new()
             }
         }
+    }
+
+    fn since(&self, received_after_ms: u64) -> Vec<ReceivedVerdict> {
+        match VerdictStore::since(self, received_after_ms) {
+            Ok(v) => v.into_iter().map(received).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "clinic page: reading recent verdicts");
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn received(s: crate::downlink::StoredVerdict) -> ReceivedVerdict {
+    ReceivedVerdict {
+        received_at_ms: s.received_at_ms,
+        verdict: s.verdict,
     }
 }
 

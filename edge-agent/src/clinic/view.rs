@@ -34,6 +34,17 @@ pub struct ReceivedVerdict {
 
 pub trait VerdictView: Send + Sync {
     fn verdicts(&self, exam: &ExamId) -> Vec<ReceivedVerdict>;
+    /// Verdicts received after `received_after_ms`, whatever day their scans were.
+    fn since(&self, _received_after_ms: u64) -> Vec<ReceivedVerdict> {
+        Vec::new()
+    }
+}
+
+/// A verdict received lately, with the local patient identifier of its examination
+/// (from the scan log: on this device only) so staff find it whatever day it was scanned.
+pub struct RecentVerdict {
+    pub received: ReceivedVerdict,
+    pub patient: Option<String>,
 }
 
 /// A result's way to the specialist, furthest step first.
@@ -130,6 +141,31 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Verdicts received after `received_after_ms`, newest first. Blocking (sled).
+    pub fn recent_verdicts(&self, received_after_ms: u64) -> Result<Vec<RecentVerdict>, String> {
+        let Some(store) = &self.verdicts else {
+            return Ok(Vec::new());
+        };
+        let mut days: BTreeMap<u32, Vec<ScanEntry>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for received in store.since(received_after_ms) {
+            let v = &received.verdict;
+            let entries = match days.entry(v.scan_day) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(self.scans.day(v.scan_day).map_err(|e| e.to_string())?)
+                }
+            };
+            let patient = entries
+                .iter()
+                .find(|e| e.exam().as_bytes().as_slice() == v.exam_id.as_slice())
+                .and_then(|e| e.patient.clone());
+            out.push(RecentVerdict { received, patient });
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.received.received_at_ms));
+        Ok(out)
+    }
+
     /// The scans analysed on `day`, grouped by patient (sorted by identifier), each
     /// with its sync state and verdicts. Blocking (sled).
     pub fn day(&self, day: u32) -> Result<Vec<PatientGroup>, String> {

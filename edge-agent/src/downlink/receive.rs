@@ -240,8 +240,8 @@ impl Receiver {
             downlink::Kind::ClipRequest(c) => {
                 Self::inc(&self.counters.clip_requests);
                 tracing::info!(result = %hex::encode(&c.result_id), reason = %c.reason, "the hub asks for a clip");
-                // The media module also reads the durable list at start, so a full
-                // channel loses nothing.
+                // Only a wake-up: the media module reads the durable list on every
+                // round, so a request a full channel drops is taken at the next one.
                 let _ = self.clip_requests.try_send(c);
             }
             _ => {}

@@ -4,6 +4,8 @@
 
 mod outbox;
 pub mod prepare;
+#[cfg(test)]
+mod retry_tests;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -55,6 +55,12 @@ pub struct Entry {
     pub at_hub_ms: Option<u64>,
     /// Whether its bytes are still on disk here (pruned once at the hub).
     pub stored: bool,
+    /// While `Preparing` after a transient failure: not before this time (ms).
+    #[serde(default)]
+    pub retry_at_ms: u64,
+    /// Transient failures in a row (sets the next retry's pause).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 impl Entry {
@@ -211,6 +217,7 @@ impl MediaOutbox {
             e.requested = true;
             if revive {
                 e.state = EntryState::Preparing;
+                (e.retry_at_ms, e.attempts) = (0, 0);
             }
             self.put(&e)?;
             return Ok(if revive {
@@ -232,19 +239,57 @@ impl MediaOutbox {
             created_at_ms: pleura_shared::now_ms(),
             at_hub_ms: None,
             stored: false,
+            retry_at_ms: 0,
+            attempts: 0,
         })?;
         Ok(Scheduled::Prepare)
     }
 
-    /// Items waiting to be prepared, in upload order.
+    /// Items waiting to be prepared now (not pausing after a transient failure), in
+    /// upload order.
     pub fn to_prepare(&self) -> Result<Vec<Entry>, MediaError> {
+        let now = pleura_shared::now_ms();
         let mut v: Vec<Entry> = self
             .entries()?
             .into_iter()
-            .filter(|e| e.state == EntryState::Preparing)
+            .filter(|e| e.state == EntryState::Preparing && e.retry_at_ms <= now)
             .collect();
         v.sort_by_key(Entry::rank);
         Ok(v)
+    }
+
+    /// The earliest time (ms) an item pausing after a transient failure is due.
+    pub fn next_retry_ms(&self) -> Result<Option<u64>, MediaError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .filter(|e| e.state == EntryState::Preparing && e.retry_at_ms > 0)
+            .map(|e| e.retry_at_ms)
+            .min())
+    }
+
+    /// A transient failure (I/O, the store, a busy pool): the item stays `Preparing`
+    /// and is tried again after `base` doubled per failure in a row, at most `max`.
+    /// Returns the pause.
+    pub fn retry_later(
+        &self,
+        id: &ResultId,
+        kind: MediaKind,
+        base: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Result<std::time::Duration, MediaError> {
+        let Some(mut e) = self.get(id, kind)? else {
+            return Ok(base);
+        };
+        let pause = base
+            .saturating_mul(1u32 << e.attempts.min(20))
+            .min(max)
+            .max(std::time::Duration::from_millis(1));
+        e.attempts = e.attempts.saturating_add(1);
+        e.retry_at_ms = pleura_shared::now_ms() + pause.as_millis() as u64;
+        e.state = EntryState::Preparing;
+        self.put(&e)?;
+        Ok(pause)
     }
 
     /// Whether a new clip of `size` bytes fits the budget (previews always are kept).
@@ -281,6 +326,7 @@ impl MediaOutbox {
         e.held = 0;
         e.stored = true;
         e.state = EntryState::Ready;
+        (e.retry_at_ms, e.attempts) = (0, 0);
         self.put(&e)?;
         Ok(e)
     }
@@ -305,11 +351,23 @@ impl MediaOutbox {
         acked: &dyn Fn(&ResultId) -> bool,
         idle: bool,
     ) -> Result<Option<Entry>, MediaError> {
+        self.next_upload_where(acked, idle, &|_| true)
+    }
+
+    /// `next_upload` among the items `eligible` lets go now (the uploader skips items
+    /// pausing after a transfer without progress).
+    pub fn next_upload_where(
+        &self,
+        acked: &dyn Fn(&ResultId) -> bool,
+        idle: bool,
+        eligible: &dyn Fn(&Entry) -> bool,
+    ) -> Result<Option<Entry>, MediaError> {
         let mut v: Vec<Entry> = self
             .entries()?
             .into_iter()
             .filter(|e| e.state == EntryState::Ready && e.stored && e.sha256.is_some())
             .filter(|e| idle || e.rank().0 < 2)
+            .filter(|e| eligible(e))
             .collect();
         v.sort_by_key(Entry::rank);
         Ok(v.into_iter().find(|e| acked(&e.result_id)))
@@ -380,41 +438,70 @@ impl MediaOutbox {
         }
     }
 
-    /// Frees room: the bytes of items the hub holds, those of `reviewed` results first,
-    /// then the oldest, until under the budget (`reviewed` ones always). Items not at
-    /// the hub are never removed. Returns the bytes freed.
-    pub fn prune(&self, reviewed: &dyn Fn(&ResultId) -> bool) -> Result<u64, MediaError> {
+    /// Frees room. Always: the bytes of items that will never be sent (refused by the
+    /// hub, unavailable) and every item of a `dropped` result (parked by the hub or
+    /// retracted; those not at the hub become unavailable). Then the bytes of items the
+    /// hub holds, those of `reviewed` results first, then the oldest, until under the
+    /// budget (`reviewed` ones always). Items still to be sent are never removed.
+    /// Returns the bytes freed.
+    pub fn prune(
+        &self,
+        reviewed: &dyn Fn(&ResultId) -> bool,
+        dropped: &dyn Fn(&ResultId) -> bool,
+    ) -> Result<u64, MediaError> {
+        let mut freed = 0;
+        for mut e in self.entries()? {
+            let never_sent = matches!(e.state, EntryState::Refused(_) | EntryState::Unavailable(_));
+            let gone = dropped(&e.result_id);
+            if gone && matches!(e.state, EntryState::Preparing | EntryState::Ready) {
+                e.state = EntryState::Unavailable("the result was parked or retracted".into());
+                if !e.stored {
+                    self.put(&e)?;
+                }
+            }
+            if e.stored && (never_sent || gone) {
+                freed += self.drop_blob(&mut e)?;
+            }
+        }
         let mut held: Vec<Entry> = self
             .entries()?
             .into_iter()
             .filter(|e| e.stored && e.state == EntryState::AtHub)
             .collect();
         held.sort_by_key(|e| (!reviewed(&e.result_id), e.at_hub_ms.unwrap_or(0)));
-        let mut freed = 0;
         for mut e in held {
             if !reviewed(&e.result_id) && !self.over_budget() {
                 break;
             }
-            let shared = e.sha256.is_some_and(|sha| {
-                self.entries().unwrap_or_default().iter().any(|o| {
-                    o.stored
-                        && o.sha256 == Some(sha)
-                        && (o.result_id, o.kind) != (e.result_id, e.kind)
-                })
-            });
-            if let Some(sha) = e.sha256.filter(|_| !shared) {
-                let p = self.blob_path(&sha);
-                match std::fs::remove_file(&p) {
-                    Err(x) if x.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(x)),
-                    _ => {}
-                }
-            }
-            e.stored = false;
-            self.put(&e)?;
-            self.stored_bytes.fetch_sub(e.size, Ordering::Relaxed);
-            freed += e.size;
+            freed += self.drop_blob(&mut e)?;
         }
         Ok(freed)
+    }
+
+    /// Removes an item's bytes (the file too unless another stored item has the same
+    /// bytes) and records it. Returns the bytes no longer counted.
+    fn drop_blob(&self, e: &mut Entry) -> Result<u64, MediaError> {
+        let shared = e.sha256.is_some_and(|sha| {
+            self.entries().unwrap_or_default().iter().any(|o| {
+                o.stored && o.sha256 == Some(sha) && (o.result_id, o.kind) != (e.result_id, e.kind)
+            })
+        });
+        if let Some(sha) = e.sha256.filter(|_| !shared) {
+            let p = self.blob_path(&sha);
+            match std::fs::remove_file(&p) {
+                Err(x) if x.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(x)),
+                _ => {}
+            }
+        }
+        e.stored = false;
+        self.put(e)?;
+        let size = e.size;
+        let _ = self
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(size))
+            });
+        Ok(size)
     }
 
     /// Counts bytes about to be sent (chunk data, whole payload), durably before they

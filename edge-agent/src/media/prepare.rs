@@ -17,9 +17,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Entry, MediaOutbox};
 use crate::downlink::ClipRequests;
+use crate::outbox::{Held, Outbox};
 use crate::status::Shared;
 
-pub type MakeFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+pub type MakeFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, MakeError>> + Send>>;
+
+/// Why an item was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MakeError {
+    /// The pool is shut down (the agent is stopping).
+    Closed,
+    /// Worth trying again later (the pool or the model engine failed, not the scan).
+    Transient(String),
+    /// This scan will never give the item (it does not decode, the job crashed on it).
+    Permanent(String),
+}
+
+impl From<pleura_inference::AnalyzeError> for MakeError {
+    fn from(e: pleura_inference::AnalyzeError) -> Self {
+        use pleura_inference::AnalyzeError as A;
+        match e {
+            A::PoolClosed => MakeError::Closed,
+            A::Model(_) => MakeError::Transient(e.to_string()),
+            A::Decode(_) | A::Panicked => MakeError::Permanent(e.to_string()),
+        }
+    }
+}
 
 /// Turns a scan's bytes into an item's bytes (an encoded `MediaPreview`, an MP4).
 pub trait Maker: Send + Sync + 'static {
@@ -38,20 +61,21 @@ impl Maker for PoolMaker {
     fn make(&self, kind: MediaKind, scan: Vec<u8>) -> MakeFuture {
         let (pool, limits) = (self.pool.clone(), self.limits.clone());
         Box::pin(async move {
+            let permanent = |e: &dyn std::fmt::Display| MakeError::Permanent(e.to_string());
             let job = move |w: &mut pleura_inference::pool::Worker<'_>| match kind {
                 MediaKind::Preview => {
-                    let decoded = w.decode(&scan).map_err(|e| e.to_string())?;
-                    let report = w.analyze(decoded.scan).map_err(|e| e.to_string())?;
+                    let decoded = w.decode(&scan).map_err(|e| permanent(&e))?;
+                    let report = w.analyze(decoded.scan).map_err(MakeError::from)?;
                     make::prepare_preview(&scan, &report.frame_scores, report.cam_size, &limits)
                         .map(|p| encode_preview(&p))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| permanent(&e))
                 }
                 MediaKind::Clip => make::prepare_clip(&scan, &limits)
                     .map(|c| c.mp4)
-                    .map_err(|e| e.to_string()),
-                MediaKind::Unspecified => Err("no such media kind".to_string()),
+                    .map_err(|e| permanent(&e)),
+                MediaKind::Unspecified => Err(permanent(&"no such media kind")),
             };
-            pool.run(job).await.map_err(|e| e.to_string())?
+            pool.run(job).await.map_err(MakeError::from)?
         })
     }
 }
@@ -124,36 +148,39 @@ pub struct Preparer {
     pub ready: Arc<Notify>,
     /// Results with a specialist's verdict (their media at the hub is pruned first).
     pub reviewed: Arc<dyn Fn() -> std::collections::HashSet<ResultId> + Send + Sync>,
+    /// The results' outbox: the media of results it parked or retracts are pruned.
+    pub outbox: Option<Arc<dyn Outbox>>,
+    /// First pause after a transient failure (doubled per failure, at most
+    /// `MAX_RETRY`).
+    pub retry: Duration,
 }
 
 /// How often the budget is checked (and prepared work looked for) without a wake-up.
 const TEND_EVERY: Duration = Duration::from_secs(30);
+/// The longest pause between tries of an item after transient failures.
+pub const MAX_RETRY: Duration = Duration::from_secs(600);
+/// The usual first pause after a transient failure.
+pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 
 impl Preparer {
+    /// Clip requests are durable (`pending`): they are read again on every round, so
+    /// a request the channel could not take (full) waits only for the next wake-up.
+    /// `requests` only carries them sooner (and serves when there is no store).
     pub async fn run(
         self,
         mut requests: mpsc::Receiver<ClipRequest>,
         pending: Option<ClipRequests>,
         shutdown: CancellationToken,
     ) {
-        // Requests received before a restart and not yet taken in.
-        if let Some(p) = &pending {
-            match p.pending_clip_requests() {
-                Ok(list) => {
-                    for c in list {
-                        self.take_request(&c.result_id, &c.reason, Some(p)).await;
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "reading pending clip requests"),
-            }
-        }
         let mut last_tend = tokio::time::Instant::now();
         loop {
+            self.take_pending(pending.as_ref()).await;
             self.prepare_all(&shutdown).await;
             if last_tend.elapsed() >= TEND_EVERY {
                 self.tend().await;
                 last_tend = tokio::time::Instant::now();
             }
+            let pause = self.until_next_retry().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
@@ -163,8 +190,36 @@ impl Preparer {
                         Err(e) => tracing::warn!(error = %e, "clip request with a bad result id ignored"),
                     }
                 }
-                _ = tokio::time::sleep(TEND_EVERY) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+
+    /// Takes in every clip request not yet dealt with (the durable list).
+    async fn take_pending(&self, pending: Option<&ClipRequests>) {
+        let Some(p) = pending else { return };
+        let list = {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || p.pending_clip_requests()).await
+        };
+        match list {
+            Ok(Ok(list)) => {
+                for c in list {
+                    self.take_request(&c.result_id, &c.reason, Some(p)).await;
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "reading pending clip requests"),
+            Err(e) => tracing::error!(error = %e, "reading pending clip requests"),
+        }
+    }
+
+    /// How long to sleep without a wake-up: until the next retry, at most `TEND_EVERY`.
+    async fn until_next_retry(&self) -> Duration {
+        let m = self.media.clone();
+        match blocking(move || m.next_retry_ms()).await {
+            Ok(Some(at)) => Duration::from_millis(at.saturating_sub(pleura_shared::now_ms()))
+                .clamp(Duration::from_millis(10), TEND_EVERY),
+            _ => TEND_EVERY,
         }
     }
 
@@ -215,7 +270,11 @@ impl Preparer {
         let dir = self.processed_dir.clone();
         let scan = blocking(move || -> Result<Option<Vec<u8>>, String> {
             match find_scan(&dir, &id) {
-                Some(p) => std::fs::read(&p).map(Some).map_err(|x| x.to_string()),
+                Some(p) => match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(x) => Err(x.to_string()),
+                },
                 None => Ok(None),
             }
         })
@@ -229,15 +288,16 @@ impl Preparer {
             }
             Err(x) => {
                 return self
-                    .unavailable(&id, kind, &format!("reading the scan: {x}"))
+                    .later(&id, kind, &format!("reading the scan: {x}"))
                     .await
             }
         };
         let made = self.maker.make(kind, bytes).await;
         let item = match made {
             Ok(item) => item,
-            Err(x) if x.contains("pool") && x.contains("closed") => return false,
-            Err(x) => return self.unavailable(&id, kind, &x).await,
+            Err(MakeError::Closed) => return false,
+            Err(MakeError::Transient(x)) => return self.later(&id, kind, &x).await,
+            Err(MakeError::Permanent(x)) => return self.unavailable(&id, kind, &x).await,
         };
         let size = item.len() as u64;
         if !self.media.has_room(size) {
@@ -261,9 +321,7 @@ impl Preparer {
             Err(x) => {
                 tracing::error!(result_id = %id, error = %x, "prepared media item not stored");
                 self.status.update(|s| s.media.errors += 1);
-                return self
-                    .unavailable(&id, kind, &format!("storing it: {x}"))
-                    .await;
+                return self.later(&id, kind, &format!("storing it: {x}")).await;
             }
         }
         true
@@ -280,6 +338,22 @@ impl Preparer {
         .await
     }
 
+    /// A transient failure: the item stays to be prepared, after a pause.
+    async fn later(&self, id: &ResultId, kind: MediaKind, why: &str) -> bool {
+        let (m, i, base) = (self.media.clone(), *id, self.retry);
+        match blocking(move || m.retry_later(&i, kind, base, MAX_RETRY)).await {
+            Ok(pause) => {
+                tracing::warn!(result_id = %id, kind = kind.as_str_name(), reason = why,
+                    retry_in_s = pause.as_secs(), "media item not made yet: trying again later");
+                true
+            }
+            Err(e) => {
+                tracing::error!(result_id = %id, error = %e, "media state not recorded");
+                false
+            }
+        }
+    }
+
     async fn unavailable(&self, id: &ResultId, kind: MediaKind, why: &str) -> bool {
         tracing::info!(result_id = %id, kind = kind.as_str_name(), reason = why, "media item cannot be made");
         self.status.update(|s| s.media.unavailable += 1);
@@ -293,10 +367,29 @@ impl Preparer {
 
     /// Prunes to the budget and refreshes the status figures.
     async fn tend(&self) {
-        let (m, reviewed) = (self.media.clone(), self.reviewed.clone());
+        let (m, reviewed, ob) = (
+            self.media.clone(),
+            self.reviewed.clone(),
+            self.outbox.clone(),
+        );
         let out = blocking(move || {
             let set = reviewed();
-            let freed = m.prune(&|id| set.contains(id))?;
+            let retracted: std::collections::HashSet<ResultId> = match &ob {
+                Some(o) => o
+                    .retractions()
+                    .map_err(|e| super::MediaError::Store(e.to_string()))?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect(),
+                None => Default::default(),
+            };
+            let dropped = |id: &ResultId| {
+                retracted.contains(id)
+                    || ob
+                        .as_ref()
+                        .is_some_and(|o| matches!(o.held(id), Ok(Some(Held::Parked))))
+            };
+            let freed = m.prune(&|id| set.contains(id), &dropped)?;
             Ok::<_, super::MediaError>((freed, m.stats()?))
         })
         .await;

@@ -71,6 +71,8 @@ pub fn start(
         wake: wake.clone(),
         ready: ready.clone(),
         reviewed,
+        outbox: Some(inputs.outbox.clone()),
+        retry: super::prepare::FIRST_RETRY,
     };
     tracker.spawn(preparer.run(
         inputs.clip_requests,

@@ -17,13 +17,13 @@ use super::*;
 use crate::outbox::{Outbox, SledOutbox};
 use crate::status::Shared;
 
-fn open(dir: &std::path::Path, max: u64) -> (Arc<SledOutbox>, MediaOutbox) {
+pub(super) fn open(dir: &std::path::Path, max: u64) -> (Arc<SledOutbox>, MediaOutbox) {
     let sled = Arc::new(SledOutbox::open(dir, 1 << 30).unwrap());
     let media = MediaOutbox::open(sled.tree(MEDIA_TREE).unwrap(), dir, max).unwrap();
     (sled, media)
 }
 
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
+pub(super) fn bytes(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
         .collect()
@@ -174,14 +174,14 @@ fn pruning_frees_only_items_the_hub_holds_reviewed_first() {
     let reviewed = mk(900_002, true);
     // Under budget: only the reviewed result's item goes.
     assert!(!m.over_budget() && m.has_room(100_000) && !m.has_room(1_000_000));
-    assert_eq!(m.prune(&|id| *id == reviewed).unwrap(), 900_002);
+    assert_eq!(m.prune(&|id| *id == reviewed, &|_| false).unwrap(), 900_002);
     assert!(m.get(&old, MediaKind::Clip).unwrap().unwrap().stored);
     let big = mk(2_300_000, false);
     assert!(m.over_budget());
     // Over budget: the other item at the hub goes; unsent ones never do.
-    assert_eq!(m.prune(&|_| false).unwrap(), 900_001);
+    assert_eq!(m.prune(&|_| false, &|_| false).unwrap(), 900_001);
     assert!(m.over_budget());
-    assert_eq!(m.prune(&|_| false).unwrap(), 0);
+    assert_eq!(m.prune(&|_| false, &|_| false).unwrap(), 0);
     for id in [unsent, big] {
         let e = m.get(&id, MediaKind::Clip).unwrap().unwrap();
         assert!(e.stored && m.read(&e).unwrap().is_some());
@@ -191,7 +191,7 @@ fn pruning_frees_only_items_the_hub_holds_reviewed_first() {
     assert_eq!(m.stats().unwrap().stored_bytes, 3_200_000);
 }
 
-fn ack(sha: &Sha256, held: u64, complete: bool) -> MediaAck {
+pub(super) fn ack(sha: &Sha256, held: u64, complete: bool) -> MediaAck {
     MediaAck {
         sha256: sha.to_vec(),
         held,
@@ -254,14 +254,19 @@ fn the_transfer_queries_then_sends_one_chunk_per_ack() {
 }
 
 /// An in-memory hub: writes a chunk only at its held offset, checks the hash when
-/// whole, answers through `acks`; drops every message while `cut` is set.
-struct FakeHub {
-    held: Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
-    acks: mpsc::Sender<MediaAck>,
-    up: AtomicBool,
-    cut_every: u64,
-    sent: AtomicU64,
-    complete: Mutex<Vec<Vec<u8>>>,
+/// whole, answers through `acks`; loses every `cut_every`th message. Chunks of the
+/// items in `stuck` are answered but not written (a hub whose disk is full).
+#[derive(Default)]
+pub(super) struct FakeHub {
+    pub(super) held: Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+    pub(super) acks: Option<mpsc::Sender<MediaAck>>,
+    pub(super) up: AtomicBool,
+    pub(super) cut_every: u64,
+    pub(super) sent: AtomicU64,
+    pub(super) complete: Mutex<Vec<Vec<u8>>>,
+    pub(super) stuck: Vec<Vec<u8>>,
+    /// Chunks received for `stuck` items.
+    pub(super) stuck_chunks: AtomicU64,
 }
 
 impl Link for FakeHub {
@@ -279,7 +284,9 @@ impl Link for FakeHub {
             }
             uplink::Kind::MediaChunk(c) => {
                 let b = held.entry(c.sha256.clone()).or_default();
-                if c.offset == b.len() as u64 {
+                if self.stuck.contains(&c.sha256) {
+                    self.stuck_chunks.fetch_add(1, Ordering::SeqCst);
+                } else if c.offset == b.len() as u64 {
                     b.extend_from_slice(&c.data);
                 }
                 let whole = b.len() as u64 == c.total;
@@ -292,7 +299,9 @@ impl Link for FakeHub {
             }
             uplink::Kind::Receipt(_) => return Ok(0),
         };
-        let _ = self.acks.try_send(answer);
+        if let Some(a) = &self.acks {
+            let _ = a.try_send(answer);
+        }
         Ok(100)
     }
 
@@ -320,11 +329,10 @@ async fn the_uploader_sends_after_the_results_and_resumes_after_lost_messages() 
     let (tx, rx) = mpsc::channel(64);
     let hub = Arc::new(FakeHub {
         held: Mutex::default(),
-        acks: tx,
+        acks: Some(tx),
         up: AtomicBool::new(true),
         cut_every: 7,
-        sent: AtomicU64::new(0),
-        complete: Mutex::default(),
+        ..Default::default()
     });
     let status = Arc::new(Shared::default());
     let ready = Arc::new(Notify::new());

@@ -7,12 +7,14 @@
 //! (re)starts with a `MediaQuery`: after a cut or a restart of either side at most the
 //! one chunk in flight is sent again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pleura_proto::v1::{uplink, MediaAck, MediaChunk, MediaQuery};
 use pleura_shared::ResultId;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Entry, MediaOutbox, Sha256};
@@ -200,13 +202,26 @@ impl Uploader {
                 s.media.uplink_bytes_sent = sent.payload_bytes;
             });
         }
-        let mut backoff = self.settings.ack_timeout.min(Duration::from_secs(1));
+        let first = self.settings.ack_timeout.min(Duration::from_secs(1));
+        let mut backoff = first;
+        // Items paused after a transfer that made no progress: (not before, last
+        // pause). Other items go first meanwhile.
+        let mut paused: HashMap<(ResultId, u8), (Instant, Duration)> = HashMap::new();
         while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            // Forgotten a while after their pause (the next one starts short again).
+            paused.retain(|_, (until, _)| *until + self.settings.max_backoff * 4 > now);
             let next = if self.may_upload() {
                 let m = self.media.clone();
                 let o = self.outbox.clone();
+                let waiting: Vec<(ResultId, u8)> = paused
+                    .iter()
+                    .filter(|(_, (until, _))| *until > now)
+                    .map(|(k, _)| *k)
+                    .collect();
                 let acked = move |id: &ResultId| matches!(o.held(id), Ok(Some(Held::Acked)));
-                tokio::task::spawn_blocking(move || m.next_upload(&acked, true))
+                let eligible = move |e: &Entry| !waiting.contains(&(e.result_id, e.kind));
+                tokio::task::spawn_blocking(move || m.next_upload_where(&acked, true, &eligible))
                     .await
                     .ok()
                     .and_then(|r| {
@@ -225,21 +240,34 @@ impl Uploader {
                 }
                 continue;
             };
+            let item = (entry.result_id, entry.kind);
             match self.upload(&entry, &mut acks, &shutdown).await {
-                Ok(()) => backoff = self.settings.ack_timeout.min(Duration::from_secs(1)),
+                Ok(()) => {
+                    backoff = first;
+                    paused.remove(&item);
+                }
                 Err(Stop::Yield) => {}
                 Err(Stop::Shutdown) => return,
-                Err(Stop::Unanswered { progressed }) => {
-                    if progressed {
-                        backoff = self.settings.ack_timeout.min(Duration::from_secs(1));
-                    }
-                    tracing::info!(result_id = %entry.result_id, pause_s = backoff.as_secs(),
-                        "media upload unanswered: pausing");
+                Err(Stop::Unanswered { progressed: true }) => {
+                    // Lost messages: a short pause, then on.
+                    backoff = first;
+                    paused.remove(&item);
+                    tracing::info!(result_id = %entry.result_id, "media upload unanswered: pausing");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+                Err(Stop::Unanswered { progressed: false }) => {
+                    // No progress (nothing answers, or the hub answers without taking
+                    // the bytes: its store failing): this item pauses longer each time,
+                    // up to max_backoff, and the others go first meanwhile.
+                    let pause = paused
+                        .get(&item)
+                        .map_or(first, |(_, p)| (*p * 2).min(self.settings.max_backoff));
+                    paused.insert(item, (Instant::now() + pause, pause));
+                    tracing::info!(result_id = %entry.result_id, pause_ms = pause.as_millis() as u64,
+                        "media upload without progress: pausing the item");
                 }
                 Err(Stop::Failed(e)) => {
                     tracing::error!(result_id = %entry.result_id, error = %e, "media upload failed");
@@ -272,7 +300,11 @@ impl Uploader {
         while acks.try_recv().is_ok() {}
         let mut t = Transfer::new(sha, entry.size, entry.held);
         let mut action = t.start();
-        let mut timeouts = 0;
+        // Rounds without progress in a row (a timeout, or an answer that the hub holds
+        // no more than before): three end the transfer as unanswered. Progress is
+        // `held` rising above the most the hub confirmed in this transfer.
+        let mut stalls = 0;
+        let mut highest: Option<u64> = None;
         let mut progressed = false;
         loop {
             let wait = match action {
@@ -348,16 +380,26 @@ impl Uploader {
                         self.persist(entry, &t, false).await?;
                     }
                     if a != Action::Wait {
-                        timeouts = 0;
-                        progressed = true;
+                        match highest {
+                            Some(h) if t.held > h => {
+                                stalls = 0;
+                                progressed = true;
+                            }
+                            Some(_) => stalls += 1,
+                            None => {}
+                        }
+                        highest = Some(highest.map_or(t.held, |h| h.max(t.held)));
+                        if stalls >= 3 && matches!(a, Action::Chunk { .. }) {
+                            return Err(Stop::Unanswered { progressed });
+                        }
                     }
                     a
                 }
                 Ok(None) => return Err(Stop::Shutdown),
                 Err(_) => {
-                    timeouts += 1;
+                    stalls += 1;
                     self.status.update(|s| s.media.ack_timeouts += 1);
-                    if timeouts >= 3 || !self.link.is_up() {
+                    if stalls >= 3 || !self.link.is_up() {
                         return Err(Stop::Unanswered { progressed });
                     }
                     t.on_timeout()

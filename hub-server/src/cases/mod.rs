@@ -5,6 +5,7 @@
 //! gRPC (`grpc`) is a thin adapter over it; a web front end uses the same calls.
 
 mod access;
+pub mod delivery;
 pub mod policy;
 pub mod review;
 #[cfg(test)]

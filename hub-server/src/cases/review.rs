@@ -193,7 +193,8 @@ impl CaseService {
                 if let Some(c) = store.get(&r.id)? {
                     results.push(c);
                 }
-                if let Some(m) = &media {
+                // A withdrawn result's media are not shown (nor served: see `media`).
+                if let Some(m) = media.as_ref().filter(|_| !r.retracted) {
                     by_result.insert(r.id, result_media(&**m, &r.id)?);
                 }
             }
@@ -321,7 +322,8 @@ impl CaseService {
         let exam = self.visible(who, action, id).await?;
         let target = format!("{} media {}", id.to_hex(), hex::encode(sha));
         let parts = self.parts()?;
-        let results: Vec<ResultId> = exam.results.iter().map(|r| r.id).collect();
+        // Only the live results' media: a withdrawn scan's are not served.
+        let results: Vec<ResultId> = exam.live().map(|r| r.id).collect();
         let found = blocking(move || {
             // An item one device sent for two results (the same scan under two patients)
             // is stored once and listed under both: ask per result, not by its first one.

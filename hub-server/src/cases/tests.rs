@@ -373,3 +373,120 @@ async fn a_rescan_after_the_verdict_is_read_again_and_no_one_seconds_their_own_r
     );
     assert_eq!(reads.latest().reviewer, "bob");
 }
+
+fn refer(second_read: bool) -> VerdictForm {
+    use crate::store::exams::{Impression, Recommendation};
+    VerdictForm {
+        impression: Some(Impression::CovidCompatible),
+        recommendation: Some(Recommendation::Refer),
+        second_read,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_verdict_the_downlink_cannot_queue_is_stored_and_swept_to_each_device_once() {
+    use crate::store::exams::{Exam, Undelivered};
+    use crate::store::HubStore;
+    use std::sync::atomic::Ordering;
+    let h = hub();
+    let (ana, bob) = (h.who("ana").await, h.who("bob").await);
+    let exam = Exam::id_of(&h.north_flagged);
+    let (clinic, device) = (&h.north_flagged.clinic, &h.north_flagged.device);
+    let dl = h.svc.parts().unwrap().downlink;
+    dl.fail_sends.store(true, Ordering::Relaxed);
+    let done = h
+        .svc
+        .submit_verdict(&ana, exam, refer(false))
+        .await
+        .unwrap();
+    assert!(!done.queued_everywhere());
+    assert_eq!(done.failed.len(), 1);
+    assert!(h.store.reads(&exam).unwrap().is_some(), "stored regardless");
+    assert_eq!(h.store.undelivered(None).unwrap().len(), 1);
+    assert_eq!(dl.pending(clinic, device).unwrap(), 0);
+    // Still failing: the sweep leaves it for the next.
+    assert_eq!(h.svc.sweep_verdicts().await.unwrap(), 0);
+    dl.fail_sends.store(false, Ordering::Relaxed);
+    assert_eq!(h.svc.sweep_verdicts().await.unwrap(), 1);
+    assert_eq!(dl.pending(clinic, device).unwrap(), 1);
+    assert_eq!(h.svc.sweep_verdicts().await.unwrap(), 0);
+    assert_eq!(
+        dl.pending(clinic, device).unwrap(),
+        1,
+        "swept twice, queued once"
+    );
+    assert!(h.store.undelivered(None).unwrap().is_empty());
+    // A hub killed before the outbox entry went: queued again under the same id, a no-op.
+    let id = delivery::verdict_message_id(&Undelivered::of(&exam, &done.read), clinic, device);
+    let kind = pleura_proto::v1::downlink::Kind::Verdict(verdict::to_wire(
+        &h.store.exam(&exam).unwrap().unwrap(),
+        &done.read,
+    ));
+    assert_eq!(dl.send_with_id(clinic, device, id, kind).unwrap(), id);
+    assert_eq!(dl.pending(clinic, device).unwrap(), 1);
+    assert_eq!(dl.receipt(clinic, device, &[id.to_vec()]).unwrap(), 1);
+    // With the downlink working, a verdict is queued at once (its own id).
+    let second = h.svc.submit_verdict(&bob, exam, refer(true)).await.unwrap();
+    assert!(second.queued_everywhere());
+    assert_eq!(dl.pending(clinic, device).unwrap(), 1);
+    assert!(h.store.undelivered(None).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_withdrawn_results_media_are_neither_shown_nor_served() {
+    use crate::media::ItemClaim;
+    use crate::store::exams::Exam;
+    use crate::store::{HubStore, Retraction};
+    use pleura_proto::v1::MediaKind;
+    use sha2::Digest;
+    let h = hub();
+    let ana = h.who("ana").await;
+    let r = &h.north_flagged;
+    let exam = Exam::id_of(r);
+    let bytes = b"a clip".to_vec();
+    let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let claim = ItemClaim {
+        sha256: sha,
+        kind: MediaKind::Clip,
+        result_id: r.id,
+        clinic: r.clinic.clone(),
+        device: r.device.clone(),
+        total: bytes.len() as u64,
+    };
+    // A second scan of the examination keeps it on the worklist once the first is withdrawn.
+    let mut other = r.clone();
+    other.id = ResultId::random();
+    other.zone = Some("L2".into());
+    h.store.commit(&[other], 6).unwrap();
+    let media = h.svc.parts().unwrap().media;
+    media.write_chunk(&claim, 0, &bytes, 1).unwrap();
+    assert!(h.svc.media(&ana, exam, sha, None).await.is_ok());
+    assert!(h
+        .svc
+        .exam(&ana, exam)
+        .await
+        .unwrap()
+        .media
+        .contains_key(&r.id));
+    h.store
+        .retract(&[Retraction {
+            id: r.id,
+            clinic: r.clinic.clone(),
+            device: r.device.clone(),
+            reason: "wrong patient".into(),
+            at_ms: 9,
+        }])
+        .unwrap();
+    let stored = h.store.exam(&exam).unwrap().unwrap();
+    assert!(stored.results.iter().any(|x| x.id == r.id && x.retracted));
+    assert_eq!(stored.live().count(), 1);
+    assert!(h.svc.media(&ana, exam, sha, None).await.is_err());
+    assert!(!h
+        .svc
+        .exam(&ana, exam)
+        .await
+        .unwrap()
+        .media
+        .contains_key(&r.id));
+}

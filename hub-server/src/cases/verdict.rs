@@ -1,16 +1,19 @@
 //! A specialist's verdict on an examination: the form checked (zones of the examination,
 //! scores 0-3, an impression and a recommendation, a reason for a rescan, a short comment
 //! without obvious identifiers), stored as a first or second read, then queued to every
-//! device that sent a scan of the examination (`Downlink::send`, Kind::Verdict).
+//! device that sent a scan of the examination (see `delivery`: certain and idempotent).
 
 use std::collections::BTreeMap;
 
-use pleura_proto::v1::{self as pb, downlink};
+use pleura_proto::v1 as pb;
 use pleura_shared::{now_ms, ExamId};
 
 use crate::error::HubError;
-use crate::store::exams::{Exam, Impression, Read, ReadOutcome, Recommendation, ZoneRead};
+use crate::store::exams::{
+    Exam, Impression, Read, ReadOutcome, Recommendation, Undelivered, ZoneRead,
+};
 
+use super::delivery::deliver;
 use super::policy::{self, Action};
 use super::review::zone_label;
 use super::{blocking, CaseService, Who};
@@ -37,8 +40,16 @@ pub struct Submitted {
     pub read: Read,
     /// Devices the verdict is queued for.
     pub queued: Vec<String>,
-    /// Devices it could not be queued for, and why (the verdict is stored regardless).
+    /// Devices it could not be queued for, and why (the verdict is stored regardless, and
+    /// the delivery sweep queues it later: see `delivery`).
     pub failed: Vec<(String, String)>,
+}
+
+impl Submitted {
+    /// Queued for every device of the examination now.
+    pub fn queued_everywhere(&self) -> bool {
+        self.failed.is_empty() && !self.queued.is_empty()
+    }
 }
 
 /// Why a comment looks like it identifies someone, or None.
@@ -286,26 +297,23 @@ impl CaseService {
                 .verdict
                 .observe(now.saturating_sub(exam.first_received_ms));
         }
-        let wire = to_wire(&exam, &read);
+        let (store, me) = (self.store.clone(), Undelivered::of(&id, &read));
         let devices = exam.devices();
-        let clinic = exam.clinic.clone();
-        let (queued, failed) = blocking(move || {
-            let (mut queued, mut failed) = (Vec::new(), Vec::new());
-            for d in devices {
-                match parts
-                    .downlink
-                    .send(&clinic, &d, downlink::Kind::Verdict(wire.clone()))
-                {
-                    Ok(_) => queued.push(d),
-                    Err(e) => {
-                        tracing::error!(device = %d, error = %e, "verdict stored but not queued");
-                        failed.push((d, e.to_string()));
-                    }
-                }
+        let delivered = blocking(move || deliver(&*store, &parts.downlink, Some(&id))).await;
+        let (queued, failed) = match delivered {
+            Ok(all) => all
+                .into_iter()
+                .find(|d| d.read == me)
+                .map_or_else(Default::default, |d| (d.queued, d.failed)),
+            Err(e) => {
+                tracing::error!(error = %e, "verdict stored but not queued yet; retried");
+                let why = e.to_string();
+                (
+                    Vec::new(),
+                    devices.into_iter().map(|d| (d, why.clone())).collect(),
+                )
             }
-            Ok((queued, failed))
-        })
-        .await?;
+        };
         Ok(Submitted {
             read,
             queued,

@@ -49,9 +49,18 @@ pub struct Sent {
     pub times: u32,
 }
 
-/// The wait after a message's `times`-th publish before the next.
+/// A message published while its device was away (at the hub's link-up, say) goes again
+/// this soon after the device is heard from: its subscription is back by then.
+pub const BACK_RETRY_MS: u64 = 1_000;
+
+/// The wait after a message's `times`-th publish before the next: [`BACK_RETRY_MS`] after
+/// the first, then [`FIRST_RETRY_MS`] doubling up to [`MAX_RETRY_MS`] (a device that is
+/// heard from but never receipts — no hub key, say — is not flooded).
 pub fn retry_after_ms(times: u32) -> u64 {
-    let doublings = times.saturating_sub(1).min(16);
+    if times <= 1 {
+        return BACK_RETRY_MS;
+    }
+    let doublings = times.saturating_sub(2).min(16);
     FIRST_RETRY_MS
         .saturating_mul(1 << doublings)
         .min(MAX_RETRY_MS)
@@ -89,6 +98,9 @@ pub struct Downlink {
     /// Tests: stands in for the MQTT link (room left, and what it took).
     #[cfg(test)]
     test_link: Mutex<Option<tests::FakeLink>>,
+    /// Tests: every send fails as a full disk would.
+    #[cfg(test)]
+    pub(crate) fail_sends: std::sync::atomic::AtomicBool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +161,8 @@ impl Downlink {
             seen: Mutex::new(HashMap::new()),
             #[cfg(test)]
             test_link: Mutex::new(None),
+            #[cfg(test)]
+            fail_sends: Default::default(),
         };
         dl.update_gauge();
         Ok(dl)
@@ -159,22 +173,42 @@ impl Downlink {
         *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
     }
 
-    /// Durably queues a message for one device (receipt expected); publishes it now if it can.
-    /// Blocking (a sled flush): call it off the async workers.
+    /// Durably queues a message for one device (receipt expected) under a new random id;
+    /// publishes it now if it can. Blocking (a sled flush): call it off the async workers.
     pub fn send(
         &self,
         clinic: &str,
         device: &str,
         kind: downlink::Kind,
     ) -> Result<[u8; 16], HubError> {
+        self.send_with_id(clinic, device, rand::random(), kind)
+    }
+
+    /// As [`send`](Self::send), under the caller's message id (verdicts: derived from the
+    /// read and the device, so queueing one again is harmless). A message already queued
+    /// under this id for this device is left as it is (Ok, nothing published); one the
+    /// device receipted is queued again, and the device ignores the repeated id.
+    pub fn send_with_id(
+        &self,
+        clinic: &str,
+        device: &str,
+        id: [u8; 16],
+        kind: downlink::Kind,
+    ) -> Result<[u8; 16], HubError> {
         for (what, v) in [("clinic", clinic), ("device", device)] {
             pleura_shared::validate_name(what, v).map_err(|e| HubError::Invalid(e.to_string()))?;
         }
         check(&kind)?;
-        let id: [u8; 16] = rand::random();
-        let payload = self.seal(clinic, device, id.to_vec(), kind);
+        #[cfg(test)]
+        if self.fail_sends.load(Ordering::Relaxed) {
+            return Err(HubError::Unavailable("downlink queue: test failure".into()));
+        }
         let mut key = device_prefix(clinic, device);
         key.extend_from_slice(&id);
+        if self.queue.contains_key(&key).map_err(store_err)? {
+            return Ok(id);
+        }
+        let payload = self.seal(clinic, device, id.to_vec(), kind);
         self.queue
             .insert(key.as_slice(), payload.as_slice())
             .map_err(store_err)?;
@@ -192,7 +226,20 @@ impl Downlink {
     }
 
     fn device_seen_at(&self, clinic: &str, device: &str, now: u64) {
-        locked(&self.seen).insert(device_prefix(clinic, device), now);
+        let prefix = device_prefix(clinic, device);
+        let before = locked(&self.seen).insert(prefix.clone(), now);
+        // Heard from again: what it may have missed goes now, not at the next pass (at
+        // most one look a second per device; usually its queue is empty).
+        if before.is_none_or(|b| now.saturating_sub(b) >= BACK_RETRY_MS) {
+            self.republish_where(
+                &prefix,
+                |key, _| {
+                    let sent = locked(&self.sent).get(key).copied();
+                    due(sent, Some(now), now)
+                },
+                now,
+            );
+        }
     }
 
     /// Records that the link took the message under `key`.
@@ -260,8 +307,18 @@ impl Downlink {
     }
 
     fn republish(&self, want: impl Fn(&[u8], &[u8]) -> bool, now: u64) -> usize {
+        self.republish_where(&[], want, now)
+    }
+
+    /// As `republish`, over the messages whose key starts with `prefix`.
+    fn republish_where(
+        &self,
+        prefix: &[u8],
+        want: impl Fn(&[u8], &[u8]) -> bool,
+        now: u64,
+    ) -> usize {
         let mut sent = 0;
-        for r in self.queue.iter() {
+        for r in self.queue.scan_prefix(prefix) {
             let (key, payload) = match r {
                 Ok(kv) => kv,
                 Err(e) => {

@@ -140,14 +140,15 @@ fn the_policy_republishes_only_to_a_device_seen_since_and_backs_off() {
     assert!(due(None, None, 0), "never taken by the link");
     assert!(!due(s(1000, 1), None, u64::MAX), "device never seen");
     assert!(!due(s(1000, 1), Some(1000), u64::MAX), "not seen since");
-    assert!(!due(s(1000, 1), Some(1001), 60_999), "backoff");
-    assert!(due(s(1000, 1), Some(1001), 61_000));
-    assert_eq!(retry_after_ms(1), 60_000);
-    assert_eq!(retry_after_ms(2), 120_000);
-    assert_eq!(retry_after_ms(7), 3_600_000, "capped at an hour");
+    assert!(!due(s(1000, 1), Some(1001), 1_999), "backoff");
+    assert!(due(s(1000, 1), Some(1001), 2_000), "back: soon");
+    assert_eq!(retry_after_ms(1), 1_000);
+    assert_eq!(retry_after_ms(2), 60_000);
+    assert_eq!(retry_after_ms(3), 120_000);
+    assert_eq!(retry_after_ms(8), 3_600_000, "capped at an hour");
     assert_eq!(retry_after_ms(u32::MAX), 3_600_000);
-    assert!(!due(s(0, 3), Some(5), 239_999));
-    assert!(due(s(0, 3), Some(5), 240_000));
+    assert!(!due(s(0, 3), Some(5), 119_999));
+    assert!(due(s(0, 3), Some(5), 120_000));
 }
 
 #[test]
@@ -164,13 +165,16 @@ fn an_offline_device_gets_no_copies_until_it_is_seen_again() {
         dl.republish_due(t0 + i * 20_000);
     }
     assert_eq!(took(&dl), 2);
-    // Back online (any message from it): published again, once, then backoff.
+    // Back online (any message from it): published again at once, then backoff.
     let back = t0 + 2 * 86_400_000;
     dl.device_seen_at("clinic-a", "pi-1", back);
-    assert_eq!(dl.republish_due(back + 1), 2);
+    assert_eq!(took(&dl), 4, "heard from: its messages go at once");
+    assert_eq!(dl.republish_due(back + 1), 0, "not twice");
     dl.device_seen_at("clinic-a", "pi-1", back + 2);
-    assert_eq!(dl.republish_due(back + 60_000), 0, "backoff (2 min now)");
-    assert_eq!(dl.republish_due(back + 120_001), 2);
+    assert_eq!(took(&dl), 4, "seen again within a second: no second look");
+    dl.device_seen_at("clinic-a", "pi-1", back + 5_000);
+    assert_eq!(took(&dl), 4, "backoff (1 min now)");
+    assert_eq!(dl.republish_due(back + 60_001), 2);
     // Another device's activity does nothing for this one's messages.
     dl.device_seen_at("clinic-a", "pi-2", back + 300_000);
     assert_eq!(dl.republish_due(back + 400_000), 0);

@@ -327,6 +327,52 @@ impl Reads {
     }
 }
 
+/// A read whose verdict is not yet queued to every device of its examination (the
+/// store's delivery outbox, written in the same transaction as the read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub exam: ExamId,
+    pub at_ms: u64,
+    pub reviewer: String,
+}
+
+impl Undelivered {
+    pub fn of(exam: &ExamId, read: &Read) -> Self {
+        Self {
+            exam: *exam,
+            at_ms: read.at_ms,
+            reviewer: read.reviewer.clone(),
+        }
+    }
+
+    /// exam id (16) ‖ given at (8, BE) ‖ reviewer.
+    pub fn key(&self) -> Vec<u8> {
+        let mut k = self.exam.as_bytes().to_vec();
+        k.extend_from_slice(&self.at_ms.to_be_bytes());
+        k.extend_from_slice(self.reviewer.as_bytes());
+        k
+    }
+
+    pub fn from_key(k: &[u8]) -> Option<Self> {
+        let exam = ExamId(k.get(..16)?.try_into().ok()?);
+        let at_ms = u64::from_be_bytes(k.get(16..24)?.try_into().ok()?);
+        let reviewer = String::from_utf8(k.get(24..)?.to_vec()).ok()?;
+        Some(Self {
+            exam,
+            at_ms,
+            reviewer,
+        })
+    }
+
+    /// This read among the examination's reads (first, second, later).
+    pub fn find<'a>(&self, reads: &'a Reads) -> Option<&'a Read> {
+        std::iter::once(&reads.first)
+            .chain(&reads.second)
+            .chain(&reads.later)
+            .find(|r| r.at_ms == self.at_ms && r.reviewer == self.reviewer)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
     Recorded,

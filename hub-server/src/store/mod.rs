@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 use pleura_shared::{ExamId, LungClass, ResultId, ScanRecord};
 
 use exams::{
-    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Worklist, WorklistQuery,
+    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Undelivered, Worklist,
+    WorklistQuery,
 };
 use serde::Serialize;
 
@@ -322,6 +323,15 @@ pub trait HubStore: Send + Sync + 'static {
         Err(unsupported())
     }
     fn reads(&self, _exam: &ExamId) -> Result<Option<Reads>, StoreError> {
+        Err(unsupported())
+    }
+    /// Reads not yet queued to every device (of one examination, or all), oldest key
+    /// first. A store that records no reads has none.
+    fn undelivered(&self, _exam: Option<&ExamId>) -> Result<Vec<Undelivered>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The read is queued to every device of its examination: its outbox entry goes.
+    fn delivered(&self, _read: &Undelivered) -> Result<(), StoreError> {
         Err(unsupported())
     }
     /// Arrival, claim and first-read times of examinations first read since `since_ms`.

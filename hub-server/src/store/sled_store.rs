@@ -6,6 +6,7 @@
 //! Examinations (`exams`) are indexed on commit, in the same transaction.
 
 mod exams;
+mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -16,7 +17,8 @@ use sled::Transactional;
 
 use self::exams::ExamTx;
 use super::exams::{
-    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Worklist, WorklistQuery,
+    Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Undelivered, Worklist,
+    WorklistQuery,
 };
 use super::{
     AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, ClinicScope, Commit, Counts,
@@ -39,6 +41,8 @@ pub struct SledStore {
     claims: sled::Tree,
     reads: sled::Tree,
     reviewed: sled::Tree,
+    /// Reads not yet queued to every device: `Undelivered::key` → empty.
+    outbox: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -121,6 +125,7 @@ impl SledStore {
             claims: tree("claims")?,
             reads: tree("reads")?,
             reviewed: tree("reviewed")?,
+            outbox: tree("outbox")?,
             db,
         };
         store.index_exams_if_missing()?;
@@ -434,6 +439,14 @@ impl HubStore for SledStore {
 
     fn reads(&self, exam: &ExamId) -> Result<Option<Reads>, StoreError> {
         self.exam_reads(exam)
+    }
+
+    fn undelivered(&self, exam: Option<&ExamId>) -> Result<Vec<Undelivered>, StoreError> {
+        self.outbox_list(exam)
+    }
+
+    fn delivered(&self, read: &Undelivered) -> Result<(), StoreError> {
+        self.outbox_remove(read)
     }
 
     fn turnaround(

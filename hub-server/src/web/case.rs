@@ -43,12 +43,21 @@ pub async fn page(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let notice = match (p.saved.as_str(), p.clip.as_str()) {
-        ("1", _) => Some(("verdict-saved", "Verdict saved and sent to the clinic.")),
+    show(&s, &session, id, StatusCode::OK, notice(&p), None).await
+}
+
+/// The notice after a redirect: `saved=1` queued for every device, `saved=2` stored but
+/// not yet queued everywhere (the delivery sweep retries it).
+fn notice(p: &Params) -> Option<(&'static str, &'static str)> {
+    match (p.saved.as_str(), p.clip.as_str()) {
+        ("1", _) => Some(("verdict-saved", "Verdict saved; queued for the clinic.")),
+        ("2", _) => Some((
+            "verdict-saved",
+            "Verdict saved; delivery to the clinic will be retried.",
+        )),
         (_, "1") => Some(("clip-requested", "Clip requested from the clinic's device.")),
         _ => None,
-    };
-    show(&s, &session, id, StatusCode::OK, notice, None).await
+    }
 }
 
 async fn show(
@@ -215,7 +224,8 @@ fn render(
             }
             b.push_str("</ul>");
         }
-        let media = d.media.get(&r.id);
+        // A withdrawn scan's media are neither shown nor served.
+        let media = d.media.get(&r.id).filter(|_| !retracted);
         if let Some((sha, preview)) = media.and_then(|m| m.preview.as_ref()) {
             let sha = hex::encode(sha);
             b.push_str("<div class=\"keyframes\">");
@@ -235,6 +245,10 @@ fn render(
                 );
             }
             b.push_str("</div>");
+        } else if retracted {
+            b.push_str(
+                "<p class=\"withdrawn-media\">The withdrawn scan's media are not shown.</p>",
+            );
         } else {
             b.push_str("<p class=\"no-preview\">No key frames received yet.</p>");
         }
@@ -511,7 +525,10 @@ pub async fn verdict(
         Err(m) => return show(&s, &session, id, StatusCode::BAD_REQUEST, None, Some(&m)).await,
     };
     match s.cases.submit_verdict(&session.who, id, form).await {
-        Ok(_) => Redirect::to(&format!("/case/{}?saved=1", id.to_hex())).into_response(),
+        Ok(done) => {
+            let saved = if done.queued_everywhere() { 1 } else { 2 };
+            Redirect::to(&format!("/case/{}?saved={saved}", id.to_hex())).into_response()
+        }
         Err(HubError::Invalid(m)) => {
             show(&s, &session, id, StatusCode::BAD_REQUEST, None, Some(&m)).await
         }

@@ -15,7 +15,7 @@ use sled::Transactional;
 use super::{backend, retraction_key, SledStore};
 use crate::store::exams::{
     patient_key, worklist_prefix, Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround,
-    Worklist, WorklistQuery, WorklistRow,
+    Undelivered, Worklist, WorklistQuery, WorklistRow,
 };
 use crate::store::{ClinicScope, Retraction, StoreError};
 
@@ -376,8 +376,9 @@ impl SledStore {
             &self.worklist,
             &self.claims,
             &self.reviewed,
+            &self.outbox,
         );
-        let res = trees.transaction(|(reads, exams, worklist, claims, reviewed)| {
+        let res = trees.transaction(|(reads, exams, worklist, claims, reviewed, outbox)| {
             let Some(before) = exams
                 .get(id.as_bytes())?
                 .and_then(|v| decode_exam(id.as_bytes(), &v))
@@ -410,6 +411,7 @@ impl SledStore {
                 (Some(_), _) => return Ok(ReadOutcome::AlreadyRead),
             };
             reads.insert(id.as_bytes(), serde_json::to_vec(&next).map_err(abort)?)?;
+            outbox.insert(Undelivered::of(id, &read).key(), &[][..])?;
             let mut e = before.clone();
             e.reads = if next.second.is_some() { 2 } else { 1 };
             if !read.second_read {

@@ -100,3 +100,58 @@ fn the_form_offers_what_the_reader_may_give() {
         assert_eq!(page.matches("new since the verdict").count(), 1, "{user}");
     }
 }
+
+#[test]
+fn the_saved_notice_says_whether_the_verdict_is_queued() {
+    let p = |saved: &str| Params {
+        saved: saved.into(),
+        clip: String::new(),
+    };
+    let queued = notice(&p("1")).unwrap();
+    assert_eq!(
+        queued,
+        ("verdict-saved", "Verdict saved; queued for the clinic.")
+    );
+    let retried = notice(&p("2")).unwrap();
+    assert_eq!(
+        retried,
+        (
+            "verdict-saved",
+            "Verdict saved; delivery to the clinic will be retried."
+        )
+    );
+    assert!(notice(&p("")).is_none());
+}
+
+#[test]
+fn a_withdrawn_scans_media_are_not_shown() {
+    use crate::cases::review::ResultMedia;
+    use crate::store::exams::Exam;
+    use crate::store::StoredCase;
+    let r = pleura_shared::record::sample_record("n1", "d1", 2, true);
+    let mut exam = Exam::empty_for(&r);
+    exam.add(&r, 1000, true);
+    let d = ExamDetail {
+        exam,
+        results: vec![StoredCase {
+            record: r.clone(),
+            received_at_ms: 1000,
+            retraction: None,
+        }],
+        media: BTreeMap::from([(
+            r.id,
+            ResultMedia {
+                uploading: true,
+                ..Default::default()
+            },
+        )]),
+        claim: None,
+        reads: None,
+        earlier: Vec::new(),
+        lung_score: 0,
+        now_ms: 3000,
+    };
+    let page = page_for(&d, "ana");
+    assert!(page.contains("class=\"withdrawn-media\""));
+    assert!(!page.contains("Media upload under way") && !page.contains("request-clip"));
+}
