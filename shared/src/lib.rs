@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod exam;
 pub mod fsutil;
 pub mod holdings;
+pub mod html;
 pub mod ids;
 pub mod journal;
 pub mod pki;

@@ -21,21 +21,7 @@ input,button{font-size:1em;padding:.3em}\n";
 
 pub const BANNER: &str = "Decision support only \u{2014} not a diagnosis";
 
-/// Escapes text for HTML content and double-quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use pleura_shared::html::esc;
 
 /// A page: the banner, the header (with a logout button when `csrf` is given), `body`.
 pub fn frame(title: &str, csrf: Option<&str>, body: &str) -> String {

@@ -3,21 +3,7 @@
 
 use std::fmt::Write;
 
-/// HTML-escapes `s` for text and for double-quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use pleura_shared::html::esc;
 
 /// The page around `body`: title, the user bar when logged in, a flash message.
 pub fn page(title: &str, user: Option<(&str, &str, &str)>, body: &str) -> String {
