@@ -101,7 +101,7 @@ pub fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConf
             ..SyncSettings::default()
         },
         inference: InferenceSettings {
-            model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/lusnet-s.onnx"),
+            model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/pleura-lite.onnx"),
             poll_ms: 200,
             ..InferenceSettings::default()
         },

@@ -400,7 +400,7 @@ impl EdgeConfig {
          reconcile_interval_s = 600\n\
          acked_retention_days = 90\n\n\
          [inference]\n\
-         model = \"models/lusnet-s.onnx\"\n\
+         model = \"models/pleura-lite.onnx\"\n\
          backend = \"tract\"   # or \"onnxruntime\" with onnxruntime_library = \"/path/libonnxruntime.so\"\n\
          workers = 1\n\
          poll_ms = 500\n\n\

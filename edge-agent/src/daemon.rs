@@ -328,6 +328,10 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         outbox.clone(),
         media,
         Arc::new(downlink.verdicts.clone()),
+        crate::clinic::view::PatientSource {
+            info: Arc::new(model.info.clone()),
+            inbox: cfg.inbox.clone(),
+        },
     )
     .context("opening the clinic's scan log")?;
     let intake = Intake {

@@ -17,3 +17,4 @@ pub mod retract;
 pub mod scanlog;
 pub mod status;
 pub mod sync;
+pub mod vitals;

@@ -39,13 +39,13 @@ pub enum EngineError {
     Pool(#[source] ModelError),
 }
 
-/// `models/lusnet-s.onnx` under the working directory, else under the source checkout.
+/// `models/pleura-lite.onnx` under the working directory, else under the source checkout.
 pub fn default_model() -> PathBuf {
-    let local = PathBuf::from("models/lusnet-s.onnx");
+    let local = PathBuf::from("models/pleura-lite.onnx");
     if local.exists() {
         return local;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/lusnet-s.onnx")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/pleura-lite.onnx")
 }
 
 impl EngineSpec {

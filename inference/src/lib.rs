@@ -8,12 +8,15 @@ pub mod decode;
 pub mod engine;
 pub mod media;
 pub mod model;
+pub mod patient;
 pub mod pool;
+pub mod pooling;
 pub mod preprocess;
 
 pub use backend::{BackendConfig, BackendKind};
 pub use decode::dicom::{open as open_dicom, OpenDicomError};
-pub use decode::{decode_scan, DecodeError, DecodedScan, Format};
+pub use decode::{decode_scan, decode_scan_sized, DecodeError, DecodedScan, Format};
 pub use engine::{Engine, EngineError, EngineSpec};
-pub use model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
+pub use model::{FrameOutputs, InputSpec, ModelError, ModelFile, ModelInfo};
+pub use patient::Vitals;
 pub use pool::{AnalyzeError, InferencePool, PoolConfig, ScanReport};

@@ -8,9 +8,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{self, BackendKind};
-use crate::preprocess::INPUT_SIZE;
+use crate::patient::PatientModel;
+use crate::pooling::{Calibration, Heads, FINDINGS};
+use crate::preprocess::{DEFAULT_INPUT_SIZE, MAX_FRAMES};
 
-/// `models/lusnet-s.json`, written by the training pipeline next to the model.
+/// `models/<stem>.json`, written by the training pipeline next to the model. Every
+/// model-v2 field is optional: a sidecar without them reads as today's model.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
@@ -22,6 +25,57 @@ pub struct ModelInfo {
     pub uncertainty_flag: f32,
     pub parameters: u64,
     pub macs_per_frame: u64,
+    /// The model's input; a sidecar without it means 112 px and 32 frames.
+    #[serde(default)]
+    pub input: InputSpec,
+    /// Names of the findings head's columns (v2): exactly [`FINDINGS`] when given.
+    #[serde(default)]
+    pub findings: Vec<String>,
+    /// Per finding, the probability from which it counts as present (v2).
+    #[serde(default)]
+    pub finding_thresholds: Vec<f32>,
+    #[serde(default)]
+    pub calibration: Calibration,
+    /// Ordinal cut-points of the severity latent (v2), 3 values.
+    #[serde(default)]
+    pub severity_cutpoints: Vec<f32>,
+    /// The patient combiner (v2); without it, a patient's probability is the mean of
+    /// the videos'.
+    #[serde(default)]
+    pub patient: Option<PatientModel>,
+}
+
+/// The sidecar's `input` block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InputSpec {
+    #[serde(default = "default_input_name")]
+    pub name: String,
+    /// Side of the square input, pixels.
+    #[serde(default = "default_input_size")]
+    pub size: usize,
+    /// Frames sampled from one video.
+    #[serde(default = "default_max_frames")]
+    pub max_frames: usize,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        Self {
+            name: default_input_name(),
+            size: DEFAULT_INPUT_SIZE,
+            max_frames: MAX_FRAMES,
+        }
+    }
+}
+
+fn default_input_name() -> String {
+    "frames".into()
+}
+fn default_input_size() -> usize {
+    DEFAULT_INPUT_SIZE
+}
+fn default_max_frames() -> usize {
+    MAX_FRAMES
 }
 
 fn default_uncertainty_flag() -> f32 {
@@ -31,6 +85,67 @@ fn default_uncertainty_flag() -> f32 {
 impl ModelInfo {
     pub fn label(&self) -> String {
         format!("{}@{}", self.name, self.version)
+    }
+
+    /// Side of the model's square input.
+    pub fn input_size(&self) -> usize {
+        self.input.size
+    }
+
+    /// A sidecar's metadata, parsed and checked (`validate`).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let info: ModelInfo = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        info.validate()?;
+        Ok(info)
+    }
+
+    /// Checks the model-v2 fields agree with each other; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=4096).contains(&self.input.size) {
+            return Err(format!(
+                "input.size {} is outside 1..=4096",
+                self.input.size
+            ));
+        }
+        if !(1..=1024).contains(&self.input.max_frames) {
+            return Err(format!(
+                "input.max_frames {} is outside 1..=1024",
+                self.input.max_frames
+            ));
+        }
+        if !self.findings.is_empty() && self.findings != FINDINGS {
+            return Err(format!(
+                "findings {:?} must be {:?} in that order",
+                self.findings, FINDINGS
+            ));
+        }
+        if !self.finding_thresholds.is_empty() && self.finding_thresholds.len() != 5 {
+            return Err(format!(
+                "finding_thresholds has {} values, expected 5",
+                self.finding_thresholds.len()
+            ));
+        }
+        if let Some(t) = self
+            .finding_thresholds
+            .iter()
+            .find(|t| !(0.0..=1.0).contains(*t))
+        {
+            return Err(format!("finding_thresholds value {t} is outside 0..1"));
+        }
+        self.calibration.validate()?;
+        if !self.severity_cutpoints.is_empty() && self.severity_cutpoints.len() != 3 {
+            return Err(format!(
+                "severity_cutpoints has {} values, expected 3",
+                self.severity_cutpoints.len()
+            ));
+        }
+        if self.severity_cutpoints.iter().any(|c| !c.is_finite()) {
+            return Err("severity_cutpoints holds a non-finite value".into());
+        }
+        if let Some(p) = &self.patient {
+            p.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +170,15 @@ pub enum ModelError {
     Engine(String),
     #[error("model output {name} has unexpected shape {shape:?}")]
     Output { name: &'static str, shape: Vec<i64> },
+    #[error("model output {name} holds a non-finite value (NaN or infinity)")]
+    NonFinite { name: &'static str },
+    #[error(transparent)]
+    Pool(#[from] crate::pooling::PoolError),
+    #[error("model has output {has} but not {missing}: the v2 heads come together")]
+    PartialHeads {
+        has: &'static str,
+        missing: &'static str,
+    },
 }
 
 impl From<ort::Error> for ModelError {
@@ -83,9 +207,9 @@ impl ModelFile {
             path: meta_path.clone(),
             source,
         })?;
-        let info: ModelInfo = serde_json::from_slice(&meta).map_err(|e| ModelError::Metadata {
+        let info = ModelInfo::from_json(&meta).map_err(|reason| ModelError::Metadata {
             path: meta_path.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
         Self::from_parts(path.into(), bytes, info)
     }
@@ -131,7 +255,10 @@ impl ModelFile {
                 .map_err(|e| ModelError::Engine(e.to_string()))?;
         }
         let session = builder.commit_from_memory(&self.bytes)?;
-        Ok(ModelSession { session })
+        Ok(ModelSession {
+            session,
+            input: self.info.input.clone(),
+        })
     }
 }
 
@@ -145,20 +272,34 @@ pub struct FrameOutputs {
     /// Class activation maps, `n × 3 × cam_size × cam_size`.
     pub cam: Vec<f32>,
     pub cam_size: usize,
+    /// Model v2's raw heads, when the model has them.
+    pub heads: Option<Heads>,
 }
+
+/// The v2 outputs; a model has all of them or none.
+const V2_OUTPUTS: [&str; 4] = [
+    "class_logits",
+    "severity_latent",
+    "finding_logits",
+    "attention",
+];
 
 pub struct ModelSession {
     session: Session,
+    input: InputSpec,
 }
 
 impl ModelSession {
-    /// Runs `frames` (k × 112 × 112, values 0..255) through the model.
+    /// Runs `frames` (k × S × S with S the model's input side, values 0..255) through
+    /// the model. Every output must be finite; the error names the one that is not.
     pub fn run(&mut self, frames: &[f32]) -> Result<FrameOutputs, ModelError> {
-        let px = INPUT_SIZE * INPUT_SIZE;
+        let side = self.input.size;
+        let px = side * side;
         let n = frames.len() / px;
-        let input =
-            TensorRef::from_array_view(([n, 1, INPUT_SIZE, INPUT_SIZE], &frames[..n * px]))?;
-        let out = self.session.run(ort::inputs!["frames" => input])?;
+        let input = TensorRef::from_array_view(([n, 1, side, side], &frames[..n * px]))?;
+        let out = self
+            .session
+            .run(ort::inputs![self.input.name.as_str() => input])?;
         let get = |name: &'static str, per: usize| -> Result<Vec<f32>, ModelError> {
             let (shape, data) = out[name].try_extract_tensor::<f32>()?;
             if data.len() != n * per {
@@ -166,6 +307,9 @@ impl ModelSession {
                     name,
                     shape: shape.to_vec(),
                 });
+            }
+            if data.iter().any(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite { name });
             }
             Ok(data.to_vec())
         };
@@ -180,6 +324,38 @@ impl ModelSession {
                 shape: cam_shape.to_vec(),
             });
         }
+        if cam.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite { name: "cam" });
+        }
+        let present: Vec<&'static str> = V2_OUTPUTS
+            .into_iter()
+            .filter(|o| out.contains_key(o))
+            .collect();
+        let heads = match present.len() {
+            0 => None,
+            4 => {
+                let cl = get("class_logits", 3)?;
+                let fl = get("finding_logits", 5)?;
+                Some(Heads {
+                    class_logits: cl.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
+                    severity_latent: get("severity_latent", 1)?,
+                    finding_logits: fl
+                        .chunks_exact(5)
+                        .map(|c| [c[0], c[1], c[2], c[3], c[4]])
+                        .collect(),
+                    attention: get("attention", 1)?,
+                })
+            }
+            _ => {
+                return Err(ModelError::PartialHeads {
+                    has: present[0],
+                    missing: V2_OUTPUTS
+                        .into_iter()
+                        .find(|o| !present.contains(o))
+                        .unwrap_or("attention"),
+                })
+            }
+        };
         Ok(FrameOutputs {
             n,
             class_probs: cp.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
@@ -190,6 +366,7 @@ impl ModelSession {
             uncertainty,
             cam: cam.to_vec(),
             cam_size,
+            heads,
         })
     }
 
@@ -201,7 +378,7 @@ impl ModelSession {
         frames: &[f32],
         chunk: usize,
     ) -> Result<FrameOutputs, ModelError> {
-        let px = INPUT_SIZE * INPUT_SIZE;
+        let px = self.input.size * self.input.size;
         let mut all: Option<FrameOutputs> = None;
         for part in frames.chunks(px * chunk.max(1)) {
             let o = self.run(part)?;
@@ -213,6 +390,11 @@ impl ModelSession {
                     a.severity_probs.extend(o.severity_probs);
                     a.uncertainty.extend(o.uncertainty);
                     a.cam.extend(o.cam);
+                    match (a.heads.as_mut(), o.heads) {
+                        (Some(h), Some(oh)) => h.extend(oh),
+                        (None, None) => {}
+                        _ => return Err(ModelError::Engine("v2 heads in some runs only".into())),
+                    }
                 }
             }
         }

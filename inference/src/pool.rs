@@ -14,7 +14,6 @@ use crate::aggregate::{aggregate_video, frame_scores, localisation_map};
 use crate::decode::{decode_scan_with_header, DecodeError, Decoded, DecodedScan, Format};
 use crate::media::FrameScore;
 use crate::model::{FrameOutputs, ModelError, ModelFile, ModelInfo};
-use crate::preprocess::MAX_FRAMES;
 use pleura_shared::ScanAnalysis;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +79,8 @@ pub struct PoolConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per worker.
     pub intra_threads: usize,
-    pub max_frames: usize,
+    /// Frames sampled from a scan; `None`: the model's (`input.max_frames`, else 32).
+    pub max_frames: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -88,7 +88,7 @@ impl Default for PoolConfig {
         Self {
             workers: 1,
             intra_threads: 1,
-            max_frames: MAX_FRAMES,
+            max_frames: None,
         }
     }
 }
@@ -106,6 +106,7 @@ impl InferencePool {
         // Twice the workers: enough to keep them busy, small enough to push back on callers.
         let (tx, rx) = bounded::<Job>(workers_n * 2);
         let info = Arc::new(model.info.clone());
+        let max_frames = cfg.max_frames.unwrap_or(info.input.max_frames).max(1);
         let mut workers = Vec::new();
         for i in 0..workers_n {
             let session = model.session(cfg.intra_threads)?;
@@ -113,7 +114,7 @@ impl InferencePool {
             let info = info.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("pleura-infer-{i}"))
-                .spawn(move || worker(session, rx, &info, cfg.max_frames))
+                .spawn(move || worker(session, rx, &info, max_frames))
                 .map_err(|e| ModelError::Engine(format!("spawning inference thread: {e}")))?;
             workers.push(handle);
         }
@@ -261,17 +262,25 @@ impl Worker<'_> {
     /// Decodes a scan file (at most the pool's `max_frames`); a DICOM file comes back
     /// with its parsed header, so nothing needs to parse it again.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        decode_scan_with_header(bytes, self.max_frames)
+        decode_scan_with_header(bytes, self.max_frames, self.info.input_size())
     }
 
-    /// Runs the model over a decoded scan.
+    /// Runs the model over a decoded scan (decoded for this model: `decode`).
     pub fn analyze(&mut self, scan: DecodedScan) -> Result<ScanReport, AnalyzeError> {
+        if scan.side != self.info.input_size() {
+            return Err(ModelError::Engine(format!(
+                "scan decoded at {} px for a model taking {} px",
+                scan.side,
+                self.info.input_size()
+            ))
+            .into());
+        }
         let out = self.session.run_chunked(&scan.frames, FRAMES_PER_RUN)?;
         Ok(ScanReport {
             format: scan.format,
             width: scan.width,
             height: scan.height,
-            analysis: aggregate_video(&out, self.info, scan.frames_total),
+            analysis: aggregate_video(&out, self.info, scan.frames_total)?,
             localisation: localisation_map(&out),
             localisation_size: out.cam_size,
             frame_scores: frame_scores(&out, &scan.indices),

@@ -1,9 +1,11 @@
 //! Frame preprocessing, identical to `training/pleura_train/preprocess.py`: BT.601 luma,
 //! box-filter ("area") resize to the model's square input, uniform frame sampling.
 
-/// Side of the square model input.
-pub const INPUT_SIZE: usize = 112;
-/// Frames taken from one video; more adds time, not accuracy (frames are highly correlated).
+/// Side of the square model input for a model whose sidecar does not name one
+/// (`input.size`; LUSNet-S). The model's own size is `ModelInfo::input_size`.
+pub const DEFAULT_INPUT_SIZE: usize = 112;
+/// Frames taken from one video unless the sidecar says (`input.max_frames`); more adds
+/// time, not accuracy (frames are highly correlated).
 pub const MAX_FRAMES: usize = 32;
 
 /// A grayscale frame, values 0..=255 as f32, row-major.
@@ -139,7 +141,7 @@ mod tests {
             height: 333,
             pixels: vec![77.0; 350 * 333],
         };
-        let out = resize_area(&f, INPUT_SIZE);
+        let out = resize_area(&f, DEFAULT_INPUT_SIZE);
         assert!(out.iter().all(|v| (v - 77.0).abs() < 1e-3));
     }
 

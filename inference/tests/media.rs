@@ -35,7 +35,7 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn every_fixture_gives_a_bounded_preview_and_a_clip_that_decodes_back() {
     backend::init(&BackendConfig::default()).unwrap();
-    let model = ModelFile::load(&root().join("models/lusnet-s.onnx")).unwrap();
+    let model = ModelFile::load(&root().join("models/pleura-lite.onnx")).unwrap();
     let pool = InferencePool::start(&model, PoolConfig::default()).unwrap();
     let limits = MediaLimits::default();
     let files = fixtures();

@@ -10,7 +10,7 @@ fn root() -> PathBuf {
 
 fn pool(workers: usize) -> InferencePool {
     backend::init(&BackendConfig::default()).unwrap();
-    let model = ModelFile::load(&root().join("models/lusnet-s.onnx")).unwrap();
+    let model = ModelFile::load(&root().join("models/pleura-lite.onnx")).unwrap();
     InferencePool::start(
         &model,
         PoolConfig {
@@ -68,7 +68,8 @@ async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> 
 #[test]
 fn frames_of_one_scan_give_per_frame_outputs() {
     let pool = pool(1);
-    let frames = vec![128.0f32; 3 * 112 * 112];
+    let side = pool.info().input_size();
+    let frames = vec![128.0f32; 3 * side * side];
     let out = pool.infer_frames(frames).unwrap();
     assert_eq!(out.n, 3);
     assert_eq!(out.cam.len(), 3 * 3 * out.cam_size * out.cam_size);

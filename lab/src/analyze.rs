@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{Context, Result};
 use clap::Args;
 use pleura_inference::{InferencePool, ScanReport};
-use pleura_shared::LungClass;
+use pleura_shared::{Findings, LungClass};
 
 use crate::engine_args::EngineArgs;
 
@@ -112,7 +112,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                 v["file"] = path.display().to_string().into();
                 println!("{v}");
             }
-            Ok(report) => print_text(path, &report),
+            Ok(report) => print_text(path, &report, &model.info.finding_thresholds),
             Err(e) => {
                 failed += 1;
                 if args.json {
@@ -143,7 +143,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     })
 }
 
-fn print_text(path: &Path, r: &ScanReport) {
+fn print_text(path: &Path, r: &ScanReport, finding_thresholds: &[f32]) {
     let a = &r.analysis;
     let p = a.class_probs;
     println!(
@@ -176,6 +176,18 @@ fn print_text(path: &Path, r: &ScanReport) {
         sp[3],
         a.uncertainty
     );
+    if let Some(f) = &a.findings {
+        let present = f.present(finding_thresholds);
+        let shown: Vec<String> = Findings::LABELS
+            .iter()
+            .zip(f.as_array())
+            .zip(present)
+            .map(|((label, p), yes)| {
+                format!("{label} {p:.2}{}", if yes { " (present)" } else { "" })
+            })
+            .collect();
+        println!("  findings: {}", shown.join("  "));
+    }
     if a.flagged {
         let why: Vec<&str> = a.flag_reasons.iter().map(|r| r.describe()).collect();
         println!("  FLAGGED for specialist review: {}\n", why.join("; "));

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pleura_inference::engine::start_pool;
-use pleura_inference::preprocess::INPUT_SIZE;
 use pleura_inference::{InferencePool, ModelFile};
 use serde_json::{json, Value};
 
@@ -66,11 +65,12 @@ fn measure(
 ) -> Result<Value> {
     let side = pool_input_side(pool);
     let frames = synthetic_frames(batch, side);
+    let baseline = pool.info().name == "vgg-baseline";
     let infer = |f: Vec<f32>| -> Result<()> {
-        if side == INPUT_SIZE {
-            pool.infer_frames(f)?;
-        } else {
+        if baseline {
             pool.infer_raw(f, side)?;
+        } else {
+            pool.infer_frames(f)?;
         }
         Ok(())
     };
@@ -112,13 +112,10 @@ fn measure(
     }))
 }
 
-/// The pool's model decides the input side; only the VGG baseline uses 224.
+/// The pool's model decides the input side (its sidecar's `input.size`; the VGG
+/// baseline's is 224).
 fn pool_input_side(pool: &InferencePool) -> usize {
-    if pool.info().name == "vgg-baseline" {
-        VGG_INPUT
-    } else {
-        INPUT_SIZE
-    }
+    pool.info().input_size()
 }
 
 fn synthetic_frames(n: usize, side: usize) -> Vec<f32> {
@@ -127,18 +124,28 @@ fn synthetic_frames(n: usize, side: usize) -> Vec<f32> {
         .collect()
 }
 
-fn vgg_model() -> ModelFile {
-    let info = pleura_inference::ModelInfo {
-        name: "vgg-baseline".into(),
-        version: "random".into(),
-        sha256: String::new(),
-        classes: vec![],
-        covid_threshold: 0.5,
-        uncertainty_flag: 1.0,
-        parameters: 0,
-        macs_per_frame: vgg_macs(),
-    };
-    ModelFile::unverified("vgg-baseline.onnx".into(), vgg_onnx(42), info)
+fn vgg_model() -> Result<ModelFile> {
+    let info = pleura_inference::ModelInfo::from_json(
+        json!({
+            "name": "vgg-baseline",
+            "version": "random",
+            "sha256": "",
+            "classes": [],
+            "covid_threshold": 0.5,
+            "uncertainty_flag": 1.0,
+            "parameters": 0,
+            "macs_per_frame": vgg_macs(),
+            "input": {"name": "frames", "size": VGG_INPUT, "max_frames": 32},
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .map_err(|e| anyhow::anyhow!("vgg baseline metadata: {e}"))?;
+    Ok(ModelFile::unverified(
+        "vgg-baseline.onnx".into(),
+        vgg_onnx(42),
+        info,
+    ))
 }
 
 fn bench_backend(args: &BenchArgs) -> Result<Value> {
@@ -155,7 +162,7 @@ fn bench_backend(args: &BenchArgs) -> Result<Value> {
     doc["model_1t"] = measure(&start_pool(&model, 1)?, 1, 1, budget, 20)?;
     doc["model_2t"] = measure(&start_pool(&model, 2)?, 1, 2, budget, 20)?;
     eprintln!("[{}] VGG baseline, batch 1 …", args.engine.backend);
-    let vgg = vgg_model();
+    let vgg = vgg_model()?;
     doc["vgg_1t"] = measure(&start_pool(&vgg, 1)?, 1, 1, budget, 3)?;
     doc["vgg_2t"] = measure(&start_pool(&vgg, 2)?, 1, 2, budget, 2)?;
 
@@ -275,7 +282,7 @@ fn print_table(docs: &[Value]) {
     println!("| backend | model | threads | frames/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
     for d in docs {
-        for (m, key) in [("lusnet-s", "model"), ("vgg baseline", "vgg")] {
+        for (m, key) in [("pleura-lite", "model"), ("vgg baseline", "vgg")] {
             for t in [1, 2] {
                 let r = &d[format!("{key}_{t}t")];
                 println!(
@@ -295,7 +302,7 @@ fn print_table(docs: &[Value]) {
         for t in [1, 2] {
             let k = format!("{t}t");
             println!(
-                "{b}: lusnet-s is {:.0}x the VGG baseline's frame rate ({t} thread(s)); {:.0}x fewer MACs",
+                "{b}: pleura-lite is {:.0}x the VGG baseline's frame rate ({t} thread(s)); {:.0}x fewer MACs",
                 f(&d[format!("model_{k}")]["frames_per_s"]) / f(&d[format!("vgg_{k}")]["frames_per_s"]),
                 f(&d["vgg_macs"]) / f(&d["model_macs"]),
             );
@@ -310,7 +317,7 @@ fn print_table(docs: &[Value]) {
         );
         if d != tract {
             println!(
-                "{b}: {:.2}x tract's frame rate for lusnet-s at 1 thread",
+                "{b}: {:.2}x tract's frame rate for pleura-lite at 1 thread",
                 f(&d["model_1t"]["frames_per_s"]) / f(&tract["model_1t"]["frames_per_s"])
             );
         }

@@ -1,6 +1,7 @@
 //! Reading evaluation folders laid out like `../shared/data/<dataset>`, with the same
 //! labels and class mapping as `training/pleura_train/data.py`.
 
+use pleura_inference::patient::{Sex, Symptom, Vitals};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,10 @@ pub struct Item {
     /// POCUS: 0 covid, 1 other pneumonia, 2 normal.
     pub class: Option<usize>,
     pub severity: Option<usize>,
+    /// Expert's "B-lines visible" (COVID-BLUES severity.csv, POCUS metadata).
+    pub b_lines: Option<bool>,
+    /// COVID-BLUES: the patient's recorded vitals and symptoms (clinical_variables.csv).
+    pub vitals: Option<Vitals>,
 }
 
 fn read_csv(path: &Path) -> Result<Vec<HashMap<String, String>>> {
@@ -62,17 +67,58 @@ pub fn load(dataset: Dataset, root: &Path) -> Result<Vec<Item>> {
     }
 }
 
+/// A clinical_variables.csv row's vitals, in the clinic's `vitals.json` form (-99 = missing).
+fn row_vitals(r: &HashMap<String, String>) -> Vitals {
+    let num = |k: &str| {
+        r.get(k)
+            .and_then(|v| v.trim().parse::<f32>().ok())
+            .filter(|v| *v != -99.0)
+    };
+    let symptoms = [
+        ("patient_symp#Fever", Symptom::Fever),
+        ("patient_symp#Coughing", Symptom::Cough),
+        ("patient_symp#Dyspnea", Symptom::Dyspnea),
+    ]
+    .into_iter()
+    .filter(|(k, _)| num(k) == Some(1.0))
+    .map(|(_, s)| s)
+    .collect();
+    Vitals {
+        age_years: num("pat_age"),
+        sex: num("pat_sex").map(|v| if v == 1.0 { Sex::Male } else { Sex::Female }),
+        spo2: num("oxygen_saturation_without_ox"),
+        respiratory_rate: num("respiratory_rate"),
+        pulse: num("pulse"),
+        temperature_c: num("body_temperature"),
+        symptoms: Some(symptoms),
+    }
+}
+
+fn yes_no(v: Option<&String>) -> Option<bool> {
+    match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Some("yes") | Some("1") => Some(true),
+        Some("no") | Some("0") => Some(false),
+        _ => None,
+    }
+}
+
 fn covid_blues(root: &Path) -> Result<Vec<Item>> {
     let mut cov = HashMap::new();
+    let mut vitals = HashMap::new();
     for r in read_csv(&root.join("clinical_variables.csv"))? {
         if let (Some(p), Some(c)) = (r.get("patient_id"), r.get("cov_test")) {
             cov.insert(p.clone(), c.trim() == "1");
+            vitals.insert(p.clone(), row_vitals(&r));
         }
     }
     let mut sev = HashMap::new();
+    let mut blines = HashMap::new();
     for r in read_csv(&root.join("severity.csv"))? {
-        if let (Some(v), Some(s)) = (r.get("video_file"), r.get("Severity Score")) {
-            if let Ok(s) = s.trim().parse::<f64>() {
+        if let Some(v) = r.get("video_file") {
+            if let Some(b) = yes_no(r.get("B-lines")) {
+                blines.insert(v.clone(), b);
+            }
+            if let Some(Ok(s)) = r.get("Severity Score").map(|s| s.trim().parse::<f64>()) {
                 sev.insert(v.clone(), s as usize);
             }
         }
@@ -96,6 +142,8 @@ fn covid_blues(root: &Path) -> Result<Vec<Item>> {
         items.push(Item {
             covid: cov.get(parts[1]).copied(),
             severity: sev.get(&stem).copied(),
+            b_lines: blines.get(&stem).copied(),
+            vitals: vitals.get(parts[1]).cloned(),
             group: format!("cb:{}", parts[1]),
             zone: parts[2].to_string(),
             class: None,
@@ -152,6 +200,12 @@ fn pocus(root: &Path) -> Result<Vec<Item>> {
                 format!("pocus:{name}")
             },
             severity: get("Lung Severity Score").parse().ok(),
+            b_lines: match get("B-lines").trim() {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            },
+            vitals: None,
             class: Some(class),
             covid: None,
             zone: String::new(),

@@ -14,7 +14,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pleura_inference::engine::start_pool;
-use pleura_inference::{InferencePool, ModelFile, ScanReport};
+use pleura_inference::{aggregate, patient, InferencePool, ModelFile, ModelInfo, ScanReport};
+use pleura_shared::ScanAnalysis;
 use serde_json::{json, Value};
 
 use crate::datasets::{self, Dataset, Item};
@@ -76,14 +77,22 @@ fn readers(args: &EvalArgs, model: &ModelFile) -> Result<Readers> {
     let mut pools = Vec::new();
     for fold in 0..k {
         let path = dir.join(format!("fold{fold}.onnx"));
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut info = model.info.clone();
-        info.sha256 = meta["cv_fold_sha256"][format!("fold{fold}")]
-            .as_str()
-            .context("metadata lacks fold checksums")?
-            .to_string();
-        info.version = format!("{}-fold{fold}", info.version);
-        let file = ModelFile::from_parts(path, bytes, info)?;
+        // A fold with its own sidecar (model v2: its own calibration, thresholds and patient
+        // combiner, all fitted inside that fold) is loaded as it is; otherwise it borrows
+        // the shipped model's metadata with the fold's checksum.
+        let file = if path.with_extension("json").exists() {
+            ModelFile::load(&path).with_context(|| format!("loading {}", path.display()))?
+        } else {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut info = model.info.clone();
+            info.sha256 = meta["cv_fold_sha256"][format!("fold{fold}")]
+                .as_str()
+                .context("metadata lacks fold checksums")?
+                .to_string();
+            info.version = format!("{}-fold{fold}", info.version);
+            ModelFile::from_parts(path, bytes, info)?
+        };
         pools.push(start_pool(&file, 1)?);
     }
     Ok(Readers {
@@ -116,9 +125,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             Err(e) => skipped.push(json!({"item": item.id, "reason": format!("{e:#}")})),
         }
     }
-    let threshold = model.info.covid_threshold;
     let metrics = match args.dataset {
-        Dataset::CovidBlues => covid_blues_metrics(&ok, threshold),
+        Dataset::CovidBlues => covid_blues_metrics(&ok, &readers),
         Dataset::Pocus => pocus_metrics(&ok),
     };
     let predictions: Vec<Value> = ok
@@ -198,26 +206,91 @@ fn opt(v: Option<f64>) -> Value {
     v.filter(|x| x.is_finite()).map_or(Value::Null, Value::from)
 }
 
-fn covid_blues_metrics(ok: &[(&Item, ScanReport)], threshold: f32) -> Value {
-    let mut patients: BTreeMap<&str, (bool, Vec<f32>)> = BTreeMap::new();
-    for (it, r) in ok {
-        if let Some(c) = it.covid {
-            patients
-                .entry(it.group.as_str())
-                .or_insert((c, Vec::new()))
-                .1
-                .push(r.analysis.class_probs.covid);
-        }
-    }
-    let y: Vec<bool> = patients.values().map(|p| p.0).collect();
-    let s: Vec<f32> = patients
-        .values()
-        .map(|p| p.1.iter().sum::<f32>() / p.1.len() as f32)
+/// A patient's COVID-19 reading by the model that read its videos: the patient combiner
+/// when the model has one (image only, and with the recorded vitals), else the mean of the
+/// videos. Flags are the combiner's own threshold, not "any video flagged".
+struct PatientReading {
+    pcr: bool,
+    image: f32,
+    image_flag: bool,
+    vitals: Option<(f32, bool)>,
+}
+
+fn read_patient(info: &ModelInfo, videos: &[&(&Item, ScanReport)]) -> Option<PatientReading> {
+    let pcr = videos.first()?.0.covid?;
+    let zoned: Vec<(String, ScanAnalysis)> = videos
+        .iter()
+        .map(|(it, r)| (it.zone.clone(), r.analysis.clone()))
         .collect();
-    let b = m::binary_at(&y, &s, threshold);
+    let Some(pm) = &info.patient else {
+        let s = zoned.iter().map(|(_, a)| a.class_probs.covid).sum::<f32>() / zoned.len() as f32;
+        return Some(PatientReading {
+            pcr,
+            image: s,
+            image_flag: s >= info.covid_threshold,
+            vitals: None,
+        });
+    };
+    let zones = aggregate::zone_readings(&zoned);
+    let image = patient::combine(&zones, None, pm, &info.finding_thresholds);
+    let vitals = videos[0].0.vitals.as_ref().and_then(|v| {
+        let c = patient::combine(&zones, Some(v), pm, &info.finding_thresholds);
+        c.vitals_used.then(|| (c.probability, c.flagged()))
+    });
+    Some(PatientReading {
+        pcr,
+        image: image.probability,
+        image_flag: image.flagged(),
+        vitals,
+    })
+}
+
+fn binary_json(y: &[bool], s: &[f32], flags: &[bool], suffix: &str) -> Value {
+    let count = |want: bool| y.iter().filter(|&&v| v == want).count().max(1) as f64;
+    let tp = y.iter().zip(flags).filter(|(&y, &f)| y && f).count() as f64;
+    let tn = y.iter().zip(flags).filter(|(&y, &f)| !y && !f).count() as f64;
+    let (sens, spec) = (tp / count(true), tn / count(false));
+    json!({
+        format!("patient_auc_{suffix}"): opt(m::auc(y, s)),
+        format!("patient_sensitivity_{suffix}"): sens,
+        format!("patient_specificity_{suffix}"): spec,
+        format!("patient_balanced_accuracy_{suffix}"): (sens + spec) / 2.0,
+    })
+}
+
+fn covid_blues_metrics(ok: &[(&Item, ScanReport)], readers: &Readers) -> Value {
+    let mut by_patient: BTreeMap<&str, Vec<&(&Item, ScanReport)>> = BTreeMap::new();
+    for row in ok {
+        by_patient
+            .entry(row.0.group.as_str())
+            .or_default()
+            .push(row);
+    }
+    let patients: Vec<PatientReading> = by_patient
+        .values()
+        .filter_map(|v| {
+            let pool = readers.pool_for(Dataset::CovidBlues, v[0].0)?;
+            read_patient(pool.info(), v)
+        })
+        .collect();
+    let y: Vec<bool> = patients.iter().map(|p| p.pcr).collect();
+    let s: Vec<f32> = patients.iter().map(|p| p.image).collect();
+    let f: Vec<bool> = patients.iter().map(|p| p.image_flag).collect();
+    let mut doc = binary_json(&y, &s, &f, "image");
+    let with_vitals: Vec<&PatientReading> =
+        patients.iter().filter(|p| p.vitals.is_some()).collect();
+    if !with_vitals.is_empty() {
+        let vy: Vec<bool> = with_vitals.iter().map(|p| p.pcr).collect();
+        let (vs, vf): (Vec<f32>, Vec<bool>) = with_vitals.iter().filter_map(|p| p.vitals).unzip();
+        merge(&mut doc, binary_json(&vy, &vs, &vf, "vitals"));
+    }
     let (vy, vs): (Vec<bool>, Vec<f32>) = ok
         .iter()
         .filter_map(|(it, r)| it.covid.map(|c| (c, r.analysis.class_probs.covid)))
+        .unzip();
+    let (by, bs): (Vec<bool>, Vec<f32>) = ok
+        .iter()
+        .filter_map(|(it, r)| Some((it.b_lines?, r.analysis.findings?.b_lines)))
         .unzip();
     let (sy, sp): (Vec<usize>, Vec<usize>) = ok
         .iter()
@@ -226,23 +299,54 @@ fn covid_blues_metrics(ok: &[(&Item, ScanReport)], threshold: f32) -> Value {
                 .map(|s| (s, r.analysis.severity.score() as usize))
         })
         .unzip();
-    json!({
-        "patients": y.len(),
-        "patient_covid_auc": opt(m::auc(&y, &s)),
-        "patient_balanced_accuracy": b.balanced_accuracy,
-        "patient_sensitivity": b.sensitivity,
-        "patient_specificity": b.specificity,
-        "covid_threshold": threshold,
-        "patient_covid_ece": m::ece(&y, &s),
-        "videos": vy.len(),
-        "video_covid_auc": opt(m::auc(&vy, &vs)),
-        "video_covid_ece": m::ece(&vy, &vs),
-        "severity_videos": sy.len(),
-        "severity_qwk": opt(m::qwk(&sy, &sp, 4)),
-        "severity_macro_f1": m::macro_f1(&sy, &sp, 4),
-        "severity_accuracy": m::accuracy(&sy, &sp),
-        "severity_confusion": m::confusion(&sy, &sp, 4),
-    })
+    // patient lung score: over zones, the worst severity (truth) / expected severity (model)
+    let mut lung: BTreeMap<&str, BTreeMap<&str, (usize, f32)>> = BTreeMap::new();
+    for (it, r) in ok {
+        let Some(truth) = it.severity else { continue };
+        let e: f32 = r
+            .analysis
+            .severity_probs
+            .iter()
+            .enumerate()
+            .map(|(k, p)| k as f32 * p)
+            .sum();
+        let z = lung
+            .entry(it.group.as_str())
+            .or_default()
+            .entry(it.zone.as_str())
+            .or_insert((0, 0.0));
+        *z = (z.0.max(truth), z.1.max(e));
+    }
+    let (lt, lp): (Vec<f64>, Vec<f64>) = lung
+        .values()
+        .map(|zones| {
+            zones
+                .values()
+                .fold((0.0, 0.0), |(a, b), (t, p)| (a + *t as f64, b + *p as f64))
+        })
+        .unzip();
+    merge(
+        &mut doc,
+        json!({
+            "patients": y.len(),
+            "videos": vy.len(),
+            "video_covid_auc_vs_pcr": opt(m::auc(&vy, &vs)),
+            "video_b_lines_auc": opt(m::auc(&by, &bs)),
+            "severity_videos": sy.len(),
+            "severity_qwk": opt(m::qwk(&sy, &sp, 4)),
+            "severity_macro_f1": m::macro_f1(&sy, &sp, 4),
+            "severity_accuracy": m::accuracy(&sy, &sp),
+            "severity_confusion": m::confusion(&sy, &sp, 4),
+            "patient_lung_score_spearman": opt(m::spearman(&lt, &lp)),
+        }),
+    );
+    doc
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
 }
 
 fn pocus_metrics(ok: &[(&Item, ScanReport)]) -> Value {
@@ -264,8 +368,13 @@ fn pocus_metrics(ok: &[(&Item, ScanReport)]) -> Value {
                 .map(|s| (s, r.analysis.severity.score() as usize))
         })
         .unzip();
+    let (by, bs): (Vec<bool>, Vec<f32>) = ok
+        .iter()
+        .filter_map(|(it, r)| Some((it.b_lines?, r.analysis.findings?.b_lines)))
+        .unzip();
     json!({
         "videos": y.len(),
+        "video_b_lines_auc": opt(m::auc(&by, &bs)),
         "balanced_accuracy": m::balanced_accuracy(&y, &p, 3),
         "macro_f1": m::macro_f1(&y, &p, 3),
         "accuracy": m::accuracy(&y, &p),

@@ -19,7 +19,8 @@ fn bench_measures_model_baseline_pipeline_and_analyze_memory() {
             "{key}: {doc}"
         );
     }
-    assert!(doc["vgg_macs"].as_u64().unwrap() > 100 * doc["model_macs"].as_u64().unwrap());
+    // the edge budget: the model costs at most 1/50 of the VGG baseline per frame
+    assert!(doc["vgg_macs"].as_u64().unwrap() > 50 * doc["model_macs"].as_u64().unwrap());
     assert!(doc["pipeline"]["ratio"].as_f64().unwrap() > 0.0, "{doc}");
     // From a child `analyze` process: the bench re-runs its own binary.
     assert!(doc["analyze_peak_rss_mb"].as_f64().unwrap() > 1.0, "{doc}");

@@ -45,13 +45,16 @@ fn eval_covid_blues_layout_reports_patient_and_severity_metrics() {
     assert_eq!(m["patients"], 2);
     assert_eq!(m["severity_videos"], 3);
     for key in [
-        "patient_covid_auc",
-        "patient_balanced_accuracy",
-        "patient_sensitivity",
-        "patient_specificity",
+        "patient_auc_image",
+        "patient_balanced_accuracy_image",
+        "patient_sensitivity_image",
+        "patient_specificity_image",
+        "patient_auc_vitals",
         "severity_macro_f1",
         "severity_accuracy",
-        "patient_covid_ece",
+        "severity_qwk",
+        "video_b_lines_auc",
+        "patient_lung_score_spearman",
     ] {
         assert!(m[key].is_number(), "{key} missing: {m}");
     }

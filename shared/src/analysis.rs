@@ -143,6 +143,75 @@ pub struct ScanAnalysis {
     pub frames_total: u32,
     pub frames_analysed: u32,
     pub model_version: String,
+    /// Probabilities of the lung-ultrasound findings (model v2 only; `None` for models
+    /// without a findings head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Findings>,
+}
+
+/// Probabilities (0..1) of the five lung-ultrasound findings a v2 model reports, in the
+/// model's (and the wire's) order: [`Findings::NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Findings {
+    pub a_lines: f32,
+    pub b_lines: f32,
+    pub consolidation: f32,
+    pub effusion: f32,
+    pub pleural_irregularity: f32,
+}
+
+impl Findings {
+    /// Column names, in order (the sidecar's `findings` list).
+    pub const NAMES: [&'static str; 5] = [
+        "a_lines",
+        "b_lines",
+        "consolidation",
+        "effusion",
+        "pleural_irregularity",
+    ];
+    /// What people call them, in the same order.
+    pub const LABELS: [&'static str; 5] = [
+        "A-lines",
+        "B-lines",
+        "Consolidation",
+        "Effusion",
+        "Pleural irregularity",
+    ];
+    /// Where a finding counts as present when the model's own thresholds are not known
+    /// (the hub: thresholds do not travel on the wire).
+    pub const DEFAULT_THRESHOLD: f32 = 0.5;
+
+    pub fn from_array(p: [f32; 5]) -> Self {
+        Self {
+            a_lines: p[0],
+            b_lines: p[1],
+            consolidation: p[2],
+            effusion: p[3],
+            pleural_irregularity: p[4],
+        }
+    }
+
+    pub fn as_array(&self) -> [f32; 5] {
+        [
+            self.a_lines,
+            self.b_lines,
+            self.consolidation,
+            self.effusion,
+            self.pleural_irregularity,
+        ]
+    }
+
+    /// Whether each finding is present: probability ≥ its threshold (`thresholds` in
+    /// [`Findings::NAMES`] order; a missing one is [`Findings::DEFAULT_THRESHOLD`]).
+    pub fn present(&self, thresholds: &[f32]) -> [bool; 5] {
+        let p = self.as_array();
+        std::array::from_fn(|j| {
+            p[j] >= thresholds
+                .get(j)
+                .copied()
+                .unwrap_or(Self::DEFAULT_THRESHOLD)
+        })
+    }
 }
 
 /// Videos of one patient combined: the lung ultrasound score (sum over zones of the
@@ -153,4 +222,8 @@ pub struct PatientSummary {
     pub lung_score: u32,
     pub covid_probability: f32,
     pub flagged: bool,
+    /// The probability came from the combiner that also weighs the clinic's vitals
+    /// (model v2 with a vitals combiner, and vitals given for the patient).
+    #[serde(default)]
+    pub vitals_used: bool,
 }

@@ -16,7 +16,8 @@ pub mod sled_open;
 pub mod topics;
 
 pub use analysis::{
-    ClassProbs, FlagReason, LungClass, PatientSummary, ScanAnalysis, Severity, SeverityError,
+    ClassProbs, Findings, FlagReason, LungClass, PatientSummary, ScanAnalysis, Severity,
+    SeverityError,
 };
 pub use exam::ExamId;
 pub use ids::{validate_name, IdError, ResultId};

@@ -5,7 +5,7 @@ use pleura_proto::v1 as pb;
 use prost::Message;
 use serde::Serialize;
 
-use crate::analysis::{ClassProbs, FlagReason, ScanAnalysis, Severity};
+use crate::analysis::{ClassProbs, Findings, FlagReason, ScanAnalysis, Severity};
 use crate::ids::{validate_name, IdError, ResultId};
 use crate::pseudonym::PSEUDONYM_LEN;
 
@@ -123,6 +123,10 @@ impl ScanRecord {
             model_version: a.model_version.clone(),
             localisation: self.localisation.clone(),
             localisation_size: self.localisation_size,
+            finding_probs: a
+                .findings
+                .map(|f| f.as_array().to_vec())
+                .unwrap_or_default(),
         }
     }
 
@@ -190,6 +194,7 @@ impl ScanRecord {
                 ),
             ));
         }
+        let findings = finding_probs(&w.finding_probs)?;
         if w.format.len() > 16 || w.model_version.len() > 64 {
             return Err(invalid("format/model_version", "too long"));
         }
@@ -212,6 +217,7 @@ impl ScanRecord {
                 frames_total: w.frames_total,
                 frames_analysed: w.frames_analysed,
                 model_version: w.model_version,
+                findings,
             },
             localisation: w.localisation,
             localisation_size: w.localisation_size,
@@ -237,6 +243,20 @@ fn probabilities(field: &'static str, p: &[f32], n: usize) -> Result<Vec<f32>, R
         return Err(invalid(field, format!("sums to {sum}, not 1")));
     }
     Ok(p.to_vec())
+}
+
+/// `finding_probs`: empty (no findings head) or exactly 5 finite probabilities.
+fn finding_probs(p: &[f32]) -> Result<Option<Findings>, RecordError> {
+    const FIELD: &str = "finding_probs";
+    match p.len() {
+        0 => return Ok(None),
+        5 => {}
+        n => return Err(invalid(FIELD, format!("{n} values, expected 0 or 5"))),
+    }
+    if let Some(v) = p.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(invalid(FIELD, format!("value {v} outside 0..1")));
+    }
+    Ok(Some(Findings::from_array([p[0], p[1], p[2], p[3], p[4]])))
 }
 
 fn flag_to_wire(r: FlagReason) -> pb::FlagReason {
@@ -285,7 +305,8 @@ pub fn sample_record(clinic: &str, device: &str, severity: u8, flagged: bool) ->
             },
             frames_total: 60,
             frames_analysed: 32,
-            model_version: "lusnet-s@2026.11.24".into(),
+            model_version: "pleura-lite@2026.12.01".into(),
+            findings: None,
         },
         localisation: vec![128; 49],
         localisation_size: 7,
@@ -304,6 +325,21 @@ mod tests {
         assert_eq!(ScanRecord::decode(&bytes).unwrap(), r);
         assert_eq!(r.priority(), 7);
         assert_eq!(sample_record("c", "d", 0, false).priority(), 0);
+    }
+
+    #[test]
+    fn findings_round_trip_and_their_absence_stays_absent() {
+        let mut r = sample_record("clinic-a", "pi-1", 2, true);
+        assert!(r.to_wire().finding_probs.is_empty());
+        r.analysis.findings = Some(Findings::from_array([0.1, 0.87, 0.3, 0.0, 1.0]));
+        let w = r.to_wire();
+        assert_eq!(w.finding_probs, vec![0.1, 0.87, 0.3, 0.0, 1.0]);
+        let back = ScanRecord::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.analysis.findings.unwrap().present(&[]),
+            [false, true, false, false, true]
+        );
     }
 
     #[test]
@@ -355,6 +391,19 @@ mod tests {
             (|w| w.flag_reasons = vec![42], "flag_reasons"),
             (|w| w.localisation.push(1), "localisation"),
             (|w| w.uncertainty = f32::NAN, "uncertainty"),
+            (|w| w.finding_probs = vec![0.5; 4], "finding_probs"),
+            (
+                |w| w.finding_probs = vec![0.5, 0.5, 1.5, 0.5, 0.5],
+                "finding_probs",
+            ),
+            (
+                |w| w.finding_probs = vec![0.5, f32::NAN, 0.5, 0.5, 0.5],
+                "finding_probs",
+            ),
+            (
+                |w| w.finding_probs = vec![0.5, 0.5, 0.5, f32::INFINITY, 0.5],
+                "finding_probs",
+            ),
         ];
         for (mutate, expect) in cases {
             let mut w = good.clone();

@@ -77,7 +77,7 @@ impl Agent {
                 o.quota_bytes,
                 o.batch_size,
                 o.max_in_flight,
-                repo_root().join("models/lusnet-s.onnx").display()
+                repo_root().join("models/pleura-lite.onnx").display()
             ),
         )?;
         std::fs::create_dir_all(&inbox)?;

@@ -86,11 +86,11 @@ fn specialist_reviews_in_a_browser_and_the_clinic_sees_the_verdict() {
     assert!(pin.wait().unwrap().success(), "edge-agent clinic-pin set");
     agent.start().unwrap();
 
-    // Two patients, each with a flagged scan (the model scores the GIF severity 3 and the
-    // MP4 severity 2), and an unflagged one.
+    // Two patients, each with a flagged scan (the model scores the MP4 severity 3; the still
+    // is flagged COVID-suspected at severity 0), and an unflagged one.
     let scans = repo_root().join("fixtures/scans");
     for (patient, name, fixture) in [
-        ("P-7001", "L1.gif", "pocus_cov_atlas45.gif"),
+        ("P-7001", "L1.jpg", "pocus_cov_oliviera_fig4a.jpg"),
         ("P-7002", "L2.mp4", "cb_patient29_L2.mp4"),
         ("P-7002", "R1.mp4", "cb_patient16_R1.mp4"),
     ] {
@@ -105,8 +105,13 @@ fn specialist_reviews_in_a_browser_and_the_clinic_sees_the_verdict() {
         .filter_map(|c| c.result.clone())
         .filter(|r| r.flagged)
         .collect();
-    assert_eq!(flagged.len(), 2, "the GIF and the L2 clip are flagged");
+    assert_eq!(flagged.len(), 2, "the still and the L2 clip are flagged");
     flagged.sort_by_key(|r| std::cmp::Reverse(r.severity));
+    assert!(
+        flagged[0].severity > flagged[1].severity,
+        "the scenario needs one exam clearly more severe than the other: {:?}",
+        flagged.iter().map(|r| r.severity).collect::<Vec<_>>()
+    );
     let exam = |r: &pleura_shared::wire::ScanResult| {
         let id = pleura_shared::ResultId::from_slice(&r.result_id).unwrap();
         ExamId::of(&clinic, &r.patient_key, r.scan_day, &id).to_hex()

@@ -1,7 +1,7 @@
 """Builds the small test fixtures shipped in `fixtures/` and their Python reference
 outputs, which the Rust tests compare against.
 
-    python -m pleura_train.fixtures --data ../shared/data --out fixtures [--model models/lusnet-s.onnx]
+    python -m pleura_train.fixtures --data ../shared/data --out fixtures [--model models/pleura-lite.onnx]
 """
 from __future__ import annotations
 
@@ -78,6 +78,69 @@ def write_derived(data: Path, out: Path) -> list[tuple[str, str]]:
     return [("cb_frame.bmp", attrib), ("cb_multiframe.dcm", attrib), ("cb_single_rgb.dcm", attrib)]
 
 
+def _video_outputs(outs: dict, meta: dict) -> dict:
+    """The video-level reading the Rust side must reproduce (inference/tests/reference.rs)."""
+    if "attention" in outs:
+        from .v2 import pooling
+
+        v = pooling.video(outs["attention"], outs["class_logits"], outs["severity_latent"], outs["finding_logits"],
+                          meta["calibration"], meta["severity_cutpoints"])
+        cp = v["class_probs"]
+        unc = float(-(cp * np.log(np.clip(cp, 1e-12, None))).sum() / np.log(3))
+        return {"class_probs": [float(x) for x in cp], "severity_probs": [float(x) for x in v["severity_probs"]],
+                "severity": v["severity"], "uncertainty": unc, "findings": [float(x) for x in v["findings"]]}
+    v = aggregate_video(outs["class_probs"], outs["severity_probs"], outs["uncertainty"])
+    return {"class_probs": [float(x) for x in v["class_probs"]],
+            "severity_probs": [float(x) for x in v["severity_probs"]],
+            "severity": v["severity"], "uncertainty": v["uncertainty"]}
+
+
+def write_pooling_cases(meta: dict, meta_path: Path, out: Path, seed: int = 5) -> None:
+    """Random frames -> video and zones -> patient cases, with the Python rule's answers."""
+    from .v2 import patient as P
+    from .v2 import pooling
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for n in (1, 2, 7, 32):
+        att = rng.normal(0, 2, n)
+        cl, sl, fl = rng.normal(0, 3, (n, 3)), rng.normal(0, 2, n), rng.normal(0, 3, (n, 5))
+        v = pooling.video(att, cl, sl, fl, meta["calibration"], meta["severity_cutpoints"])
+        cases.append({"attention": att.tolist(), "class_logits": cl.tolist(), "severity_latent": sl.tolist(),
+                      "finding_logits": fl.tolist(),
+                      "expect": {"class_probs": v["class_probs"].tolist(), "severity_probs": v["severity_probs"].tolist(),
+                                 "severity": v["severity"], "findings": v["findings"].tolist()}})
+    pm = meta["patient"]
+    b_thr = meta["finding_thresholds"][1]
+    patients = []
+    zone_sets = [["L1"], ["L1", "l1", "R2"], ["L1", "L2", "L3", "R1", "R2", "R3"], ["R1", "R3"], ["", "", "L2"]]
+    vit_sets = [None, {"age_years": 67, "sex": "m", "spo2": 91, "respiratory_rate": 24, "pulse": 104,
+                       "temperature_c": 38.4, "symptoms": ["fever", "cough"]},
+                {"age_years": 34, "sex": "f", "symptoms": ["dyspnea"]}, {"spo2": 97}, None]
+    for zs, vit in zip(zone_sets, vit_sets):
+        zones = []
+        for z in zs:
+            sp = rng.dirichlet(np.ones(4))
+            zones.append({"zone": z, "covid_prob": float(rng.uniform(0.02, 0.98)),
+                          "findings": rng.uniform(0, 1, 5).tolist(), "severity_probs": sp.tolist()})
+        rows = [{"zone": z["zone"], "covid_prob": z["covid_prob"], "findings": z["findings"],
+                 "expected_severity": float(sum(z["severity_probs"][k] * k for k in range(4)))} for z in zones]
+        img = P.image_features(rows, b_thr)
+        expect_image = float(_logistic(pm["image"], img))
+        expect_vitals = None
+        if vit is not None:
+            expect_vitals = float(_logistic(pm["vitals"], img + P.vitals_features(P.vitals_from_sidecar(vit))))
+        patients.append({"zones": zones, "vitals": vit, "expect_image": expect_image, "expect_vitals": expect_vitals})
+    out.write_text(json.dumps({"model_json": f"models/{meta_path.name}", "cases": cases, "patients": patients}, indent=1))
+
+
+def _logistic(m: dict, x: list) -> float:
+    z = m["bias"]
+    for v, mu, sc, w in zip(x, m["mean"], m["scale"], m["weights"]):
+        z += w * (((mu if v is None else v) - mu) / sc)
+    return 1 / (1 + np.exp(-z))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -93,34 +156,34 @@ def main() -> None:
         sources.append((name, attrib))
     sources += write_derived(args.data, scans)
 
-    sess = None
+    sess, meta, size = None, None, 112
     if args.model:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+        meta = json.loads(args.model.with_suffix(".json").read_text())
+        size = int(meta.get("input", {}).get("size", 112))
+        write_pooling_cases(meta, args.model.with_suffix(".json"), ref / "pooling_cases.json")
     lines = ["# Test fixtures", "", "Small real scans for the tests, with their sources and licences.",
              "Research and non-commercial use only.", "", "| file | source |", "|---|---|"]
     for name, attrib in sources:
-        frames, total = preprocess_scan(scans / name, REF_FRAMES)
+        frames, total = preprocess_scan(scans / name, REF_FRAMES, size)
         frames.astype("<f4").tofile(ref / f"{name}.f32")
         entry = {"file": name, "frames_total": total, "frames": int(frames.shape[0]), "size": int(frames.shape[1])}
         h, w = load_frames(scans / name)[0].shape
         entry["width"], entry["height"] = int(w), int(h)
         if sess is not None:
-            full, _ = preprocess_scan(scans / name)
-            cp, sp, unc, _ = sess.run(None, {"frames": full[:, None].astype(np.float32)})
-            v = aggregate_video(cp, sp, unc)
-            entry["model"] = {
-                "class_probs": [float(x) for x in v["class_probs"]],
-                "severity_probs": [float(x) for x in v["severity_probs"]],
-                "severity": v["severity"],
-                "uncertainty": v["uncertainty"],
-            }
+            full, _ = preprocess_scan(scans / name, size=size)
+            names = [o.name for o in sess.get_outputs()]
+            outs = dict(zip(names, sess.run(None, {"frames": full[:, None].astype(np.float32)})))
+            entry["model"] = _video_outputs(outs, meta)
         (ref / f"{name}.json").write_text(json.dumps(entry, indent=1))
         lines.append(f"| scans/{name} | {attrib} |")
     lines += ["", "`reference/` holds the Python pipeline's preprocessed frames (`.f32`, little-endian,",
-              f"{REF_FRAMES} sampled frames × 112 × 112) and, where generated with `--model`, its",
-              "video-level outputs: `training/pleura_train/fixtures.py` regenerates them."]
+              f"{REF_FRAMES} sampled frames × {size} × {size}, the model's input) and, where generated with",
+              "`--model`, its video-level outputs, plus `pooling_cases.json` (frames -> video and zones ->",
+              "patient cases for the Rust pooling and combiner): `training/pleura_train/fixtures.py`",
+              "regenerates them."]
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
 
 

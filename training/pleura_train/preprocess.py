@@ -107,10 +107,10 @@ def load_frames(path: Path) -> list[np.ndarray]:
     raise ValueError(f"unsupported format {ext!r} for {path}")
 
 
-def preprocess_scan(path: Path, max_frames: int = MAX_FRAMES) -> tuple[np.ndarray, int]:
-    """Model input for a scan: (frames [k, 112, 112] float32 in 0..255, total frame count)."""
+def preprocess_scan(path: Path, max_frames: int = MAX_FRAMES, size: int = INPUT_SIZE) -> tuple[np.ndarray, int]:
+    """Model input for a scan: (frames [k, size, size] float32 in 0..255, total frame count)."""
     frames = load_frames(path)
     if not frames:
         raise ValueError(f"{path}: no frames decoded")
     idx = sample_indices(len(frames), max_frames)
-    return np.stack([resize_area(frames[i]) for i in idx]), len(frames)
+    return np.stack([resize_area(frames[i], size) for i in idx]), len(frames)

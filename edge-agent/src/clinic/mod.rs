@@ -12,7 +12,8 @@
 //! Stable hooks for browser tests (do not rename):
 //! - `#scans`: the day's scans (`data-day`, `data-count`); `#days`: the day selector;
 //!   `#no-scans` when the day has none; `#banner`; `#logout`; `#pin`, `#login-error`
-//! - `.patient` (one section per patient), `.patient-id`
+//! - `.patient` (one section per patient), `.patient-id`; `.patient-summary` (`.flagged`)
+//!   with `.lung-score`, `.patient-covid`, `.vitals-used` when the clinic's vitals counted
 //! - `.scan-row` (one `<tr>` per scan: `data-result-id`, `data-exam-id`), with cells
 //!   `.time`, `.zone`, `.model-result`, `.severity`, `.uncertainty`, `.flag` (`.flagged`,
 //!   `.reasons`), `.sync-state` (`data-state`: queued, at-hub, preview-sent, clip-sent,

@@ -116,6 +116,9 @@ fn patient(b: &mut String, g: &PatientGroup) {
         row(b, r);
     }
     b.push_str("</tbody></table>");
+    if let Some(sum) = &g.summary {
+        summary(b, sum);
+    }
     // One verdict answers an examination (the patient's scans of one day).
     let mut shown = Vec::new();
     for r in &g.rows {
@@ -127,6 +130,26 @@ fn patient(b: &mut String, g: &PatientGroup) {
         }
     }
     b.push_str("</section>");
+}
+
+/// The local patient summary: lung score and the patient's COVID-19 probability (with
+/// the clinic's vitals when the model weighed them).
+fn summary(b: &mut String, s: &pleura_shared::PatientSummary) {
+    let _ = write!(
+        b,
+        "<p class=\"patient-summary{}\">Lung score <span class=\"lung-score\">{}</span> \
+         over {} zone(s) · COVID-19 probability <span class=\"patient-covid\">{:.0}%</span>{}{}</p>",
+        if s.flagged { " flagged" } else { "" },
+        s.lung_score,
+        s.zones,
+        s.covid_probability * 100.0,
+        if s.vitals_used {
+            " <span class=\"vitals-used\">(with the clinic's vitals)</span>"
+        } else {
+            ""
+        },
+        if s.flagged { " · <strong>flagged</strong>" } else { "" },
+    );
 }
 
 fn row(b: &mut String, r: &Row) {
@@ -275,7 +298,28 @@ mod tests {
                 verdicts,
                 in_verdict: covered,
             }],
+            summary: None,
         }
+    }
+
+    #[test]
+    fn the_patient_summary_says_whether_vitals_were_weighed() {
+        let mut g = group("P-1", vec![]);
+        g.summary = Some(pleura_shared::PatientSummary {
+            zones: 2,
+            lung_score: 3,
+            covid_probability: 0.71,
+            flagged: true,
+            vitals_used: true,
+        });
+        let mut b = String::new();
+        patient(&mut b, &g);
+        assert!(b.contains("<p class=\"patient-summary flagged\">Lung score <span class=\"lung-score\">3</span>"), "{b}");
+        assert!(b.contains("71%") && b.contains("vitals-used"), "{b}");
+        g.summary = None;
+        let mut b = String::new();
+        patient(&mut b, &g);
+        assert!(!b.contains("patient-summary"));
     }
 
     #[test]

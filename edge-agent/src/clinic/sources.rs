@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pleura_shared::exam::ExamId;
 use pleura_shared::ResultId;
 
-use super::view::{MediaSent, MediaView, ReceivedVerdict, Sources, VerdictView};
+use super::view::{MediaSent, MediaView, PatientSource, ReceivedVerdict, Sources, VerdictView};
 use crate::downlink::VerdictStore;
 use crate::media::{MediaOutbox, UploadState};
 use crate::outbox::{Outbox, SledOutbox};
@@ -57,17 +57,20 @@ fn received(s: crate::downlink::StoredVerdict) -> ReceivedVerdict {
 }
 
 /// The page's sources over the agent's store: the scan log, `outbox` (the same store,
-/// shared), and the media outbox and verdicts the media and downlink modules keep.
+/// shared), the media outbox and verdicts the media and downlink modules keep, and the
+/// model and inbox for the patient summaries.
 pub fn open(
     store: &SledOutbox,
     outbox: Arc<dyn Outbox>,
     media: Arc<MediaOutbox>,
     verdicts: Arc<VerdictStore>,
+    patients: PatientSource,
 ) -> Result<Sources, ScanLogError> {
     Ok(Sources {
         scans: ScanLog::open(store)?,
         outbox,
         media: Some(media),
         verdicts: Some(verdicts),
+        patients: Some(patients),
     })
 }

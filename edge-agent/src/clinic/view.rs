@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pleura_inference::ModelInfo;
 use pleura_proto::v1::Verdict;
 use pleura_shared::exam::ExamId;
-use pleura_shared::ResultId;
+use pleura_shared::{PatientSummary, ResultId};
 
 use crate::outbox::{Held, Outbox};
 use crate::scanlog::{ScanEntry, ScanLog};
@@ -129,6 +130,17 @@ pub struct Row {
 pub struct PatientGroup {
     pub patient: Option<String>,
     pub rows: Vec<Row>,
+    /// The local patient summary (lung score, COVID-19 probability; with the clinic's
+    /// vitals when the model weighs them), when the page knows the model.
+    pub summary: Option<PatientSummary>,
+}
+
+/// What the page needs for the local patient summaries: the model's sidecar and the
+/// inbox, where a patient folder may hold the clinic's `vitals.json`.
+#[derive(Clone)]
+pub struct PatientSource {
+    pub info: Arc<ModelInfo>,
+    pub inbox: std::path::PathBuf,
 }
 
 /// The page's sources.
@@ -138,6 +150,7 @@ pub struct Sources {
     pub outbox: Arc<dyn Outbox>,
     pub media: Option<Arc<dyn MediaView>>,
     pub verdicts: Option<Arc<dyn VerdictView>>,
+    pub patients: Option<PatientSource>,
 }
 
 impl Sources {
@@ -199,7 +212,23 @@ impl Sources {
         }
         Ok(groups
             .into_iter()
-            .map(|(patient, rows)| PatientGroup { patient, rows })
+            .map(|(patient, rows)| {
+                let summary = self.patients.as_ref().map(|p| {
+                    let videos: Vec<(String, pleura_shared::ScanAnalysis)> = rows
+                        .iter()
+                        .map(|r| {
+                            let zone = r.entry.zone.clone().unwrap_or_default();
+                            (zone, r.entry.analysis.clone())
+                        })
+                        .collect();
+                    crate::vitals::patient_summary(&videos, &p.info, &p.inbox, patient.as_deref())
+                });
+                PatientGroup {
+                    patient,
+                    rows,
+                    summary,
+                }
+            })
             .collect())
     }
 }
@@ -314,6 +343,7 @@ mod tests {
                 outbox: Arc::new(store),
                 media: None,
                 verdicts: Some(Arc::new(Fixed(vec![verdict_naming(&[first.id])]))),
+                patients: None,
             };
             let groups = sources.day(day).unwrap();
             assert_eq!(groups.len(), 1);

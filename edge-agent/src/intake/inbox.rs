@@ -47,7 +47,7 @@ impl Entry {
 }
 
 /// Entries of the inbox (one level of patient folders), skipping hidden and partial
-/// ones. Links are never followed. Fails only if the inbox itself cannot be listed;
+/// ones and a patient folder's `vitals.json`. Links are never followed. Fails only if the inbox itself cannot be listed;
 /// everything below it is judged entry by entry.
 pub(super) fn list_inbox(inbox: &Path) -> std::io::Result<Vec<Entry>> {
     let mut out = Vec::new();
@@ -107,7 +107,8 @@ pub(super) fn list_inbox(inbox: &Path) -> std::io::Result<Vec<Entry>> {
         for e in sub {
             let Ok(e) = e else { continue };
             let q = e.path();
-            if skip(&q) {
+            // The clinic's vitals for the patient (`vitals`) are not a scan: left alone.
+            if skip(&q) || q.file_name().is_some_and(crate::vitals::is_vitals_file) {
                 continue;
             }
             let Ok(m) = e.metadata() else { continue };
@@ -310,6 +311,9 @@ mod tests {
         std::os::unix::fs::symlink(inbox, inbox.join("p1/loop")).unwrap();
         std::fs::write(inbox.join(".hidden"), b"x").unwrap();
         std::fs::write(inbox.join("late.part"), b"x").unwrap();
+        // a patient's vitals are not a scan; at the top level the name means nothing
+        std::fs::write(inbox.join("p1/vitals.json"), b"{}").unwrap();
+        std::fs::write(inbox.join("vitals.json"), b"{}").unwrap();
         let got: Vec<(String, String)> = list_inbox(inbox)
             .unwrap()
             .iter()
@@ -327,6 +331,7 @@ mod tests {
             ("dangling", "symbolic link"),
             ("p1/loop", "symbolic link"),
             ("p1/scan_L1.png", "file 1"),
+            ("vitals.json", "file 2"),
         ];
         assert_eq!(
             got,

@@ -31,7 +31,7 @@ fn zones_and_ids() {
 pub(super) fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::SledOutbox>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     pleura_inference::backend::init(&pleura_inference::BackendConfig::default()).unwrap();
-    let model = pleura_inference::ModelFile::load(&root.join("models/lusnet-s.onnx")).unwrap();
+    let model = pleura_inference::ModelFile::load(&root.join("models/pleura-lite.onnx")).unwrap();
     let pool = InferencePool::start(&model, Default::default()).unwrap();
     let mut cfg: EdgeConfig = toml::from_str(&EdgeConfig::example()).unwrap();
     cfg.inbox = dir.join("inbox");

@@ -76,7 +76,7 @@ impl Agent {
                 inbox = d.join("inbox").display(),
                 data = d.join("data").display(),
                 port = free_port(),
-                model = root().join("models/lusnet-s.onnx").display(),
+                model = root().join("models/pleura-lite.onnx").display(),
             ),
         )
         .unwrap();

@@ -3,7 +3,7 @@
 //! same transaction), the specialists' claims and their verdicts, and answers the
 //! worklist in clinical priority order from an ordered index rather than a scan.
 
-use pleura_shared::{ExamId, ResultId, ScanRecord};
+use pleura_shared::{ExamId, FlagReason, ResultId, ScanRecord};
 use serde::{Deserialize, Serialize};
 
 use super::ClinicScope;
@@ -16,6 +16,13 @@ const HOUR_MS: u64 = 3_600_000;
 /// Time to a read per urgency tier: severity 3, severity 2, flagged, the rest.
 pub const TIER_WINDOWS_MS: [u64; 4] = [HOUR_MS, 4 * HOUR_MS, 12 * HOUR_MS, 48 * HOUR_MS];
 
+impl ExamResult {
+    pub fn is_uncertain(&self) -> bool {
+        self.uncertain
+            .unwrap_or(self.uncertainty >= HIGH_UNCERTAINTY)
+    }
+}
+
 /// One result of an examination, as the index keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExamResult {
@@ -25,6 +32,11 @@ pub struct ExamResult {
     pub severity: u8,
     pub flagged: bool,
     pub uncertainty: f32,
+    /// The model flagged it "uncertain" at its own operating point (models differ in how
+    /// spread their probabilities are, so one fixed cut on `uncertainty` cannot serve all).
+    /// None for results indexed before this was kept: `uncertainty >= HIGH_UNCERTAINTY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertain: Option<bool>,
     pub received_at_ms: u64,
     /// Withdrawn by its device: kept here, but no longer part of the reading.
     #[serde(default)]
@@ -76,14 +88,14 @@ pub struct Priority {
 }
 
 impl Priority {
-    pub fn of(max_severity: u8, flagged: bool, max_uncertainty: f32, first_ms: u64) -> Self {
+    pub fn of(max_severity: u8, flagged: bool, uncertain: bool, first_ms: u64) -> Self {
         let base: u8 = match (max_severity, flagged) {
             (3.., _) => 0,
             (2, _) => 1,
             (_, true) => 2,
             _ => 3,
         };
-        let tier = if max_uncertainty >= HIGH_UNCERTAINTY {
+        let tier = if uncertain {
             base.saturating_sub(1)
         } else {
             base
@@ -138,6 +150,7 @@ impl Exam {
             severity: r.analysis.severity.score().min(3),
             flagged: r.analysis.flagged,
             uncertainty: r.analysis.uncertainty,
+            uncertain: Some(r.analysis.flag_reasons.contains(&FlagReason::Uncertain)),
             received_at_ms,
             retracted,
             after_read: self.reads > 0 && !retracted,
@@ -206,7 +219,8 @@ impl Exam {
             .map(|r| r.received_at_ms)
             .min()
             .unwrap_or(self.first_received_ms);
-        Priority::of(self.max_severity, self.flagged, self.max_uncertainty, first)
+        let uncertain = self.live().any(ExamResult::is_uncertain);
+        Priority::of(self.max_severity, self.flagged, uncertain, first)
     }
 
     /// Devices that sent a (live) scan of this examination.
@@ -427,8 +441,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uncertainty_is_the_models_own_flag_with_the_old_cut_for_old_records() {
+        let r = |uncertainty, uncertain| ExamResult {
+            id: ResultId::from_slice(&[1; 16]).unwrap(),
+            device: "d".into(),
+            zone: None,
+            severity: 1,
+            flagged: true,
+            uncertainty,
+            uncertain,
+            received_at_ms: 0,
+            retracted: false,
+            after_read: false,
+        };
+        // a v2 model spreads its probabilities: 0.95 entropy is ordinary for it
+        assert!(!r(0.95, Some(false)).is_uncertain());
+        assert!(r(0.2, Some(true)).is_uncertain());
+        // indexed before the flag was kept
+        assert!(r(0.6, None).is_uncertain());
+        assert!(!r(0.4, None).is_uncertain());
+        let old: ExamResult = serde_json::from_value(serde_json::json!({
+            "id": ResultId::from_slice(&[2; 16]).unwrap(), "device": "d", "zone": null,
+            "severity": 0, "flagged": false, "uncertainty": 0.7, "received_at_ms": 5
+        }))
+        .unwrap();
+        assert_eq!(old.uncertain, None);
+        assert!(old.is_uncertain());
+    }
+
+    #[test]
     fn tiers_follow_severity_flags_and_uncertainty() {
-        let t = |s, f, u| Priority::of(s, f, u, 1000);
+        let t = |s, f, u: f32| Priority::of(s, f, u >= HIGH_UNCERTAINTY, 1000);
         assert_eq!(
             t(3, true, 0.1),
             Priority {
@@ -455,7 +498,7 @@ mod tests {
         e.add(&r, 10, true);
         assert_eq!(e.first_received_ms, u64::MAX);
         assert_eq!(e.priority().deadline_ms, u64::MAX, "saturates");
-        assert_eq!(Priority::of(3, true, 0.0, u64::MAX).deadline_ms, u64::MAX);
+        assert_eq!(Priority::of(3, true, false, u64::MAX).deadline_ms, u64::MAX);
         assert_eq!(e.worklist_key(), None);
     }
 }

@@ -15,7 +15,11 @@ use super::{
 pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let store = open();
     let a = sample_record("c1", "d1", 3, true);
-    let b = sample_record("c1", "d1", 0, false);
+    // b comes from a v2 model: its findings must be stored and returned as they came.
+    let mut b = sample_record("c1", "d1", 0, false);
+    b.analysis.findings = Some(pleura_shared::Findings::from_array([
+        0.9, 0.1, 0.0, 0.25, 1.0,
+    ]));
     let mut c = sample_record("c2", "d9", 1, false);
     c.scan_day = 19_000;
 
@@ -38,6 +42,16 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     let got = store.get(&a.id).unwrap().unwrap();
     assert_eq!(got.record, a);
     assert_eq!(got.received_at_ms, 10, "first arrival wins");
+    let got_b = store.get(&b.id).unwrap().unwrap();
+    assert_eq!(got_b.record, b);
+    assert_eq!(
+        got_b.record.to_wire().finding_probs,
+        vec![0.9, 0.1, 0.0, 0.25, 1.0]
+    );
+    assert_eq!(
+        store.get(&a.id).unwrap().unwrap().record.analysis.findings,
+        None
+    );
 
     let flagged = store
         .list(&CaseFilter {

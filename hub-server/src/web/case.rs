@@ -217,6 +217,7 @@ fn render(
             a.frames_total,
             esc(&a.model_version)
         );
+        findings::render(&mut b, a.findings.as_ref());
         if a.flagged {
             b.push_str("<ul class=\"flag-reasons\">");
             for f in &a.flag_reasons {
@@ -569,5 +570,6 @@ pub async fn request_clip(
     }
 }
 
+mod findings;
 #[cfg(test)]
 mod tests;

@@ -33,7 +33,8 @@
 //!   case: #exam (data-exam), #lung-score, #claim-status, #claim-button, #renew-button,
 //!     #release-button,
 //!     section.zone[data-zone=<ZONE>] with .model-output, .flag-reasons, figure.keyframe
-//!     (img.frame, img.overlay), #overlay-toggle (checkbox; CSS hides .overlay when
+//!     (img.frame, img.overlay), ul.findings > li.finding.present|.absent[data-finding]
+//!     (model v2), #overlay-toggle (checkbox; CSS hides .overlay when
 //!     unchecked, no JS needed), video#clip (first clip; others video.clip),
 //!     button.request-clip (#request-clip for the first), #clip-requested, #earlier
 //!     (a.earlier-exam), #reads, #verdict-form, select[name=zone-<ZONE>],

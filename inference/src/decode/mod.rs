@@ -17,7 +17,7 @@ mod still;
 
 use std::fmt;
 
-use crate::preprocess::{resize_area, sample_indices, GrayFrame, INPUT_SIZE};
+use crate::preprocess::{resize_area, sample_indices, GrayFrame, DEFAULT_INPUT_SIZE};
 use media_frames::{Frame8, MediaFrames, MediaSampling};
 
 /// Largest frame accepted, in pixels (a 4K frame is 8.3 M); guards against decompression bombs.
@@ -87,13 +87,15 @@ impl DecodeError {
     }
 }
 
-/// Frames ready for the model: `frames.len() / (INPUT_SIZE²)` frames of 0..255 floats.
+/// Frames ready for the model: `frames.len() / side²` frames of 0..255 floats.
 #[derive(Debug, Clone)]
 pub struct DecodedScan {
     pub format: Format,
     pub width: usize,
     pub height: usize,
     pub frames_total: usize,
+    /// Side of each (square) frame in `frames`: the model's input size.
+    pub side: usize,
     pub frames: Vec<f32>,
     /// Source frame number (display order) of each frame in `frames`.
     pub indices: Vec<usize>,
@@ -101,7 +103,7 @@ pub struct DecodedScan {
 
 impl DecodedScan {
     pub fn frames_analysed(&self) -> usize {
-        self.frames.len() / (INPUT_SIZE * INPUT_SIZE)
+        self.frames.len() / (self.side * self.side).max(1)
     }
 }
 
@@ -163,9 +165,19 @@ pub fn detect(bytes: &[u8]) -> Result<Format, DecodeError> {
     })
 }
 
-/// Decodes a scan and keeps at most `max_frames` uniformly sampled frames, resized.
+/// Decodes a scan and keeps at most `max_frames` uniformly sampled frames, resized to
+/// the default model input ([`DEFAULT_INPUT_SIZE`]).
 pub fn decode_scan(bytes: &[u8], max_frames: usize) -> Result<DecodedScan, DecodeError> {
-    decode_scan_with_header(bytes, max_frames).map(|d| d.scan)
+    decode_scan_sized(bytes, max_frames, DEFAULT_INPUT_SIZE)
+}
+
+/// `decode_scan` for a model whose input side is `size`.
+pub fn decode_scan_sized(
+    bytes: &[u8],
+    max_frames: usize,
+    size: usize,
+) -> Result<DecodedScan, DecodeError> {
+    decode_scan_with_header(bytes, max_frames, size).map(|d| d.scan)
 }
 
 /// A decoded scan and, for DICOM, the file it was decoded from: its header is read from
@@ -175,10 +187,15 @@ pub struct Decoded {
     pub dicom: Option<dicom_object::DefaultDicomObject>,
 }
 
-/// `decode_scan`, keeping the parsed DICOM file.
-pub fn decode_scan_with_header(bytes: &[u8], max_frames: usize) -> Result<Decoded, DecodeError> {
+/// `decode_scan_sized`, keeping the parsed DICOM file.
+pub fn decode_scan_with_header(
+    bytes: &[u8],
+    max_frames: usize,
+    size: usize,
+) -> Result<Decoded, DecodeError> {
     let format = detect(bytes)?;
     let mut sink = FrameSink::new(format, max_frames);
+    sink.side = size.max(1);
     let dicom = decode_into(bytes, format, &mut sink)?;
     Ok(Decoded {
         scan: sink.finish()?,
@@ -234,6 +251,8 @@ pub(crate) struct FrameSink {
     media: Option<media_frames::MediaKeep>,
     /// Frames per second, where the container says.
     fps: Option<f32>,
+    /// Side the kept frames are resized to (the model's input).
+    side: usize,
 }
 
 impl FrameSink {
@@ -248,6 +267,7 @@ impl FrameSink {
             decoded_pixels: 0,
             media: None,
             fps: None,
+            side: DEFAULT_INPUT_SIZE,
         }
     }
 
@@ -305,7 +325,7 @@ impl FrameSink {
         if self.wants_next() {
             self.size = (frame.width, frame.height);
             match &mut self.media {
-                None => self.kept.push((self.seen, resize_area(&frame, INPUT_SIZE))),
+                None => self.kept.push((self.seen, resize_area(&frame, self.side))),
                 Some(m) => m.keep(self.seen, &frame),
             }
         }
@@ -399,6 +419,7 @@ impl FrameSink {
             width: self.size.0,
             height: self.size.1,
             frames_total: self.seen,
+            side: self.side,
             frames,
             indices,
         })

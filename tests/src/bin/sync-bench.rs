@@ -228,6 +228,7 @@ fn pleura_shared_sample() -> pleura_proto::v1::ScanResult {
         model_version: "synthetic".into(),
         localisation: vec![128; 49],
         localisation_size: 7,
+        finding_probs: vec![],
     };
     r.flagged = rand::random();
     r
