@@ -64,7 +64,8 @@ def covid_blues_items(root: Path) -> list[Item]:
     return items
 
 
-def pocus_items(root: Path) -> list[Item]:
+def pocus_files(root: Path) -> dict[str, Path]:
+    """POCUS items by file stem (the metadata's `Filename`), videos and images, both probes."""
     files = {}
     for sub in ("pocus_videos", "pocus_images"):
         for probe in ("convex", "linear"):
@@ -73,6 +74,11 @@ def pocus_items(root: Path) -> list[Item]:
                 for p in sorted(d.iterdir()):
                     if p.is_file():
                         files[p.stem] = p
+    return files
+
+
+def pocus_items(root: Path) -> list[Item]:
+    files = pocus_files(root)
     items = []
     with open(root / "dataset_metadata.csv", newline="") as f:
         for row in csv.DictReader(f):

@@ -63,7 +63,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module) -> int:
+def count_macs(model: nn.Module, size: int = INPUT_SIZE) -> int:
     """Multiply-accumulates of convolutions for one frame (the rest is negligible)."""
     macs = 0
 
@@ -75,7 +75,7 @@ def count_macs(model: nn.Module) -> int:
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE))
+        model(torch.zeros(1, 1, size, size))
     for h in hs:
         h.remove()
     return macs

@@ -16,6 +16,7 @@ from torch import nn
 
 from . import cv as CV
 from . import heads as H  # noqa: F401 - H.Heads in signatures
+from ..model import count_macs
 from .backbone import SCALE, SHIFT, Backbone, load_imagenet
 from .features import INPUT
 from .labels import DATASETS, FINDINGS
@@ -91,22 +92,6 @@ class ExportNet(nn.Module):
 
 OUTPUTS = ["class_probs", "severity_probs", "uncertainty", "cam", "class_logits", "severity_latent",
            "finding_logits", "attention"]
-
-
-def count_macs(model: nn.Module, size: int) -> int:
-    macs = 0
-
-    def hook(mod, inp, out):
-        nonlocal macs
-        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
-        macs += out.numel() // out.shape[0] * k
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 1, size, size))
-    for h in hs:
-        h.remove()
-    return macs
 
 
 def check_export(net: ExportNet, d: CV.Data, heads: H.Heads, tap: str) -> None:
@@ -187,7 +172,7 @@ def export_model(d: CV.Data, tap: str, heads: H.Heads, fitted: CV.Fitted, path: 
     return meta
 
 
-def export_final(d: CV.Data, rc: dict, hp_patient: dict, out: Path, summary: dict, seed0: dict) -> None:
+def export_final(d: CV.Data, rc: dict, hp_patient: dict, out: Path, seed0: dict) -> None:
     """The shipped model, and seed 0's fold models (so `edge-agent eval --cv` reproduces the card)."""
     heads, fitted = fit_final(d, rc, hp_patient)
     cv_dir = out / "cv"

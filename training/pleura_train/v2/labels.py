@@ -13,7 +13,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import NOT_COVID, POCUS_LABELS, UNKNOWN
+from ..data import NOT_COVID, POCUS_LABELS, UNKNOWN, pocus_files
 
 FINDINGS = ["a_lines", "b_lines", "consolidation", "effusion", "pleural_irregularity"]
 VITALS = ["age", "sex_male", "spo2", "respiratory_rate", "pulse", "temperature", "fever", "cough", "dyspnea"]
@@ -116,14 +116,7 @@ def _flag(v: str) -> int:
 
 
 def pocus_videos(root: Path) -> list[Video]:
-    files = {}
-    for sub in ("pocus_videos", "pocus_images"):
-        for probe in ("convex", "linear"):
-            d = root / sub / probe
-            if d.is_dir():
-                for p in sorted(d.iterdir()):
-                    if p.is_file():
-                        files[p.stem] = p
+    files = pocus_files(root)
     out = []
     with open(root / "dataset_metadata.csv", newline="") as f:
         for row in csv.DictReader(f):

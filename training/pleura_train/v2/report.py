@@ -61,14 +61,12 @@ def covid_blues(d: Data, out: dict, ci: bool = True) -> dict:
         r[f"patient_brier_{kind}"] = float(((s - y) ** 2).mean())
         r[f"patient_calibration_slope_{kind}"] = calibration_slope(y, s)
         if ci:
-            ix = lambda idx: idx  # noqa: E731
-            r[f"patient_auc_{kind}_ci"] = _ci(lambda idx: M.auc(y[ix(idx)], s[idx]), g)
+            r[f"patient_auc_{kind}_ci"] = _ci(lambda idx: M.auc(y[idx], s[idx]), g)
             r[f"patient_sensitivity_{kind}_ci"] = _ci(lambda idx: f[idx][y[idx] == 1].mean() if (y[idx] == 1).any() else np.nan, g)
             r[f"patient_specificity_{kind}_ci"] = _ci(lambda idx: 1 - f[idx][y[idx] == 0].mean() if (y[idx] == 0).any() else np.nan, g)
             r[f"patient_balanced_accuracy_{kind}_ci"] = _ci(
                 lambda idx: (f[idx][y[idx] == 1].mean() + 1 - f[idx][y[idx] == 0].mean()) / 2
                 if len(set(y[idx])) == 2 else np.nan, g)
-    vg = np.array([v.group for _, v in vids])
     # B-lines per video
     bl = [(out["videos"][i]["findings"][1], v.findings[1], v.group) for i, v in vids if v.findings[1] >= 0]
     by, bs, bg = np.array([b for _, b, _ in bl]), np.array([a for a, _, _ in bl]), np.array([c for _, _, c in bl])
@@ -103,7 +101,6 @@ def covid_blues(d: Data, out: dict, ci: bool = True) -> dict:
         svg = np.array([v.group for i, v in vids if v.severity >= 0])
         r["severity_qwk_ci"] = _ci(lambda idx: M.qwk(sy[idx], sp[idx]), svg)
         r["severity_macro_f1_ci"] = _ci(lambda idx: M.macro_f1(sy[idx], sp[idx], 4), svg)
-    del vg
     return r
 
 

@@ -118,7 +118,7 @@ def main() -> None:
     if not a.no_export:
         from .export import export_final
 
-        export_final(d, rc, HP_PATIENT, a.out, summary, results[shipped][0]["out"])
+        export_final(d, rc, HP_PATIENT, a.out, results[shipped][0]["out"])
 
 
 if __name__ == "__main__":
