@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod backend;
 pub mod decode;
 pub mod engine;
+mod fixed_batch;
 pub mod media;
 pub mod model;
 pub mod patient;

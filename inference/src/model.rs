@@ -244,20 +244,30 @@ impl ModelFile {
     pub fn session(&self, intra_threads: usize) -> Result<ModelSession, ModelError> {
         let kind = backend::active().ok_or(ModelError::NoBackend)?;
         let env = backend::environment().ok_or(ModelError::NoBackend)?;
-        let mut builder = Session::builder(env)?;
+        // Both engines: without it ort-tract only types the graph and runs it unoptimised.
+        let mut builder = Session::builder(env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| ModelError::Engine(e.to_string()))?;
         if kind == BackendKind::OnnxRuntime {
             builder = builder
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| ModelError::Engine(e.to_string()))?
                 .with_intra_threads(intra_threads.max(1))
                 .map_err(|e| ModelError::Engine(e.to_string()))?
                 .with_inter_threads(1)
                 .map_err(|e| ModelError::Engine(e.to_string()))?;
         }
-        let session = builder.commit_from_memory(&self.bytes)?;
+        let one_frame_per_run = kind == BackendKind::Tract;
+        let session = if one_frame_per_run {
+            builder
+                .commit_from_memory(&crate::fixed_batch::batch_of_one(&self.bytes).map_err(
+                    |e| ModelError::Engine(format!("fixing the batch dimension: {e}")),
+                )?)?
+        } else {
+            builder.commit_from_memory(&self.bytes)?
+        };
         Ok(ModelSession {
             session,
             input: self.info.input.clone(),
+            one_frame_per_run,
         })
     }
 }
@@ -287,12 +297,22 @@ const V2_OUTPUTS: [&str; 4] = [
 pub struct ModelSession {
     session: Session,
     input: InputSpec,
+    /// The session's graph takes one frame per call (tract: see [`crate::fixed_batch`]).
+    one_frame_per_run: bool,
 }
 
 impl ModelSession {
     /// Runs `frames` (k × S × S with S the model's input side, values 0..255) through
     /// the model. Every output must be finite; the error names the one that is not.
     pub fn run(&mut self, frames: &[f32]) -> Result<FrameOutputs, ModelError> {
+        if self.one_frame_per_run {
+            self.run_chunked(frames, 1)
+        } else {
+            self.run_once(frames)
+        }
+    }
+
+    fn run_once(&mut self, frames: &[f32]) -> Result<FrameOutputs, ModelError> {
         let side = self.input.size;
         let px = side * side;
         let n = frames.len() / px;
@@ -379,9 +399,14 @@ impl ModelSession {
         chunk: usize,
     ) -> Result<FrameOutputs, ModelError> {
         let px = self.input.size * self.input.size;
+        let chunk = if self.one_frame_per_run {
+            1
+        } else {
+            chunk.max(1)
+        };
         let mut all: Option<FrameOutputs> = None;
-        for part in frames.chunks(px * chunk.max(1)) {
-            let o = self.run(part)?;
+        for part in frames.chunks(px * chunk) {
+            let o = self.run_once(part)?;
             match all.as_mut() {
                 None => all = Some(o),
                 Some(a) => {
@@ -400,7 +425,8 @@ impl ModelSession {
         }
         match all {
             Some(a) => Ok(a),
-            None => self.run(frames),
+            None if self.one_frame_per_run => Err(ModelError::Engine("no frame to run".into())),
+            None => self.run_once(frames),
         }
     }
 
@@ -411,6 +437,13 @@ impl ModelSession {
         shape: [usize; 4],
         data: &[f32],
     ) -> Result<(), ModelError> {
+        if self.one_frame_per_run && shape[0] > 1 {
+            let one = shape[1] * shape[2] * shape[3];
+            for frame in data.chunks_exact(one).take(shape[0]) {
+                self.run_raw(input_name, [1, shape[1], shape[2], shape[3]], frame)?;
+            }
+            return Ok(());
+        }
         let input = TensorRef::from_array_view((shape, data))?;
         self.session.run(ort::inputs![input_name => input])?;
         Ok(())

@@ -181,14 +181,23 @@ pub enum VitalsError {
 }
 
 impl Vitals {
-    /// Plausible ranges, wide enough for any living patient.
-    const RANGES: [(&'static str, f32, f32); 5] = [
+    /// Plausible ranges (field, lowest, highest, both allowed), wide enough for any living
+    /// patient. Public so forms can show what `validate` accepts without restating it.
+    pub const RANGES: [(&'static str, f32, f32); 5] = [
         ("age_years", 0.0, 120.0),
         ("spo2", 50.0, 100.0),
         ("respiratory_rate", 4.0, 80.0),
         ("pulse", 20.0, 250.0),
         ("temperature_c", 30.0, 45.0),
     ];
+
+    /// The allowed range of a numeric field (`"spo2"`, ...), as `validate` checks it.
+    pub fn range(field: &str) -> Option<(f32, f32)> {
+        Self::RANGES
+            .iter()
+            .find(|(f, _, _)| *f == field)
+            .map(|&(_, lo, hi)| (lo, hi))
+    }
 
     /// Parses and validates a vitals file's bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Self, VitalsError> {

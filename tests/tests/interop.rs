@@ -183,9 +183,11 @@ fn an_ed25519_install_migrates_to_p256_and_its_enrolled_device_syncs_with_the_ne
     agent.fill(5).unwrap();
     agent.start().unwrap();
     eventually(
-        "5 results under the Ed25519 CA",
+        "5 results under the Ed25519 CA, acknowledged",
         Duration::from_secs(60),
-        || (hub.case_ids().ok()?.len() == 5).then_some(()),
+        // Acknowledged too: killed between the hub's commit and the ack, the agent would
+        // still hold them below.
+        || (hub.case_ids().ok()?.len() == 5 && pending(&agent)? == 0).then_some(()),
     );
     agent.kill9();
     // The reason for the move: grpcio refuses the Ed25519 hub certificate.
