@@ -6,14 +6,18 @@
 //! A bad file (unreadable, too large, not JSON of the documented form, a value out of
 //! range) is an error in the log, and the patient is summarised from the images alone;
 //! it never costs a scan.
+//!
+//! The clinic page's vitals form writes the same file (`write_vitals`), into a patient
+//! folder that already exists, never through a link.
 
-use std::ffi::OsStr;
-use std::io::Read;
+use std::ffi::{CString, OsStr};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path};
 
 use pleura_inference::aggregate::summarize_patient_with;
-use pleura_inference::patient::VitalsError;
+use pleura_inference::patient::{Sex, Symptom, VitalsError};
 use pleura_inference::{ModelInfo, Vitals};
 use pleura_shared::{PatientSummary, ScanAnalysis};
 
@@ -33,6 +37,10 @@ pub enum VitalsFileError {
     TooLarge,
     #[error(transparent)]
     Invalid(#[from] VitalsError),
+    /// Writing: the name is not a plain folder name, or no such folder (a link is not
+    /// one) is in the inbox. Says nothing of the name: it identifies the patient.
+    #[error("no such patient folder in the inbox")]
+    NoFolder,
 }
 
 /// Whether an inbox entry named `name` inside a patient folder is the vitals file.
@@ -40,14 +48,20 @@ pub fn is_vitals_file(name: &OsStr) -> bool {
     name == VITALS_FILE
 }
 
+/// Whether `patient` can only name an entry directly in the inbox: one path component,
+/// not empty, `.` or `..`, without `/` or NUL.
+pub fn is_plain_name(patient: &str) -> bool {
+    let mut parts = Path::new(patient).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !patient.contains(['/', '\0'])
+}
+
 /// The vitals of the patient whose inbox folder is `patient`: `Ok(None)` when there is
 /// no such file (or `patient` is not a plain folder name). Links are never followed.
 pub fn read_vitals(inbox: &Path, patient: &str) -> Result<Option<Vitals>, VitalsFileError> {
-    let mut parts = Path::new(patient).components();
-    if !matches!(
-        (parts.next(), parts.next()),
-        (Some(Component::Normal(_)), None)
-    ) {
+    if !is_plain_name(patient) {
         return Ok(None);
     }
     let folder = inbox.join(patient);
@@ -81,6 +95,135 @@ pub fn read_vitals(inbox: &Path, patient: &str) -> Result<Option<Vitals>, Vitals
         return Err(VitalsFileError::TooLarge);
     }
     Ok(Some(Vitals::from_json(&bytes)?))
+}
+
+/// Whether the inbox holds a patient folder `patient` that the vitals form may write
+/// into: a plain, not hidden name (intake skips hidden entries) of a real folder, not a
+/// link.
+pub fn has_patient_folder(inbox: &Path, patient: &str) -> std::io::Result<bool> {
+    if !is_plain_name(patient) || patient.starts_with('.') {
+        return Ok(false);
+    }
+    match std::fs::symlink_metadata(inbox.join(patient)) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The file's JSON: the documented fields that are recorded, nothing else.
+pub fn vitals_json(v: &Vitals) -> Vec<u8> {
+    use serde_json::{Map, Value};
+    // Through f32's shortest text, so 38.4 is written 38.4 (not 38.400001525878906).
+    let num = |x: f32| {
+        let shortest: f64 = x.to_string().parse().unwrap_or(f64::from(x));
+        if shortest.fract() == 0.0 && shortest.abs() < 1e9 {
+            Value::from(shortest as i64)
+        } else {
+            serde_json::Number::from_f64(shortest).map_or(Value::Null, Value::Number)
+        }
+    };
+    let mut m = Map::new();
+    for (name, value) in [
+        ("age_years", v.age_years),
+        ("spo2", v.spo2),
+        ("respiratory_rate", v.respiratory_rate),
+        ("pulse", v.pulse),
+        ("temperature_c", v.temperature_c),
+    ] {
+        if let Some(x) = value {
+            m.insert(name.into(), num(x));
+        }
+    }
+    if let Some(sex) = v.sex {
+        let s = match sex {
+            Sex::Female => "f",
+            Sex::Male => "m",
+        };
+        m.insert("sex".into(), s.into());
+    }
+    if let Some(list) = &v.symptoms {
+        let names = list.iter().map(|s| match s {
+            Symptom::Fever => "fever",
+            Symptom::Cough => "cough",
+            Symptom::Dyspnea => "dyspnea",
+        });
+        m.insert(
+            "symptoms".into(),
+            Value::Array(names.map(Value::from).collect()),
+        );
+    }
+    let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// Replaces `inbox/<patient>/vitals.json` with `v` (validated first): only in a patient
+/// folder that exists (`has_patient_folder`), opened without following a link, so a
+/// folder swapped for one after the check is refused too. Written to a hidden temporary
+/// file in that folder (`.vitals.json.<random>.tmp`: intake skips it), fsynced, renamed
+/// over the file through the folder's descriptor, then the folder fsynced: a reader
+/// sees the old file or the new one. Mode 0600: vitals are the patient's.
+pub fn write_vitals(inbox: &Path, patient: &str, v: &Vitals) -> Result<(), VitalsFileError> {
+    v.validate()?;
+    if !has_patient_folder(inbox, patient)? {
+        return Err(VitalsFileError::NoFolder);
+    }
+    let dir = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(inbox.join(patient))
+    {
+        Ok(d) => d,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
+        {
+            return Err(VitalsFileError::NoFolder)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let tmp = CString::new(format!(
+        ".{VITALS_FILE}.{}.tmp",
+        hex::encode(rand::random::<[u8; 8]>())
+    ))
+    .map_err(std::io::Error::other)?;
+    let target = CString::new(VITALS_FILE).map_err(std::io::Error::other)?;
+    let fd = dir.as_raw_fd();
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is
+    // checked before it is owned. O_EXCL|O_NOFOLLOW: never an existing entry or a link.
+    let raw = unsafe {
+        libc::openat(
+            fd,
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: a descriptor just opened and owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(raw) };
+    let placed = file
+        .write_all(&vitals_json(v))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            // SAFETY: the same valid descriptor and NUL-terminated names.
+            let rc = unsafe { libc::renameat(fd, tmp.as_ptr(), fd, target.as_ptr()) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    if let Err(e) = placed {
+        // SAFETY: as above.
+        let _ = unsafe { libc::unlinkat(fd, tmp.as_ptr(), 0) };
+        return Err(e.into());
+    }
+    dir.sync_all()?;
+    Ok(())
 }
 
 /// The local summary of one patient's videos (`(zone, analysis)`), with the patient's
@@ -160,6 +303,90 @@ mod tests {
             read_vitals(dir.path(), "P"),
             Err(VitalsFileError::NotAFile)
         ));
+    }
+
+    #[test]
+    fn written_vitals_hold_the_documented_fields_and_read_back_equal() {
+        let dir = inbox_with("P-1", br#"{"spo2": 97}"#);
+        let v = Vitals {
+            age_years: Some(61.0),
+            sex: Some(Sex::Male),
+            spo2: Some(91.0),
+            respiratory_rate: Some(24.0),
+            pulse: Some(104.0),
+            temperature_c: Some(38.4),
+            symptoms: Some(vec![Symptom::Fever, Symptom::Dyspnea]),
+        };
+        write_vitals(dir.path(), "P-1", &v).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("P-1").join(VITALS_FILE)).unwrap();
+        assert!(text.contains("\"temperature_c\": 38.4\n"), "{text}");
+        assert!(text.contains("\"age_years\": 61,"), "{text}");
+        assert_eq!(read_vitals(dir.path(), "P-1").unwrap(), Some(v));
+        // Nothing recorded: `{}`; no temporary file is left behind.
+        write_vitals(dir.path(), "P-1", &Vitals::default()).unwrap();
+        let only: Vec<_> = std::fs::read_dir(dir.path().join("P-1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(only, [VITALS_FILE]);
+        assert_eq!(
+            read_vitals(dir.path(), "P-1").unwrap(),
+            Some(Vitals::default())
+        );
+    }
+
+    #[test]
+    fn vitals_are_written_only_into_a_real_patient_folder() {
+        let dir = inbox_with("P", br#"{"spo2": 97}"#);
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("L")).unwrap();
+        std::fs::create_dir(dir.path().join(".hidden")).unwrap();
+        let v = Vitals {
+            spo2: Some(90.0),
+            ..Vitals::default()
+        };
+        for odd in [
+            "L", "..", "../P", "P/..", "P/", "P/.", "", ".", ".hidden", "Q",
+        ] {
+            assert!(
+                matches!(
+                    write_vitals(dir.path(), odd, &v),
+                    Err(VitalsFileError::NoFolder)
+                ),
+                "{odd}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(!dir.path().join(VITALS_FILE).exists());
+        assert!(!dir.path().join("Q").exists());
+        // Out of range: refused before anything is written.
+        let bad = Vitals {
+            spo2: Some(130.0),
+            ..Vitals::default()
+        };
+        assert!(matches!(
+            write_vitals(dir.path(), "P", &bad),
+            Err(VitalsFileError::Invalid(VitalsError::Range {
+                field: "spo2",
+                ..
+            }))
+        ));
+        assert_eq!(
+            read_vitals(dir.path(), "P").unwrap().unwrap().spo2,
+            Some(97.0)
+        );
+        // A vitals file that is a link is replaced, its target left alone.
+        let target = outside.path().join("t.json");
+        std::fs::write(&target, b"{}").unwrap();
+        let file = dir.path().join("P").join(VITALS_FILE);
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        write_vitals(dir.path(), "P", &v).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
+        assert_eq!(
+            read_vitals(dir.path(), "P").unwrap().unwrap().spo2,
+            Some(90.0)
+        );
     }
 
     #[test]

@@ -163,6 +163,34 @@ def clinic_sees_verdict(d, s, log):
     log(f"clinic page shows the verdict: {text}")
 
 
+def clinic_records_vitals(d, s, log):
+    """Staff record a patient's vitals with the clinic page's form (still logged in from
+    clinic_sees_verdict); the patient's summary then weighs them."""
+    sections = wait_for("a patient with a vitals link", 20, lambda: [
+        sec for sec in d.find_elements(By.CSS_SELECTOR, "section.patient")
+        if sec.find_elements(By.CSS_SELECTOR, ".vitals-link")])
+    patient = sections[0].find_element(By.CSS_SELECTOR, ".patient-id").text
+    if sections[0].find_elements(By.CSS_SELECTOR, ".vitals-used"):
+        raise Failed(f"patient {patient}'s summary weighs vitals before any were recorded")
+    sections[0].find_element(By.CSS_SELECTOR, ".vitals-link").click()
+    wait_for("the vitals form", 20, lambda: d.find_elements(By.ID, "vitals-form"))
+    spo2 = d.find_element(By.ID, "spo2")
+    spo2.clear()
+    spo2.send_keys(str(s["vitals_spo2"]))
+    d.find_element(By.ID, "vitals-save").click()
+    wait_for("the scans page after saving vitals", 20, lambda: d.find_elements(By.ID, "scans"))
+    if d.find_elements(By.ID, "vitals-error"):
+        raise Failed("the vitals form refused SpO2 " + str(s["vitals_spo2"]))
+
+    def used():
+        for sec in d.find_elements(By.CSS_SELECTOR, "section.patient"):
+            if sec.find_element(By.CSS_SELECTOR, ".patient-id").text == patient:
+                return sec.find_elements(By.CSS_SELECTOR, ".patient-summary .vitals-used")
+        return None
+    wait_for(f"patient {patient}'s summary with the clinic's vitals", 10, used)
+    log(f"clinic recorded vitals for {patient}; the summary weighs them")
+
+
 def nobody_else_sees(s, case_url, media, log):
     """Another region's specialist, a ministry account and a logged-out browser: no case,
     no media, even with the exact URLs."""
@@ -214,6 +242,8 @@ def main():
             raise Failed("the case page links no media")
         step = "clinic"
         clinic_sees_verdict(d, s, log)
+        step = "vitals"
+        clinic_records_vitals(d, s, log)
         step = "outsiders"
         nobody_else_sees(s, case_url, media, log)
     except Exception as e:

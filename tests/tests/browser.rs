@@ -2,8 +2,10 @@
 //! reach the hub with their preview and clip; Debian's headless Chromium logs in as the
 //! region's specialist, finds the most severe flagged examination first, plays its clip,
 //! toggles the activation map, claims it and submits a verdict; the clinic page on the
-//! agent then shows that verdict. Another region's specialist, a ministry account and a
-//! logged-out browser get nothing, even with the exact case and media URLs.
+//! agent then shows that verdict, and clinic staff record a patient's vitals with the
+//! page's form (SpO₂ 88), which that patient's summary then weighs. Another region's
+//! specialist, a ministry account and a logged-out browser get nothing, even with the
+//! exact case and media URLs.
 //!
 //! Real hub and agent processes over mTLS; the browser is driven over WebDriver by
 //! tests/browser/review_loop.py (selenium, installed into .venv-test by scripts/test.sh).
@@ -127,6 +129,7 @@ fn specialist_reviews_in_a_browser_and_the_clinic_sees_the_verdict() {
         "other_specialist": {"username": "dr-south", "password": "south-pass-1"},
         "ministry": {"username": "ministry", "password": "ministry-pass-1"},
         "clinic_pin": PIN,
+        "vitals_spo2": 88,
         "expected_exams": expected,
         "expected_first_exam": expected[0],
         "verdict": {

@@ -17,6 +17,8 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .5e
 .verdict{background:#eef6ee;border-left:4px solid #3a7d3a;padding:.4em .8em;margin:.5em 0}\
 .override{color:#a00;font-weight:700}.not-in-verdict{color:#8a5a00;font-size:.9em}.muted{color:#666}.error{color:#a00}\
 form.login{background:#fff;border:1px solid #ddd;padding:1em;max-width:20em}\
+form.vitals{background:#fff;border:1px solid #ddd;padding:1em;max-width:40em}form.vitals p>label{display:inline-block;min-width:10em}\
+.range{color:#666}fieldset{border:1px solid #ddd;margin:.5em 0}\
 input,button{font-size:1em;padding:.3em}\n";
 
 pub const BANNER: &str = "Decision support only \u{2014} not a diagnosis";

@@ -7,13 +7,20 @@
 //! only, not a diagnosis (the banner on every page says so).
 //!
 //! Routes: `GET /login`, `POST /login` (form: `csrf`, `pin`), `POST /logout` (form:
-//! `csrf`), `GET /scans?day=YYYY-MM-DD` (today and the 6 days before), `GET /style.css`.
+//! `csrf`), `GET /scans?day=YYYY-MM-DD` (today and the 6 days before), `GET /style.css`,
+//! `GET /vitals?patient=<local id>&day=YYYY-MM-DD` (the vitals form, filled in from the
+//! patient's `vitals.json`) and `POST /vitals` (form: `csrf`, `patient`, `day`,
+//! `age_years`, `sex` (`f`, `m` or empty), `spo2`, `respiratory_rate`, `pulse`,
+//! `temperature_c`, `fever`, `cough`, `dyspnea`, `symptoms_unrecorded`; writes
+//! `inbox/<patient>/vitals.json` and answers 303 to the day's scans, or 422 with the form
+//! again; `vitals_form`).
 //!
 //! Stable hooks for browser tests (do not rename):
 //! - `#scans`: the day's scans (`data-day`, `data-count`); `#days`: the day selector;
 //!   `#no-scans` when the day has none; `#banner`; `#logout`; `#pin`, `#login-error`
 //! - `.patient` (one section per patient), `.patient-id`; `.patient-summary` (`.flagged`)
-//!   with `.lung-score`, `.patient-covid`, `.vitals-used` when the clinic's vitals counted
+//!   with `.lung-score`, `.patient-covid`, `.vitals-used` when the clinic's vitals counted;
+//!   `.vitals-link` (to the patient's vitals form, when the inbox has their folder)
 //! - `.scan-row` (one `<tr>` per scan: `data-result-id`, `data-exam-id`), with cells
 //!   `.time`, `.zone`, `.model-result`, `.severity`, `.uncertainty`, `.flag` (`.flagged`,
 //!   `.reasons`), `.sync-state` (`data-state`: queued, at-hub, preview-sent, clip-sent,
@@ -23,6 +30,9 @@
 //! - `.verdict` (one per verdict of an examination), `.verdict-impression`,
 //!   `.verdict-recommendation`, `.verdict-rescan-reason`, `.verdict-zones` (`.override`
 //!   marks a changed score), `.verdict-comment`, `.verdict-reviewer`
+//! - the vitals form: `#vitals-form`, its fields by name as their ids (`#spo2`, `#sex`,
+//!   `#fever`, `#symptoms_unrecorded`, ...), `#vitals-save`; `#vitals-error` when a form
+//!   was refused, `#vitals-notice` when the saved file is not valid
 
 pub mod auth;
 pub mod html;
@@ -31,6 +41,7 @@ pub mod server;
 pub mod sources;
 pub mod tls;
 pub mod view;
+pub mod vitals_form;
 
 use std::future::IntoFuture;
 use std::sync::Arc;

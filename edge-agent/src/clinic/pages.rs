@@ -62,7 +62,7 @@ pub fn scans(p: &DayPage<'_>) -> String {
         b.push_str("<p class=\"muted\" id=\"no-scans\">No scans analysed on this day.</p>");
     }
     for g in p.groups {
-        patient(&mut b, g);
+        patient(&mut b, g, p.day);
     }
     b.push_str(
         "<p class=\"muted\">Times are UTC. Everything here is read on this device; it works \
@@ -101,7 +101,7 @@ fn recent(b: &mut String, recent: &[RecentVerdict]) {
     b.push_str("</tbody></table></section>");
 }
 
-fn patient(b: &mut String, g: &PatientGroup) {
+fn patient(b: &mut String, g: &PatientGroup, day: u32) {
     let name = match &g.patient {
         Some(p) => esc(p),
         None => "<span class=\"muted\">no patient identifier</span>".into(),
@@ -118,6 +118,13 @@ fn patient(b: &mut String, g: &PatientGroup) {
     b.push_str("</tbody></table>");
     if let Some(sum) = &g.summary {
         summary(b, sum);
+    }
+    if let (true, Some(p)) = (g.vitals_form, &g.patient) {
+        let _ = write!(
+            b,
+            "<p><a class=\"vitals-link\" href=\"{}\">Vitals</a></p>",
+            esc(&super::vitals_form::href(p, day))
+        );
     }
     // One verdict answers an examination (the patient's scans of one day).
     let mut shown = Vec::new();
@@ -299,6 +306,7 @@ mod tests {
                 in_verdict: covered,
             }],
             summary: None,
+            vitals_form: true,
         }
     }
 
@@ -313,12 +321,12 @@ mod tests {
             vitals_used: true,
         });
         let mut b = String::new();
-        patient(&mut b, &g);
+        patient(&mut b, &g, 20_000);
         assert!(b.contains("<p class=\"patient-summary flagged\">Lung score <span class=\"lung-score\">3</span>"), "{b}");
         assert!(b.contains("71%") && b.contains("vitals-used"), "{b}");
         g.summary = None;
         let mut b = String::new();
-        patient(&mut b, &g);
+        patient(&mut b, &g, 20_000);
         assert!(!b.contains("patient-summary"));
     }
 
@@ -334,6 +342,10 @@ mod tests {
         });
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains(&format!(
+            "class=\"vitals-link\" href=\"/vitals?patient=%3Cscript%3Ealert%281%29%3C%2Fscript%3E&amp;day={}\"",
+            date(20_000)
+        )));
         assert!(html.contains("value=\"tok&quot;en\""));
         assert!(html.contains("id=\"scans\""));
         assert!(html.contains("class=\"scan-row\""));

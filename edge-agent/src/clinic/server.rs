@@ -44,6 +44,10 @@ pub fn router(page: Arc<Page>) -> Router {
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
         .route("/scans", get(scans))
+        .route(
+            "/vitals",
+            get(super::vitals_form::form).post(super::vitals_form::save),
+        )
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()) })
         .with_state(page)
 }
@@ -67,16 +71,18 @@ fn with_headers(mut r: Response) -> Response {
     r
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {
+pub(super) fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {
     with_headers((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     respond(status, "text/html; charset=utf-8", body)
 }
 
-fn redirect(to: &'static str, cookie: Option<String>) -> Response {
-    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+/// A 303 to `to`, a path this module built (`/scans` if it is not a valid header value).
+pub(super) fn redirect(to: &str, cookie: Option<String>) -> Response {
+    let location = HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/scans"));
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
     if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -129,7 +135,7 @@ async fn style() -> Response {
     respond(StatusCode::OK, "text/css; charset=utf-8", CSS.into())
 }
 
-fn session(page: &Page, headers: &HeaderMap) -> Option<(String, auth::Session)> {
+pub(super) fn session(page: &Page, headers: &HeaderMap) -> Option<(String, auth::Session)> {
     let id = cookie_of(headers, SESSION_COOKIE)?;
     page.sessions
         .get(id, Instant::now())

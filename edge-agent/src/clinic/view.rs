@@ -133,6 +133,9 @@ pub struct PatientGroup {
     /// The local patient summary (lung score, COVID-19 probability; with the clinic's
     /// vitals when the model weighs them), when the page knows the model.
     pub summary: Option<PatientSummary>,
+    /// The inbox has a folder named `patient` (`vitals::has_patient_folder`): the page
+    /// offers the vitals form, which writes `vitals.json` there.
+    pub vitals_form: bool,
 }
 
 /// What the page needs for the local patient summaries: the model's sidecar and the
@@ -213,6 +216,18 @@ impl Sources {
         Ok(groups
             .into_iter()
             .map(|(patient, rows)| {
+                // The local id is the scan's inbox folder name (`scanlog::local_patient`;
+                // intake moves the scans to processed/ but leaves the folder), except for a
+                // DICOM file with a PatientID, whose id is that PatientID. The summary reads
+                // `inbox/<local id>/vitals.json` and the form writes exactly there, so the
+                // two always agree; a DICOM patient whose PatientID names no inbox folder
+                // gets no form (and no vitals: the scan log does not keep the folder).
+                let vitals_form = match (&self.patients, patient.as_deref()) {
+                    (Some(p), Some(id)) => {
+                        crate::vitals::has_patient_folder(&p.inbox, id).unwrap_or(false)
+                    }
+                    _ => false,
+                };
                 let summary = self.patients.as_ref().map(|p| {
                     let videos: Vec<(String, pleura_shared::ScanAnalysis)> = rows
                         .iter()
@@ -227,6 +242,7 @@ impl Sources {
                     patient,
                     rows,
                     summary,
+                    vitals_form,
                 }
             })
             .collect())
