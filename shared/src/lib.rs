@@ -11,6 +11,7 @@ pub mod journal;
 pub mod pki;
 pub mod pseudonym;
 pub mod record;
+pub mod release;
 pub mod signing;
 pub mod sled_open;
 pub mod topics;

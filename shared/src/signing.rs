@@ -19,6 +19,10 @@ pub enum Domain {
     Uplink,
     /// `SignedDownlink.body`, signed by the hub's downlink key.
     Downlink,
+    /// `SignedRoot.root`: model-release root metadata, signed by a model root key.
+    RootMetadata,
+    /// `SignedRelease.manifest`: a model release manifest, signed by a model-signing key.
+    ModelRelease,
 }
 
 impl Domain {
@@ -27,6 +31,8 @@ impl Domain {
             Domain::ResultBatch => b"pleura.v1.ResultBatch\0",
             Domain::Uplink => b"pleura.v1.Uplink\0",
             Domain::Downlink => b"pleura.v1.Downlink\0",
+            Domain::RootMetadata => b"pleura.v1.ModelRootMetadata\0",
+            Domain::ModelRelease => b"pleura.v1.ModelRelease\0",
         }
     }
 }
