@@ -107,6 +107,7 @@ pub fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConf
         },
         intake: IntakeSettings::default(),
         media: Default::default(),
+        models: Default::default(),
         clinic_page: Default::default(),
     }
 }

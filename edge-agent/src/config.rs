@@ -36,6 +36,31 @@ pub struct EdgeConfig {
     pub clinic_page: ClinicPageSettings,
     #[serde(default)]
     pub media: MediaSettings,
+    #[serde(default)]
+    pub models: ModelsSettings,
+}
+
+/// Model releases pushed by the hub (issue #15).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSettings {
+    /// The hub's model root public key (`model-root.pub` from the enrolment bundle).
+    /// Without it every offer is refused.
+    pub root_key: Option<PathBuf>,
+    /// Download bandwidth cap for model files, bytes per second.
+    pub max_bytes_per_s: u64,
+    /// Seconds to wait for a chunk before asking again (with backoff).
+    pub fetch_timeout_s: u64,
+}
+
+impl Default for ModelsSettings {
+    fn default() -> Self {
+        Self {
+            root_key: None,
+            max_bytes_per_s: 32 * 1024,
+            fetch_timeout_s: 15,
+        }
+    }
 }
 
 /// Previews and clips of flagged scans for the hub's specialists.
@@ -344,6 +369,16 @@ impl EdgeConfig {
                 "media.ack_timeout_s must be positive and media.max_bytes at least 1 MiB".into(),
             );
         }
+        if self.models.max_bytes_per_s < 1024 || self.models.fetch_timeout_s == 0 {
+            return inv(
+                "models.max_bytes_per_s must be at least 1024 and models.fetch_timeout_s positive"
+                    .into(),
+            );
+        }
+        if let Some(k) = &self.models.root_key {
+            pleura_shared::release::load_root_public_key(k)
+                .map_err(|e| ConfigError::Invalid(format!("models.root_key: {e}")))?;
+        }
         if self.clinic_page.session_minutes == 0 || self.clinic_page.session_minutes > 24 * 60 {
             return inv("clinic_page.session_minutes must be 1-1440".into());
         }
@@ -437,7 +472,14 @@ impl EdgeConfig {
          [media]\n\
          max_bytes = 536870912\n\
          ack_timeout_s = 10\n\
-         clips_of_flagged = true\n"
+         clips_of_flagged = true\n\n\
+         # Model releases pushed by the hub, signed under the model root key from the\n\
+         # enrolment bundle (without root_key every offer is refused). Downloads run after\n\
+         # results and flagged media, at most max_bytes_per_s.\n\
+         [models]\n\
+         # root_key = \"/etc/pleura/model-root.pub\"\n\
+         max_bytes_per_s = 32768\n\
+         fetch_timeout_s = 15\n"
             .to_string()
     }
 }

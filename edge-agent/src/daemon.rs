@@ -266,8 +266,6 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     }
     // Before any scan is taken in: a wrong bundle must stop the agent, not strand results.
     let creds = crate::credentials::Credentials::load(&cfg).context("loading the [tls] bundle")?;
-    let pleura_inference::Engine { model, pool } = cfg.inference.engine().start()?;
-    let pool = Arc::new(pool);
     let sled_outbox = Arc::new(open_outbox_for_daemon(&cfg)?);
     let outbox: Arc<dyn Outbox> = sled_outbox.clone();
     let reserve_dir = cfg.data_dir.clone();
@@ -285,6 +283,10 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     });
     let shared = Arc::new(Shared::default());
     shared.restore(&cfg.status_file());
+    // The active model release (or the built-in model) and its swappable pool.
+    let models = crate::models::run::boot(&cfg, shared.clone())?;
+    let model = models.file.clone();
+    let live = models.live.clone();
     shared.update(|s| {
         s.pid = std::process::id();
         s.clinic = cfg.clinic.clone();
@@ -301,6 +303,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         crate::credentials::channel_keys(&cfg)?,
         &sled_outbox,
         shared.clone(),
+        Some((models.store.clone(), models.events.clone())),
         &tracker,
         shutdown.clone(),
     )
@@ -310,7 +313,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         &cfg,
         &sled_outbox,
         crate::media::MediaInputs {
-            pool: pool.clone(),
+            pool: live.clone(),
             outbox: outbox.clone(),
             channel: downlink.channel.clone(),
             acks: downlink.media_acks,
@@ -322,6 +325,18 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
         &tracker,
         shutdown.clone(),
     )?;
+    // Model downloads wait while results or flagged media wait for the link.
+    let busy = {
+        let (o, m) = (outbox.clone(), media.clone());
+        Arc::new(move || {
+            let acked = |id: &pleura_shared::ResultId| {
+                matches!(o.held(id), Ok(Some(crate::outbox::Held::Acked)))
+            };
+            o.stats().map(|s| s.pending > 0).unwrap_or(true)
+                || m.next_upload(&acked, true).ok().flatten().is_some()
+        })
+    };
+    models.spawn(downlink.channel.clone(), busy, &tracker, shutdown.clone());
     // The clinic's scan log and page (`clinic`; the page only when enabled).
     let clinic = crate::clinic::sources::open(
         &sled_outbox,
@@ -336,7 +351,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<()> {
     .context("opening the clinic's scan log")?;
     let intake = Intake {
         cfg: cfg.clone(),
-        pool,
+        pool: live.clone(),
         outbox: outbox.clone(),
         key: Arc::new(key),
         status: shared.clone(),

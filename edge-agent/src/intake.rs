@@ -40,7 +40,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pleura_inference::InferencePool;
 use pleura_shared::PseudonymKey;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +51,9 @@ use inbox::{list_inbox, open_place, Entry, FileId, Place, PlaceError};
 
 pub struct Intake {
     pub cfg: EdgeConfig,
-    pub pool: Arc<InferencePool>,
+    /// The running model release's pool (issue #15): each scan takes the current one,
+    /// and crashes and non-finite outputs count toward an automatic rollback.
+    pub pool: Arc<crate::models::LivePool>,
     pub outbox: Arc<dyn Outbox>,
     pub key: std::sync::Arc<PseudonymKey>,
     pub status: Arc<Shared>,

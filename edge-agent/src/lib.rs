@@ -11,6 +11,7 @@ pub mod downlink;
 pub mod intake;
 pub mod lock;
 pub mod media;
+pub mod models;
 pub mod outbox;
 pub mod processed;
 pub mod retract;

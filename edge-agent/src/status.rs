@@ -8,6 +8,7 @@
 
 pub mod disk;
 pub mod file;
+pub mod models;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,8 @@ pub struct Status {
     pub downlink: DownlinkStatus,
     /// Media items (previews, clips) for the hub: made, stored, uploaded.
     pub media: MediaStatus,
+    /// Installed and offered model releases (issue #15).
+    pub models: models::ModelsStatus,
     /// Conditions a person should act on.
     pub alarms: Vec<String>,
     /// Only from `edge-agent status` on a stopped agent: the alarms it had when it
@@ -302,6 +305,7 @@ pub fn render(s: &Status, running: bool) -> String {
             s.intake.analyses_timed_out
         );
     }
+    out += &models::render(&s.models);
     if s.alarms.is_empty() {
         out += "alarms     none\n";
     } else {

@@ -21,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod models;
 pub mod mqtt;
 pub mod perms;
 pub mod ratelimit;
@@ -99,10 +100,24 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     );
     let denials = tokio::spawn(flush_denials(audit.clone(), shutdown.clone()));
     let downlink = open_downlink(&cfg, registry.as_deref(), metrics.clone())?;
+    // Model releases: offered per `models/rollout.json`, downloaded over the uplink.
+    let device_list: Arc<dyn models::DeviceList> = match &registry {
+        Some(r) => r.clone(),
+        None => Arc::new(Vec::new()),
+    };
+    let model_control = Arc::new(models::ModelControl::open(
+        models::ModelStore::new(&cfg.data_dir),
+        downlink.clone(),
+        device_list,
+        Some(audit.clone()),
+        metrics.clone(),
+    ));
+    let model_task = tokio::spawn(model_control.clone().run(shutdown.clone()));
     let uplink = Arc::new(uplink::UplinkDispatcher {
         registry: registry.clone(),
         downlink: downlink.clone(),
         media: Some(media_receiver),
+        models: Some(model_control),
         metrics: metrics.clone(),
         max_payload: cfg.mqtt.max_payload,
     });
@@ -276,6 +291,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
     let _ = grpc.await;
     let _ = http.await;
     let _ = denials.await;
+    let _ = model_task.await;
     tracing::info!("hub stopped");
     Ok(())
 }

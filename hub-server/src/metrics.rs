@@ -48,6 +48,13 @@ pub struct Metrics {
     pub downlink_pending: AtomicU64,
     pub downlink_published: AtomicU64,
     pub downlink_receipts: AtomicU64,
+    /// Model lifecycle: offers and commands queued, chunks and bytes served, fetches
+    /// refused, device reports received.
+    pub model_messages_queued: AtomicU64,
+    pub model_chunks_sent: AtomicU64,
+    pub model_bytes_sent: AtomicU64,
+    pub model_fetches_refused: AtomicU64,
+    pub model_reports: AtomicU64,
     /// Uplink messages received, and those refused by reason.
     pub uplink_messages: AtomicU64,
     uplink_rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -194,6 +201,35 @@ impl Metrics {
             "Days requested again, summed over all requests.",
             g(&self.resend_days),
         );
+        for (name, help, c) in [
+            (
+                "pleura_hub_model_messages_queued_total",
+                "Model offers and commands queued to devices.",
+                &self.model_messages_queued,
+            ),
+            (
+                "pleura_hub_model_chunks_sent_total",
+                "Model file chunks served to devices.",
+                &self.model_chunks_sent,
+            ),
+            (
+                "pleura_hub_model_bytes_sent_total",
+                "Model file bytes served to devices.",
+                &self.model_bytes_sent,
+            ),
+            (
+                "pleura_hub_model_fetches_refused_total",
+                "Model fetches refused (unknown or aborted release, not in cohort).",
+                &self.model_fetches_refused,
+            ),
+            (
+                "pleura_hub_model_reports_total",
+                "Model state reports received from devices.",
+                &self.model_reports,
+            ),
+        ] {
+            counter(name, help, g(c));
+        }
         counter(
             "pleura_hub_retractions_total",
             "Retractions recorded (each once).",

@@ -2,13 +2,15 @@
 //! topic): checked like a batch (signed by the enrolled key of the topic's device, the
 //! body naming that same device, this schema), then routed: receipts to the
 //! [`Downlink`] queue, media chunks and queries to the media receiver, whose
-//! `MediaAck` goes back to the device at once (ephemeral, signed).
+//! `MediaAck` goes back to the device at once (ephemeral, signed), model fetches and
+//! reports to the model task (a fetch is answered at once with a `ModelChunk`).
 
 use std::sync::Arc;
 
 use pleura_shared::signing::{self, Domain, SignatureError};
 use pleura_shared::wire::{
-    downlink, uplink, MediaAck, MediaChunk, MediaQuery, SignedUplink, Uplink,
+    downlink, uplink, MediaAck, MediaChunk, MediaQuery, ModelChunk, ModelFetch, ModelReport,
+    SignedUplink, Uplink,
 };
 use pleura_shared::{topics, SCHEMA_VERSION};
 use prost::Message;
@@ -23,6 +25,12 @@ use crate::metrics::Metrics;
 pub trait MediaSink: Send + Sync {
     fn chunk(&self, clinic: &str, device: &str, chunk: MediaChunk) -> MediaAck;
     fn query(&self, clinic: &str, device: &str, query: MediaQuery) -> MediaAck;
+}
+
+/// Where model downloads and reports go (`hub_server::models::ModelControl`).
+pub trait ModelSink: Send + Sync {
+    fn fetch(&self, clinic: &str, device: &str, fetch: ModelFetch) -> ModelChunk;
+    fn report(&self, clinic: &str, device: &str, report: ModelReport);
 }
 
 /// Why an uplink message was refused. `label` is the metrics reason.
@@ -72,6 +80,8 @@ pub struct UplinkDispatcher {
     pub downlink: Arc<Downlink>,
     /// None until a media receiver is wired in: chunks and queries are then refused.
     pub media: Option<Arc<dyn MediaSink>>,
+    /// None until the model task is wired in: fetches are then refused.
+    pub models: Option<Arc<dyn ModelSink>>,
     pub metrics: Arc<Metrics>,
     /// Largest accepted message (config `mqtt.max_payload`).
     pub max_payload: usize,
@@ -116,6 +126,27 @@ impl UplinkDispatcher {
                 self.downlink
                     .publish_ephemeral(&clinic, &device, downlink::Kind::MediaAck(ack));
             }
+            uplink::Kind::ModelFetch(f) => {
+                let chunk = match &self.models {
+                    Some(m) => m.fetch(&clinic, &device, f),
+                    None => ModelChunk {
+                        release_version: f.release_version,
+                        sha256: f.sha256,
+                        offset: f.offset,
+                        refused: "this hub does not serve models".into(),
+                        ..Default::default()
+                    },
+                };
+                self.downlink.publish_ephemeral(
+                    &clinic,
+                    &device,
+                    downlink::Kind::ModelChunk(chunk),
+                );
+            }
+            uplink::Kind::ModelReport(r) => match &self.models {
+                Some(m) => m.report(&clinic, &device, r),
+                None => tracing::debug!(clinic, device, "model report to a hub without models"),
+            },
         }
         Ok(())
     }

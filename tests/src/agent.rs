@@ -23,6 +23,8 @@ pub struct AgentOptions {
     pub quota_bytes: u64,
     /// Enrolment bundle (from `Hub::enroll`); None: insecure plaintext.
     pub bundle: Option<PathBuf>,
+    /// `[models] max_bytes_per_s` when the bundle holds a model root key.
+    pub model_bytes_per_s: u64,
 }
 
 impl Default for AgentOptions {
@@ -35,6 +37,7 @@ impl Default for AgentOptions {
             grpc_url: None,
             quota_bytes: 256 * 1024 * 1024,
             bundle: None,
+            model_bytes_per_s: 4 * 1024 * 1024,
         }
     }
 }
@@ -61,6 +64,15 @@ impl Agent {
             ),
             None => ("mqtt", String::new()),
         };
+        // A hub with model keys put its model root key in the bundle: take model offers.
+        let models = match &o.bundle {
+            Some(b) if b.join("model-root.pub").exists() => format!(
+                "[models]\nroot_key = \"{}\"\nmax_bytes_per_s = {}\nfetch_timeout_s = 3\n",
+                b.join("model-root.pub").display(),
+                o.model_bytes_per_s
+            ),
+            _ => String::new(),
+        };
         let insecure = o.bundle.is_none();
         std::fs::write(
             &config,
@@ -68,7 +80,7 @@ impl Agent {
                 "clinic = \"{}\"\ndevice = \"{}\"\ninbox = \"{}\"\ndata_dir = \"{}\"\npseudonym_key_file = \"{}\"\nquota_bytes = {}\n\
                  [hub]\nmqtt_url = \"{scheme}://127.0.0.1:{mqtt_port}\"\ninsecure_plaintext = {insecure}\n{grpc}{security}\
                  [sync]\nbatch_size = {}\nmax_in_flight = {}\nack_timeout_ms = 3000\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\ngrpc_fallback_after = 3\n\
-                 [inference]\nmodel = \"{}\"\npoll_ms = 200\n",
+                 [inference]\nmodel = \"{}\"\npoll_ms = 200\n{models}",
                 o.clinic,
                 o.device,
                 inbox.display(),

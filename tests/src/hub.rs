@@ -106,13 +106,39 @@ impl Hub {
     pub fn enroll(&self, clinic: &str, device: &str, region: &str) -> Result<Option<PathBuf>> {
         let out = self.dir.join("bundles").join(format!("{clinic}-{device}"));
         let out_arg = out.to_string_lossy();
+        // The data dir too: a hub with model keys puts its model-root.pub in the bundle.
+        let data = self.data_dir();
+        let data_arg = data.to_string_lossy();
         let done = self.device_admin(
             "enroll",
             clinic,
             device,
-            &["--region", region, "--out", &out_arg],
+            &[
+                "--region",
+                region,
+                "--out",
+                &out_arg,
+                "--data-dir",
+                &data_arg,
+            ],
         )?;
         Ok(done.then_some(out))
+    }
+
+    /// The hub's `data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// `hub-server model <args…> --data-dir <data_dir>`: the model lifecycle's CLI, which
+    /// works on files beside a running hub; returns its standard output.
+    pub fn model(&self, args: &[&str]) -> Result<String> {
+        let data = self.data_dir();
+        let data = data.to_string_lossy();
+        let mut all = vec!["model"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data-dir", &data]);
+        hub_admin(&all, None)
     }
 
     /// `hub-server revoke` of a device enrolled with this hub, while it runs.

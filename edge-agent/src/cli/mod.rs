@@ -1,6 +1,7 @@
 //! The clinic commands of `edge-agent`; the binary adds the lab's `analyze`, `eval`
 //! and `bench` beside them.
 
+mod model;
 mod status;
 mod verdicts;
 
@@ -39,6 +40,11 @@ pub enum Command {
     },
     /// Print a commented default configuration.
     PrintConfig,
+    /// Model releases (issue #15).
+    Model {
+        #[command(subcommand)]
+        action: model::ModelAction,
+    },
     /// Withdraw a result from the hub (a mistaken export, e.g. a scan under the wrong
     /// patient): queued now, recorded by the hub at the next sync (kept, marked, audited).
     Retract {
@@ -136,6 +142,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             since_ms,
             exam,
         } => verdicts::show(&config, since_ms, exam.as_deref()),
+        Command::Model { action } => model::run(action),
         Command::PrintConfig => {
             print!("{}", crate::config::EdgeConfig::example());
             Ok(ExitCode::SUCCESS)

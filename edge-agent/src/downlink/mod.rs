@@ -8,9 +8,14 @@
 //!   drops repeats by message id, stores verdicts ([`VerdictStore`]) and clip requests
 //!   ([`ClipRequests`]) durably, and only then sends the Receipt that stops the hub
 //!   re-sending. Media acks and clip requests go on to the media module by channel.
+//! - Model lifecycle (`models.rs`): an offer is verified and persisted as a pending
+//!   download, a command stored, before the receipt; chunks go to the model worker.
 
 mod channel;
 mod clips;
+#[cfg(test)]
+mod model_tests;
+mod models;
 pub mod receive;
 #[cfg(test)]
 mod tests;
@@ -33,6 +38,8 @@ pub enum DownlinkError {
     Corrupt(String),
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
+    #[error(transparent)]
+    Models(#[from] crate::models::ModelsError),
 }
 
 /// How long a downlink message id is remembered (a repeat older than this would be
@@ -83,6 +90,10 @@ pub fn start(
     (signer, trust): (Option<pleura_shared::signing::BatchSigner>, HubTrust),
     outbox: &crate::outbox::SledOutbox,
     status: std::sync::Arc<crate::status::Shared>,
+    models: Option<(
+        std::sync::Arc<crate::models::ModelStore>,
+        tokio::sync::mpsc::Sender<crate::models::ModelEvent>,
+    )>,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Started> {
@@ -93,14 +104,11 @@ pub fn start(
     let (verdicts, clips) = (stores.0.clone(), stores.1.clone());
     let (ack_tx, media_acks) = tokio::sync::mpsc::channel(64);
     let (clip_tx, clip_requests) = tokio::sync::mpsc::channel(64);
-    let receiver = Arc::new(Receiver::new(
-        &cfg.clinic,
-        &cfg.device,
-        trust,
-        stores,
-        ack_tx,
-        clip_tx,
-    ));
+    let mut receiver = Receiver::new(&cfg.clinic, &cfg.device, trust, stores, ack_tx, clip_tx);
+    if let Some((store, events)) = models {
+        receiver = receiver.with_models(store, events);
+    }
+    let receiver = Arc::new(receiver);
     let forgotten = receiver
         .forget_seen_before(pleura_shared::now_ms().saturating_sub(SEEN_KEEP_MS))
         .map_err(|e| anyhow::anyhow!("pruning the downlink seen set: {e}"))?;

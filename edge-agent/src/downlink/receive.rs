@@ -137,6 +137,12 @@ pub struct Receiver {
     pub media_acks: mpsc::Sender<MediaAck>,
     pub clip_requests: mpsc::Sender<ClipRequest>,
     pub counters: Arc<DownlinkCounters>,
+    /// The model store and worker (`with_models`); without them model messages are
+    /// receipted and ignored.
+    pub models: Option<(
+        Arc<crate::models::ModelStore>,
+        mpsc::Sender<crate::models::ModelEvent>,
+    )>,
     warned_missing: AtomicBool,
 }
 
@@ -160,8 +166,18 @@ impl Receiver {
             media_acks,
             clip_requests,
             counters: Arc::default(),
+            models: None,
             warned_missing: AtomicBool::new(false),
         }
+    }
+
+    pub fn with_models(
+        mut self,
+        store: Arc<crate::models::ModelStore>,
+        events: mpsc::Sender<crate::models::ModelEvent>,
+    ) -> Self {
+        self.models = Some((store, events));
+        self
     }
 
     /// Checks and keeps one message; a dropped one is counted by reason. Blocking
@@ -187,12 +203,18 @@ impl Receiver {
             }
             return Ok(Outcome::Forwarded);
         }
+        if let downlink::Kind::ModelChunk(c) = kind {
+            return Ok(self.forward_chunk(c));
+        }
         let id: [u8; 16] = body
             .message_id
             .as_slice()
             .try_into()
             .map_err(|_| Rejected::Malformed("durable message without a 16-byte id".into()))?;
         let now = now_ms();
+        if let Some(res) = self.take_model(&id, now, &kind) {
+            return res;
+        }
         let stored = match &kind {
             downlink::Kind::Verdict(v) => {
                 let exam: [u8; 16] =
@@ -284,7 +306,7 @@ impl Receiver {
 
     /// Inserts `entry` (tree, key, value) and `id` into the seen set, in one
     /// transaction, unless `id` was seen; flushed before returning. Whether it was new.
-    fn store_once(
+    pub(super) fn store_once(
         &self,
         id: &[u8; 16],
         now: u64,

@@ -45,8 +45,16 @@ impl Intake {
         bytes: Vec<u8>,
         facts: ScanFacts,
     ) -> Pin<Box<impl Future<Output = Result<ScanRecord, AnalyzeError>> + Send + 'static>> {
-        let pool = self.pool.clone();
-        Box::pin(async move { pool.run(move |w| scan_job(w, bytes, &facts)).await? })
+        let live = self.pool.clone();
+        let pool = live.current();
+        Box::pin(async move {
+            let res = pool
+                .run(move |w| scan_job(w, bytes, &facts))
+                .await
+                .and_then(|r| r);
+            live.observe(&res, pleura_shared::now_ms());
+            res
+        })
     }
 
     /// Analyses the file at `at` (listed as `listed`, if it was) and queues its result.
@@ -217,6 +225,19 @@ impl Intake {
             }
             Err(e @ AnalyzeError::Decode(_)) => {
                 return self.reject(at, path, r, &format!("{e}"), attempts)
+            }
+            // A pushed model release faulting (crash, non-finite output) is the model's
+            // fault, not the file's: no attempt is used, and the scan is analysed again
+            // once the guard has rolled the release back (`models::guard`). The built-in
+            // model's faults count as before, so a hostile file is still set aside.
+            Err(
+                e @ (AnalyzeError::Panicked
+                | AnalyzeError::Model(pleura_inference::ModelError::NonFinite { .. })),
+            ) if self.pool.version() > 0 => {
+                attempts.undo(r);
+                tracing::warn!(scan = %r, zone, release = self.pool.version(), error = %e,
+                    "analysis failed on a model release; retried without using an attempt");
+                return Outcome::Failed(e.to_string());
             }
             Err(e) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
         };

@@ -1,4 +1,5 @@
 use super::*;
+use pleura_inference::InferencePool;
 use std::sync::atomic::Ordering;
 
 #[test]
@@ -41,7 +42,7 @@ pub(super) fn intake(dir: &Path, quota: u64) -> (Intake, Arc<crate::outbox::Sled
     let outbox = Arc::new(crate::outbox::SledOutbox::open(&cfg.data_dir, quota).unwrap());
     let i = Intake {
         cfg,
-        pool: Arc::new(pool),
+        pool: Arc::new(crate::models::LivePool::new(Arc::new(pool), 0)),
         outbox: outbox.clone(),
         key: std::sync::Arc::new(PseudonymKey::generate()),
         status: Arc::default(),

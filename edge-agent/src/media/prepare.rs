@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pleura_inference::media::{self as make, KeyRole, MediaLimits};
-use pleura_inference::InferencePool;
 use pleura_proto::v1::{ClipRequest, KeyFrame, KeyFrameRole, MediaKind, MediaPreview};
 use pleura_shared::{ResultId, ScanRecord};
 use tokio::sync::{mpsc, Notify};
@@ -53,13 +52,14 @@ pub trait Maker: Send + Sync + 'static {
 /// needs the model's per-frame scores, which the intake does not keep: the scan is
 /// analysed again (flagged scans only; the same model gives the same scores).
 pub struct PoolMaker {
-    pub pool: Arc<InferencePool>,
+    /// The running model release's pool, taken afresh for each item.
+    pub pool: Arc<crate::models::LivePool>,
     pub limits: MediaLimits,
 }
 
 impl Maker for PoolMaker {
     fn make(&self, kind: MediaKind, scan: Vec<u8>) -> MakeFuture {
-        let (pool, limits) = (self.pool.clone(), self.limits.clone());
+        let (pool, limits) = (self.pool.current(), self.limits.clone());
         Box::pin(async move {
             let permanent = |e: &dyn std::fmt::Display| MakeError::Permanent(e.to_string());
             let job = move |w: &mut pleura_inference::pool::Worker<'_>| match kind {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pleura_inference::media::MediaLimits;
-use pleura_inference::InferencePool;
 use pleura_shared::wire::{ClipRequest, MediaAck};
 use pleura_shared::ResultId;
 use tokio::sync::{mpsc, Notify};
@@ -23,7 +22,7 @@ use crate::status::Shared;
 
 /// What the media workers need from the rest of the daemon.
 pub struct MediaInputs {
-    pub pool: Arc<InferencePool>,
+    pub pool: Arc<crate::models::LivePool>,
     pub outbox: Arc<dyn Outbox>,
     pub channel: Arc<Channel>,
     pub acks: mpsc::Receiver<MediaAck>,

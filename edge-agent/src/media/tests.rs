@@ -297,7 +297,9 @@ impl Link for FakeHub {
                 }
                 ack(&c.sha256.clone().try_into().unwrap(), b.len() as u64, whole)
             }
-            uplink::Kind::Receipt(_) => return Ok(0),
+            uplink::Kind::Receipt(_)
+            | uplink::Kind::ModelFetch(_)
+            | uplink::Kind::ModelReport(_) => return Ok(0),
         };
         if let Some(a) = &self.acks {
             let _ = a.try_send(answer);

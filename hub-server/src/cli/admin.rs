@@ -46,6 +46,7 @@ pub fn enroll(
     region: &str,
     out: &Path,
     valid_days: i64,
+    data_dir: Option<&Path>,
 ) -> Result<()> {
     let now = (pleura_shared::now_ms() / 1000) as i64;
     let rec = Pki::open(pki_dir)?.enroll(
@@ -61,6 +62,22 @@ pub fn enroll(
         rec.serial,
         out.display()
     );
+    if let Some(dir) = data_dir {
+        let src = crate::models::ModelStore::new(dir).root_public_key();
+        if src.exists() {
+            let dst = out.join(pleura_shared::release::ROOT_PUBLIC_KEY_FILE);
+            let text = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            pleura_shared::release::parse_root_public_key(&String::from_utf8_lossy(&text))
+                .with_context(|| format!("{}", src.display()))?;
+            pleura_shared::fsutil::write_atomic(&dst, &text, 0o644)
+                .with_context(|| format!("writing {}", dst.display()))?;
+            println!(
+                "model root key copied to {} (agent config: [models] root_key = \"{}\")",
+                dst.display(),
+                dst.display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -2,6 +2,9 @@
 //! enrolment, revocation, accounts, audit log) that run to completion (`admin`).
 
 mod admin;
+mod model;
+
+pub use model::ModelCommand;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +46,9 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 825)]
         valid_days: i64,
+        /// The hub's data_dir: its models/model-root.pub, if any, goes in the bundle.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Revoke a device: refused from its next connection, its batches refused too.
     Revoke {
@@ -64,6 +70,9 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Model releases: keys, publish, staged rollout, status.
+    #[command(subcommand)]
+    Model(ModelCommand),
 }
 
 #[derive(Subcommand)]
@@ -148,7 +157,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             region,
             out,
             valid_days,
-        } => admin::enroll(&pki_dir, &clinic, &device, &region, &out, valid_days)?,
+            data_dir,
+        } => admin::enroll(
+            &pki_dir,
+            &clinic,
+            &device,
+            &region,
+            &out,
+            valid_days,
+            data_dir.as_deref(),
+        )?,
         Command::Revoke {
             pki_dir,
             clinic,
@@ -157,6 +175,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Devices { pki_dir } => admin::devices(&pki_dir)?,
         Command::User(c) => admin::user(c)?,
         Command::Audit(c) => admin::audit(c)?,
+        Command::Model(c) => model::run(c)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -60,6 +60,7 @@ fn only_the_enrolled_device_of_the_topic_can_receipt_its_messages() {
         registry: Some(Arc::new(Registry::new(&pki_dir).unwrap())),
         downlink: dl.clone(),
         media: None,
+        models: None,
         metrics: metrics.clone(),
         max_payload: 64 * 1024,
     };
@@ -133,6 +134,7 @@ fn an_insecure_hub_takes_unsigned_messages_and_refuses_media_without_a_receiver(
         registry: None,
         downlink: dl,
         media: None,
+        models: None,
         metrics,
         max_payload: 1024,
     };
@@ -157,5 +159,71 @@ fn an_insecure_hub_takes_unsigned_messages_and_refuses_media_without_a_receiver(
             .unwrap_err()
             .label(),
         "too_large"
+    );
+}
+
+#[derive(Default)]
+struct FakeModels {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl ModelSink for FakeModels {
+    fn fetch(&self, clinic: &str, device: &str, fetch: ModelFetch) -> ModelChunk {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("fetch {clinic}/{device} {}", fetch.offset));
+        ModelChunk::default()
+    }
+    fn report(&self, clinic: &str, device: &str, report: ModelReport) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("report {clinic}/{device} {}", report.state));
+    }
+}
+
+#[test]
+fn model_fetches_and_reports_go_to_the_model_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let models = Arc::new(FakeModels::default());
+    let up = UplinkDispatcher {
+        registry: None,
+        downlink: Arc::new(Downlink::open(dir.path(), None, metrics.clone()).unwrap()),
+        media: None,
+        models: Some(models.clone()),
+        metrics,
+        max_payload: 4096,
+    };
+    let send = |kind| {
+        let body = Uplink {
+            schema_version: SCHEMA_VERSION,
+            clinic_id: "c1".into(),
+            device_id: "a".into(),
+            sent_at_ms: 1,
+            kind: Some(kind),
+        };
+        let msg = SignedUplink {
+            body: body.encode_to_vec(),
+            signature: vec![],
+        };
+        up.dispatch(&topics::uplink("c1", "a"), &msg.encode_to_vec())
+    };
+    send(uplink::Kind::ModelFetch(ModelFetch {
+        release_version: 2,
+        offset: 4096,
+        ..Default::default()
+    }))
+    .unwrap();
+    send(uplink::Kind::ModelReport(ModelReport {
+        release_version: 2,
+        state: 5,
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(
+        *models.seen.lock().unwrap(),
+        ["fetch c1/a 4096", "report c1/a 5"]
     );
 }

@@ -42,9 +42,10 @@ async fn the_pool_job_gives_the_same_record_and_id_as_before() {
         let zone = zone_from(at);
         let (clinic, device) = (&i.cfg.clinic, &i.cfg.device);
         let want_id = result_id(clinic, device, patient.as_ref(), zone.as_deref(), &bytes);
-        let want = i.pool.analyze(bytes.clone()).unwrap();
+        let want = i.pool.current().analyze(bytes.clone()).unwrap();
         let got = i
             .pool
+            .current()
             .run(move |w| scan_job(w, bytes, &facts))
             .await
             .unwrap()
@@ -83,6 +84,7 @@ async fn a_dicom_scan_is_parsed_once() {
     let bytes = fixture("phi/synthetic_phi.dcm");
     let (parses, record) = i
         .pool
+        .current()
         .run(move |w| {
             let before = parses_on_this_thread();
             let r = scan_job(w, bytes, &facts);
