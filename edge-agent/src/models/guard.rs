@@ -32,9 +32,10 @@ impl FaultWindow {
 /// `current` after rolling back its active slot: the previous slot (or the built-in
 /// model), no previous left, the shadow kept unless it is what is rolled back to.
 pub fn rolled_back(current: &Current) -> Current {
+    // Never to the shadow slot: an unpromoted release must not become active this way.
     let to = current
         .previous
-        .filter(|p| *p != current.active)
+        .filter(|p| *p != current.active && Some(*p) != current.shadow)
         .unwrap_or(Slot::Builtin);
     Current {
         active: to,
@@ -83,5 +84,19 @@ mod tests {
         let r = rolled_back(&c);
         assert_eq!((r.active, r.shadow), (Slot::Builtin, Some(Slot::B)));
         assert!(alarm("pleura-lite", 4, "x").starts_with("model pleura-lite 4 rolled back"));
+    }
+
+    #[test]
+    fn rollback_never_activates_an_unpromoted_shadow() {
+        // A shadow installed in the slot that still names the previous model: rolling
+        // back the active release must not run the shadow (nobody promoted it).
+        let c = Current {
+            active: Slot::A,
+            previous: Some(Slot::B),
+            shadow: Some(Slot::B),
+        };
+        let r = rolled_back(&c);
+        assert_eq!(r.active, Slot::Builtin);
+        assert_eq!(r.shadow, Some(Slot::B));
     }
 }

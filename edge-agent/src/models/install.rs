@@ -34,10 +34,9 @@ pub fn install(
     signed: &SignedRelease,
     part: &Path,
     slot: Slot,
-    now_ms: u64,
 ) -> Result<SlotModel, InstallError> {
     let verified = trust
-        .verify_release(signed, Some(now_ms), AGENT_VERSION)
+        .verify_release(signed, None, AGENT_VERSION)
         .map_err(|e| InstallError::Refused(super::refusal(&e)))?;
     verified
         .check_model_path(part)

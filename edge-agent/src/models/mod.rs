@@ -34,6 +34,19 @@ use pleura_shared::release::ReleaseError;
 /// This agent's version, as releases' `min_agent_version` is compared with.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// No clock reading before this is plausible (2026-11-01, before this code existed): a
+/// Pi without a real-time clock boots in 1970 or at a stale saved time.
+pub const CLOCK_FLOOR_MS: u64 = 1_793_491_200_000;
+
+/// The time to check a release's expiry and creation against: None when the clock is
+/// not plausible, so that a wrong clock never locks a clinic out of updates (version
+/// monotonicity still stops replays; SECURITY.md, "Model releases"). Only an offer's
+/// acceptance is checked against time: installing and activating a release accepted
+/// earlier re-check its signature, key and version, never its expiry.
+pub fn trusted_now(now_ms: u64) -> Option<u64> {
+    (now_ms >= CLOCK_FLOOR_MS).then_some(now_ms)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
     #[error(transparent)]
@@ -86,4 +99,15 @@ pub fn refusal_name(e: &ReleaseError) -> &'static str {
 /// `"<name>: <message>"`, as a report's reason.
 pub fn refusal(e: &ReleaseError) -> String {
     format!("{}: {e}", refusal_name(e))
+}
+
+#[cfg(test)]
+mod clock_tests {
+    #[test]
+    fn an_implausible_clock_skips_the_time_checks() {
+        assert_eq!(super::trusted_now(0), None, "a Pi booting in 1970");
+        assert_eq!(super::trusted_now(super::CLOCK_FLOOR_MS - 1), None);
+        let now = super::CLOCK_FLOOR_MS + 86_400_000;
+        assert_eq!(super::trusted_now(now), Some(now));
+    }
 }

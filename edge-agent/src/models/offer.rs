@@ -126,6 +126,19 @@ impl ModelStore {
     }
 
     /// Drops every pending download (`keep`: except that version).
+    /// Removes release `version`'s download (its record and partial file), leaving any
+    /// other pending download alone (one accepted meanwhile keeps its receipted offer).
+    pub fn drop_download(&self, version: u64) -> Result<(), ModelsError> {
+        for p in [self.pending_json(version), self.part_file(version)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ModelsError::io(&p, e)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn drop_pending(&self, keep: Option<u64>) -> Result<(), ModelsError> {
         let dir = self.layout.download_dir();
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -182,10 +195,11 @@ impl ModelStore {
             Ok(s) => s,
             Err(e) => return refused(refusal(&e)),
         };
-        let verified = match trust.verify_release(&signed, Some(now_ms), AGENT_VERSION) {
-            Ok(v) => v,
-            Err(e) => return refused(refusal(&e)),
-        };
+        let verified =
+            match trust.verify_release(&signed, super::trusted_now(now_ms), AGENT_VERSION) {
+                Ok(v) => v,
+                Err(e) => return refused(refusal(&e)),
+            };
         let m = verified.manifest();
         if hex::encode(&offer.sha256) != m.model_sha256
             || offer.size != m.model_size

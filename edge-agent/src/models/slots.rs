@@ -214,7 +214,8 @@ impl Layout {
         };
         let written = current.clone();
         let mut tried = vec![current.active];
-        tried.extend(current.previous);
+        // Never the shadow slot: an unpromoted release must not become active by a fall-back.
+        tried.extend(current.previous.filter(|p| Some(*p) != current.shadow));
         tried.push(Slot::Builtin);
         let mut chosen = None;
         for slot in tried {

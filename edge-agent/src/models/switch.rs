@@ -84,7 +84,6 @@ pub fn activate(
     store: &ModelStore,
     slot: Slot,
     workers: usize,
-    now_ms: u64,
 ) -> Result<(SlotModel, Arc<InferencePool>), ModelsError> {
     let layout = &store.layout;
     let model = layout.check_slot(slot)?;
@@ -98,7 +97,7 @@ pub fn activate(
     let mut trust = store.trust()?;
     // Verified against the state as it is now (still certified, still newer) before
     // anything changes.
-    let verified = trust.verify_release(&signed, Some(now_ms), super::AGENT_VERSION)?;
+    let verified = trust.verify_release(&signed, None, super::AGENT_VERSION)?;
     trust.record_installed(&verified)?;
     let old = layout.read_current().unwrap_or_default();
     let next = Current {

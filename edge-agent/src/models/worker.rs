@@ -270,17 +270,27 @@ impl ModelWorker {
             let trust = store
                 .trust()
                 .map_err(|e| InstallError::Refused(super::refusal(&e)))?;
-            let cur = store.layout.read_current().unwrap_or_default();
-            let slot = Slot::spare(cur.active);
+            let slot = {
+                let _g = store.guard();
+                let mut cur = store.layout.read_current().unwrap_or_default();
+                let slot = Slot::spare(cur.active);
+                // The slot is about to be overwritten: nothing may name it meanwhile (a
+                // rollback to a half-written or untested model, a stale shadow).
+                if cur.previous == Some(slot) || cur.shadow == Some(slot) {
+                    cur.previous = cur.previous.filter(|p| *p != slot);
+                    cur.shadow = cur.shadow.filter(|p| *p != slot);
+                    store.layout.write_current(&cur)?;
+                }
+                slot
+            };
             let m = install(
                 &store.layout,
                 &trust,
                 &pend.release,
                 &store.part_file(pend.version),
                 slot,
-                pleura_shared::now_ms(),
             )?;
-            store.drop_pending(None)?;
+            store.drop_download(pend.version)?;
             if pend.shadow {
                 let _g = store.guard();
                 let mut c = store.layout.read_current().unwrap_or_default();
@@ -295,7 +305,8 @@ impl ModelWorker {
             Ok(Err(InstallError::Refused(reason))) => {
                 tracing::warn!(version = p.version, %reason, "model release refused at install");
                 let store = self.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.drop_pending(None)).await;
+                let v = p.version;
+                let _ = tokio::task::spawn_blocking(move || store.drop_download(v)).await;
                 self.report(p.version, ModelState::Refused, &reason, p.size);
                 return;
             }
@@ -325,10 +336,8 @@ impl ModelWorker {
 
     async fn activate(&mut self, slot: Slot, version: u64) {
         let (store, workers) = (self.store.clone(), self.settings.workers);
-        let res = tokio::task::spawn_blocking(move || {
-            switch::activate(&store, slot, workers, pleura_shared::now_ms())
-        })
-        .await;
+        let res =
+            tokio::task::spawn_blocking(move || switch::activate(&store, slot, workers)).await;
         match res {
             Ok(Ok((model, pool))) => {
                 let previous = self.status.snapshot().models.active;

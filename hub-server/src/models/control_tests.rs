@@ -328,7 +328,7 @@ fn reports_reach_status_json_and_refusals_the_audit_log() {
         &h,
         ("c1", "b"),
         ModelState::Refused,
-        "signing key abc is revoked",
+        "signing key abc is revoked\n\u{1b}[2Kc1/x\tactive",
         0,
     );
     h.control.tick().unwrap();
@@ -337,12 +337,20 @@ fn reports_reach_status_json_and_refusals_the_audit_log() {
     assert_eq!((r.name.as_str(), r.size), ("pleura-lite", 100_000));
     assert_eq!(r.devices["c1/a"].state, "downloading");
     assert_eq!(r.devices["c1/a"].held, 32_768);
+    let why = &r.devices["c1/b"].reason;
+    assert!(why.starts_with("signing key abc is revoked"), "{why}");
+    assert!(
+        !why.chars().any(char::is_control),
+        "device text reaches the operator's terminal without control characters: {why:?}"
+    );
     assert!(
         r.devices["c1/a"].offered_at_ms.is_some(),
         "offer kept beside the report"
     );
     assert_eq!(r.devices["c1/b"].state, "refused");
-    assert_eq!(r.devices["c1/b"].reason, "signing key abc is revoked");
+    assert!(r.devices["c1/b"]
+        .reason
+        .starts_with("signing key abc is revoked"));
     let text = status::render(&st);
     assert!(text.contains("c1/a\tdownloading 32768/100000"), "{text}");
     assert!(

@@ -87,7 +87,14 @@ impl ModelControl {
     /// a refusal or a rollback also goes to the audit log.
     pub fn report(&self, clinic: &str, device: &str, r: ModelReport) {
         let state = ModelState::try_from(r.state).unwrap_or(ModelState::Unspecified);
-        let reason: String = r.reason.chars().take(MAX_REASON).collect();
+        // Device text reaches the operator's terminal (`model status`) and the audit log:
+        // no control characters (forged lines, escape sequences).
+        let reason: String = r
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_REASON)
+            .collect();
         let v = r.release_version;
         Metrics::inc(&self.metrics.model_reports, 1);
         tracing::info!(version = v, clinic, device, state = state_name(state), reason = %reason, held = r.held, active = r.active_version, "model report");

@@ -150,12 +150,11 @@ fn older_and_replayed_offers_are_refused_once_a_newer_one_is_installed() {
         &p.release,
         &f.store.part_file(5),
         Slot::A,
-        pleura_shared::now_ms(),
     )
     .unwrap();
     assert_eq!((m.slot, m.version), (Slot::A, 5));
     f.store.drop_pending(None).unwrap();
-    super::super::switch::activate(&f.store, Slot::A, 1, pleura_shared::now_ms()).unwrap();
+    super::super::switch::activate(&f.store, Slot::A, 1).unwrap();
     let current = f.current_bytes().unwrap();
     let trust_before = std::fs::read(f.store.layout.trust()).unwrap();
     assert_eq!(f.store.trust().unwrap().installed_version(), Some(5));
@@ -194,7 +193,6 @@ fn a_tampered_file_is_refused_at_install_and_no_slot_is_written() {
         &p.release,
         &f.store.part_file(3),
         Slot::A,
-        pleura_shared::now_ms(),
     )
     .unwrap_err();
     let InstallError::Refused(r) = e else {
@@ -231,7 +229,6 @@ fn a_failing_self_test_is_refused_and_the_slot_dropped() {
         &p.release,
         &f.store.part_file(3),
         Slot::A,
-        pleura_shared::now_ms(),
     )
     .unwrap_err();
     let InstallError::Refused(r) = e else {
