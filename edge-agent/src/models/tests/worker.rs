@@ -306,8 +306,7 @@ async fn a_release_that_crashes_in_service_is_rolled_back_and_reported() {
         .write_slot(Slot::A, &signed, &m, &shipped())
         .unwrap();
     init_backend();
-    let (_, pool) =
-        super::super::switch::activate(&store, Slot::A, 1).unwrap();
+    let (_, pool) = super::super::switch::activate(&store, Slot::A, 1).unwrap();
     let live = Arc::new(LivePool::new(pool, 3));
     let r = spawn(
         store.clone(),
