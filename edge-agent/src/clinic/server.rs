@@ -142,6 +142,27 @@ pub(super) fn session(page: &Page, headers: &HeaderMap) -> Option<(String, auth:
         .map(|s| (id.to_string(), s))
 }
 
+/// A form post's session: the login page without one, 403 unless the form carries the
+/// session's CSRF token.
+pub(super) fn posting_session(
+    page: &Page,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<(String, auth::Session), Box<Response>> {
+    let Some((id, s)) = session(page, headers) else {
+        return Err(Box::new(redirect("/login", None)));
+    };
+    let sent = form_value(body, "csrf").unwrap_or_default();
+    if !auth::same(&sent, &s.csrf) {
+        return Err(Box::new(respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "missing or wrong CSRF token\n".into(),
+        )));
+    }
+    Ok((id, s))
+}
+
 /// A fresh login form, with its token in a cookie (double submit: another site can
 /// neither read the cookie nor, with SameSite=Strict, send it).
 fn login_page(page: &Page, status: StatusCode, error: Option<&str>) -> Response {
@@ -254,17 +275,10 @@ pub async fn limited<T: Send + 'static>(
 }
 
 async fn logout(State(page): State<Arc<Page>>, headers: HeaderMap, body: String) -> Response {
-    let Some((id, s)) = session(&page, &headers) else {
-        return redirect("/login", None);
+    let (id, _) = match posting_session(&page, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
-    let sent = form_value(&body, "csrf").unwrap_or_default();
-    if !auth::same(&sent, &s.csrf) {
-        return respond(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            "missing or wrong CSRF token\n".into(),
-        );
-    }
     page.sessions.end(&id);
     redirect(
         "/login",

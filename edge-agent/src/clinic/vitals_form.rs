@@ -15,9 +15,8 @@ use axum::response::Response;
 use pleura_inference::patient::{Sex, Symptom, VitalsError};
 use pleura_inference::Vitals;
 
-use super::auth;
 use super::html::{date, esc, frame, parse_date};
-use super::server::{form_value, html, redirect, respond, session, Page};
+use super::server::{form_value, html, posting_session, redirect, respond, session, Page};
 use crate::vitals::{has_patient_folder, read_vitals, write_vitals, VitalsFileError};
 
 /// The numeric fields: name (in the form and in the file), label, unit.
@@ -361,17 +360,10 @@ enum Saved {
 /// `POST /vitals`: checks the session's CSRF token, the patient folder and the values;
 /// writes the file, or shows the form again (422) with what was typed and why.
 pub async fn save(State(page): State<Arc<Page>>, headers: HeaderMap, body: String) -> Response {
-    let Some((_, s)) = session(&page, &headers) else {
-        return redirect("/login", None);
+    let (_, s) = match posting_session(&page, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
-    let sent = form_value(&body, "csrf").unwrap_or_default();
-    if !auth::same(&sent, &s.csrf) {
-        return respond(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            "missing or wrong CSRF token\n".into(),
-        );
-    }
     let patient = form_value(&body, "patient").unwrap_or_default();
     let day = form_value(&body, "day").and_then(|d| parse_date(&d));
     let Some(inbox) = inbox(&page) else {

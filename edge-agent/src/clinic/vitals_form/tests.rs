@@ -8,6 +8,7 @@ use pleura_inference::ModelInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::clinic::auth;
 use crate::clinic::auth::{Sessions, Throttle, SESSION_COOKIE};
 use crate::clinic::server::router;
 use crate::clinic::view::{PatientSource, Sources};
