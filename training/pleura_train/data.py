@@ -77,23 +77,24 @@ def pocus_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def pocus_items(root: Path) -> list[Item]:
+def pocus_rows(root: Path):
+    """POCUS metadata rows with a file and a usable label: (row, path, group, source, class,
+    severity). The group is the patient within a source (or the file alone)."""
     files = pocus_files(root)
-    items = []
     with open(root / "dataset_metadata.csv", newline="") as f:
         for row in csv.DictReader(f):
             name = row["Filename"]
             if name not in files or row["Label"] not in POCUS_LABELS:
                 continue
             s = row["Lung Severity Score"].strip()
-            patient = row["Patient ID / Name"].strip()
-            source = row["Source ID"].strip()
+            patient, source = row["Patient ID / Name"].strip(), row["Source ID"].strip()
             group = f"pocus:{source}:{patient}" if patient and source else f"pocus:{name}"
-            items.append(
-                Item("pocus", name, str(files[name]), group, POCUS_LABELS[row["Label"]],
-                     int(s) if s.isdigit() else UNKNOWN)
-            )
-    return items
+            yield row, files[name], group, source, POCUS_LABELS[row["Label"]], int(s) if s.isdigit() else UNKNOWN
+
+
+def pocus_items(root: Path) -> list[Item]:
+    return [Item("pocus", row["Filename"], str(path), group, cls, sev)
+            for row, path, group, _, cls, sev in pocus_rows(root)]
 
 
 def assign_folds(items: list[Item], k: int, seed: int = 20261124) -> None:

@@ -13,7 +13,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import NOT_COVID, POCUS_LABELS, UNKNOWN, pocus_files
+from ..data import NOT_COVID, UNKNOWN, pocus_rows
 
 FINDINGS = ["a_lines", "b_lines", "consolidation", "effusion", "pleural_irregularity"]
 VITALS = ["age", "sex_male", "spo2", "respiratory_rate", "pulse", "temperature", "fever", "cough", "dyspnea"]
@@ -116,18 +116,10 @@ def _flag(v: str) -> int:
 
 
 def pocus_videos(root: Path) -> list[Video]:
-    files = pocus_files(root)
     out = []
-    with open(root / "dataset_metadata.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            name = row["Filename"]
-            if name not in files or row["Label"] not in POCUS_LABELS:
-                continue
-            s = row["Lung Severity Score"].strip()
-            patient, source = row["Patient ID / Name"].strip(), row["Source ID"].strip()
-            group = f"pocus:{source}:{patient}" if patient and source else f"pocus:{name}"
-            findings = [_flag(row["A-lines"]), _flag(row["B-lines"]), _flag(row["Consolidations"]),
-                        _flag(row["Effusion"]), _flag(row["Pleural line irregularities"])]
-            out.append(Video("pocus", name, str(files[name]), group, source or name, "",
-                             POCUS_LABELS[row["Label"]], int(s) if s.isdigit() else UNKNOWN, findings))
+    for row, path, group, source, cls, sev in pocus_rows(root):
+        name = row["Filename"]
+        findings = [_flag(row["A-lines"]), _flag(row["B-lines"]), _flag(row["Consolidations"]),
+                    _flag(row["Effusion"]), _flag(row["Pleural line irregularities"])]
+        out.append(Video("pocus", name, str(path), group, source or name, "", cls, sev, findings))
     return out
