@@ -32,7 +32,11 @@ pub async fn run() -> Result<()> {
 
     println!("0. The regional CA is created; each clinic's Pi is enrolled (certificate + key),");
     println!("   and three people get accounts: an operator, a northern specialist, a ministry viewer.\n");
-    let (pki, pki_dir, accounts) = setup::enrol(&root, &[(&north, "north"), (&south, "south")])?;
+    let (pki, pki_dir, accounts) = setup::enrol(
+        &root,
+        &root.join("hub"),
+        &[(&north, "north"), (&south, "south")],
+    )?;
 
     println!("1. clinic-south starts; the hub is DOWN. Its device exports 3 scans.");
     tokio::spawn(edge_agent::daemon::run(south.clone(), shutdown.clone()));
@@ -135,6 +139,10 @@ pub async fn run() -> Result<()> {
             "  specialist  https://127.0.0.1:{metrics}/  user {user}, password \"{password}\""
         );
         println!("  clinic      https://127.0.0.1:{clinic_page}/  PIN {CLINIC_PIN}");
+        println!(
+            "To push a model release to clinic-north: README, \"Model updates\", with D={}",
+            root.display()
+        );
         tokio::signal::ctrl_c().await?;
     }
     shutdown.cancel();

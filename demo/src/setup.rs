@@ -23,14 +23,19 @@ pub const PEOPLE: [(&str, Role, Option<&str>, &str); 3] = [
     ("ministry", Role::Ministry, None, "demo ministry password"),
 ];
 
-/// Creates the regional CA, enrols each clinic's device in its region and adds the
-/// accounts. Returns the CA, its folder and the accounts file.
+/// Creates the regional CA and the hub's model-signing keys, enrols each clinic's device
+/// in its region (certificate, key and the model root key) and adds the accounts.
+/// Returns the CA, its folder and the accounts file.
 pub fn enrol(
     root: &Path,
+    hub_dir: &Path,
     clinics: &[(&EdgeConfig, &str)],
 ) -> Result<(hub_server::ca::Pki, PathBuf, PathBuf)> {
     let pki_dir = root.join("pki");
     let pki = hub_server::ca::Pki::init(&pki_dir, "demo", &["127.0.0.1".into()])?;
+    let models = hub_server::models::ModelStore::new(hub_dir);
+    hub_server::models::keys::init_keys(&models, pleura_shared::now_ms())?;
+    let root_pub = std::fs::read(models.root_public_key())?;
     let now = (pleura_shared::now_ms() / 1000) as i64;
     for (cfg, region) in clinics {
         let bundle = cfg
@@ -48,6 +53,8 @@ pub fn enrol(
             now + 86_400,
             bundle,
         )?;
+        let key = cfg.models.root_key.as_ref().context("models.root_key")?;
+        std::fs::write(key, &root_pub)?;
     }
     let accounts = root.join("accounts.json");
     for (user, role, region, pw) in PEOPLE {
@@ -107,7 +114,12 @@ pub fn agent_config(root: &Path, clinic: &str, mqtt: u16, grpc: u16) -> EdgeConf
         },
         intake: IntakeSettings::default(),
         media: Default::default(),
-        models: Default::default(),
+        // Enrolment puts the hub's model root key here: releases the hub publishes can
+        // be rolled out to the demo's clinics (README, "Model updates").
+        models: edge_agent::config::ModelsSettings {
+            root_key: Some(bundle.join(pleura_shared::release::ROOT_PUBLIC_KEY_FILE)),
+            ..Default::default()
+        },
         clinic_page: Default::default(),
     }
 }

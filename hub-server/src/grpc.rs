@@ -63,6 +63,7 @@ fn to_aggregate(r: RegionDay) -> Aggregate {
         flagged: r.counts.flagged,
         by_severity: r.counts.by_severity.to_vec(),
         by_class: r.counts.by_class.to_vec(),
+        by_model: r.counts.by_model.into_iter().collect(),
     }
 }
 

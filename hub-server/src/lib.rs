@@ -105,13 +105,16 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         Some(r) => r.clone(),
         None => Arc::new(Vec::new()),
     };
-    let model_control = Arc::new(models::ModelControl::open(
-        models::ModelStore::new(&cfg.data_dir),
-        downlink.clone(),
-        device_list,
-        Some(audit.clone()),
-        metrics.clone(),
-    ));
+    let model_control = Arc::new(
+        models::ModelControl::open(
+            models::ModelStore::new(&cfg.data_dir),
+            downlink.clone(),
+            device_list,
+            Some(audit.clone()),
+            metrics.clone(),
+        )
+        .with_shadow_source(ingest.store.clone()),
+    );
     let model_task = tokio::spawn(model_control.clone().run(shutdown.clone()));
     let uplink = Arc::new(uplink::UplinkDispatcher {
         registry: registry.clone(),
@@ -262,6 +265,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         web: Some(web::WebState {
             cases,
             secure: registry.is_some(),
+            shadow_report: Some(models::ModelStore::new(&cfg.data_dir).shadow_path()),
         }),
     })
     // The web application audits each caller's address.

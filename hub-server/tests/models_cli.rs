@@ -114,7 +114,31 @@ fn models_cli_publishes_rolls_out_and_enrols_with_the_root_key() {
     ok(&["model", "pause", "--data-dir", d, "--version", "1"]);
     assert!(fails(&["model", "pause", "--data-dir", d, "--version", "1"]).contains("paused"));
     ok(&["model", "resume", "--data-dir", d, "--version", "1"]);
-    ok(&["model", "promote", "--data-dir", d, "--version", "1"]);
+    // The promotion gate reads the hub's shadow comparison.
+    let shadow = serde_json::json!({"generated_at_ms": 1, "candidates": {"1": {
+        "release": 1, "exams_compared": 12, "scans_compared": 20,
+        "active": {"sensitivity": {"hits": 5, "of": 5}},
+        "candidate": {"sensitivity": {"hits": 4, "of": 5}}}}});
+    std::fs::write(data.join("models/shadow.json"), shadow.to_string()).unwrap();
+    let st = ok(&["model", "status", "--data-dir", d]);
+    assert!(
+        st.contains("on 12 reviewed examination(s), 20 scan(s)"),
+        "{st}"
+    );
+    let promote = ["model", "promote", "--data-dir", d, "--version", "1"];
+    let gated = [&promote[..], &["--min-reviewed", "50", "--not-worse"]].concat();
+    let e = fails(&gated);
+    assert!(
+        e.contains("12 reviewed examination(s) compared, fewer than the 50 required"),
+        "{e}"
+    );
+    assert!(
+        e.contains("candidate sensitivity 80.0% (4/5) is below the active model's 100.0% (5/5)"),
+        "{e}"
+    );
+    let out = ok(&[&gated[..], &["--force"]].concat());
+    assert!(out.contains("promoting anyway (--force)"), "{out}");
+    assert!(out.contains("promoting on this shadow comparison"), "{out}");
     ok(&["model", "abort", "--data-dir", d, "--version", "1"]);
     let e = fails(&[
         "model",

@@ -24,7 +24,7 @@ pub use exam::ExamId;
 pub use ids::{validate_name, IdError, ResultId};
 pub use pleura_proto::{v1 as wire, SCHEMA_VERSION};
 pub use pseudonym::PseudonymKey;
-pub use record::{RecordError, ScanRecord};
+pub use record::{result_id_for, RecordError, ScanRecord};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {

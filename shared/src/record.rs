@@ -59,6 +59,16 @@ pub struct ScanRecord {
     /// Quantised localisation map (0..=255), `localisation_size`² cells.
     pub localisation: Vec<u8>,
     pub localisation_size: u32,
+    /// The scan analysed: the same for every analysis of it (by another release, or in
+    /// shadow). Equal to `id` for the built-in model's results, and for results from
+    /// agents that did not send one.
+    pub scan: ResultId,
+    /// Release version of the model that produced it; 0 is the agent's built-in model.
+    pub release: u64,
+    /// `Some` for a shadow result (a candidate model run beside the active one): what the
+    /// candidate would have flagged. A shadow result's `analysis.flagged` is always
+    /// false and its `flag_reasons` empty, so nothing that counts flags can count it.
+    pub shadow: Option<Vec<FlagReason>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +137,26 @@ impl ScanRecord {
                 .findings
                 .map(|f| f.as_array().to_vec())
                 .unwrap_or_default(),
+            // Sent only when it differs from the result id (older hubs see no change).
+            scan_id: if self.scan == self.id {
+                Vec::new()
+            } else {
+                self.scan.0.to_vec()
+            },
+            shadow: self.shadow.is_some(),
+            model_release: self.release,
+            shadow_flag_reasons: self
+                .shadow
+                .iter()
+                .flatten()
+                .map(|r| flag_to_wire(*r) as i32)
+                .collect(),
         }
+    }
+
+    /// Whether it is a candidate model's shadow result.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.is_some()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -195,6 +224,36 @@ impl ScanRecord {
             ));
         }
         let findings = finding_probs(&w.finding_probs)?;
+        let scan = match w.scan_id.len() {
+            0 => id,
+            _ => ResultId::from_slice(&w.scan_id).map_err(|e| invalid("scan_id", e.to_string()))?,
+        };
+        let shadow_flags = w
+            .shadow_flag_reasons
+            .iter()
+            .map(|r| flag_from_wire(*r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shadow =
+            match (w.shadow, w.flagged || !flag_reasons.is_empty()) {
+                (true, true) => return Err(invalid(
+                    "flagged",
+                    "a shadow result never flags (its candidate's flags go in shadow_flag_reasons)",
+                )),
+                (true, false) => Some(shadow_flags),
+                (false, _) if !shadow_flags.is_empty() => {
+                    return Err(invalid(
+                        "shadow_flag_reasons",
+                        "set on a result that is not a shadow result",
+                    ))
+                }
+                (false, _) => None,
+            };
+        if shadow.is_some() && w.model_release == 0 {
+            return Err(invalid(
+                "model_release",
+                "a shadow result comes from a release (version above 0)",
+            ));
+        }
         if w.format.len() > 16 || w.model_version.len() > 64 {
             return Err(invalid("format/model_version", "too long"));
         }
@@ -221,8 +280,30 @@ impl ScanRecord {
             },
             localisation: w.localisation,
             localisation_size: w.localisation_size,
+            scan,
+            release: w.model_release,
+            shadow,
         })
     }
+}
+
+/// The id of one analysis of `scan`: the scan's own id for the built-in model's active
+/// reading (as it was before releases existed), otherwise derived from the scan, the
+/// release and the role. Another release's reading of the scan (a re-analysis after a
+/// rollback) or a candidate's shadow reading is then a distinct result at the hub, never
+/// a duplicate of the first, while the same release re-analysing it after a crash gives
+/// the same id again.
+pub fn result_id_for(scan: &ResultId, release: u64, shadow: bool) -> ResultId {
+    use sha2::{Digest, Sha256};
+    if release == 0 && !shadow {
+        return *scan;
+    }
+    let mut h = Sha256::new();
+    h.update(b"pleura-result-of-release-v1\0");
+    h.update(scan.as_bytes());
+    h.update(release.to_be_bytes());
+    h.update([u8::from(shadow)]);
+    ResultId::from_slice(&h.finalize()[..16]).expect("16 bytes")
 }
 
 /// "L1".."L6" or "R1".."R6": the 12-zone Soldati protocol.
@@ -283,8 +364,9 @@ pub fn sample_record(clinic: &str, device: &str, severity: u8, flagged: bool) ->
     let sev = Severity::new(severity.min(3)).expect("clamped");
     let mut severity_probs = [0.1f32; 4];
     severity_probs[usize::from(sev.score())] = 0.7;
+    let id = ResultId::random();
     ScanRecord {
-        id: ResultId::random(),
+        id,
         clinic: clinic.into(),
         device: device.into(),
         patient_key: Some(rand::random()),
@@ -310,6 +392,9 @@ pub fn sample_record(clinic: &str, device: &str, severity: u8, flagged: bool) ->
         },
         localisation: vec![128; 49],
         localisation_size: 7,
+        scan: id,
+        release: 0,
+        shadow: None,
     }
 }
 
@@ -325,6 +410,65 @@ mod tests {
         assert_eq!(ScanRecord::decode(&bytes).unwrap(), r);
         assert_eq!(r.priority(), 7);
         assert_eq!(sample_record("c", "d", 0, false).priority(), 0);
+    }
+
+    #[test]
+    fn shadow_results_round_trip_and_can_never_flag() {
+        let mut r = sample_record("clinic-a", "pi-1", 3, false);
+        let scan = r.id;
+        r.release = 7;
+        r.id = result_id_for(&scan, 7, true);
+        r.shadow = Some(vec![FlagReason::HighSeverity]);
+        let w = r.to_wire();
+        assert!(w.shadow && !w.flagged && w.flag_reasons.is_empty());
+        assert_eq!(w.scan_id, scan.0.to_vec());
+        assert_eq!(ScanRecord::decode(&r.encode()).unwrap(), r);
+
+        // A shadow result claiming a flag is refused, whatever the sender meant.
+        let mut bad = r.to_wire();
+        bad.flagged = true;
+        let e = ScanRecord::from_wire(bad).unwrap_err().to_string();
+        assert!(e.contains("shadow result never flags"), "{e}");
+        let mut bad = r.to_wire();
+        bad.flag_reasons = vec![pb::FlagReason::HighSeverity as i32];
+        assert!(ScanRecord::from_wire(bad).is_err());
+        // Candidate flags on an active result, and a shadow of the built-in model, too.
+        let mut bad = sample_record("c", "d", 1, false).to_wire();
+        bad.shadow_flag_reasons = vec![pb::FlagReason::HighSeverity as i32];
+        assert!(ScanRecord::from_wire(bad).is_err());
+        let mut bad = r.to_wire();
+        bad.model_release = 0;
+        assert!(ScanRecord::from_wire(bad).is_err());
+        let mut bad = r.to_wire();
+        bad.scan_id = vec![1; 5];
+        assert!(ScanRecord::from_wire(bad).is_err());
+    }
+
+    #[test]
+    fn a_result_from_an_older_agent_names_its_scan_by_its_id() {
+        let r = sample_record("c", "d", 1, true);
+        let w = r.to_wire();
+        assert!(w.scan_id.is_empty() && w.model_release == 0 && !w.shadow);
+        assert_eq!(ScanRecord::from_wire(w).unwrap().scan, r.id);
+    }
+
+    #[test]
+    fn each_release_and_role_reads_a_scan_under_its_own_id() {
+        let scan = ResultId::random();
+        assert_eq!(result_id_for(&scan, 0, false), scan, "built-in: unchanged");
+        let ids = [
+            result_id_for(&scan, 3, false),
+            result_id_for(&scan, 3, true),
+            result_id_for(&scan, 4, false),
+            result_id_for(&scan, 0, true),
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            assert_ne!(*a, scan);
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(ids[0], result_id_for(&scan, 3, false), "stable");
     }
 
     #[test]

@@ -308,6 +308,7 @@ fn a_device_cannot_take_another_devices_result_id_and_one_batch_limit_holds() {
         let genuine = sample_record("clinic-b", "b", 3, true);
         let mut squat = sample_record("clinic-a", "a", 0, false);
         squat.id = genuine.id;
+        squat.scan = squat.id;
         let mut ca = HubClient::new(hub.channel(Some(&a)).await?);
         let mut cb = HubClient::new(hub.channel(Some(&b)).await?);
         ca.upload(signed("clinic-a", "a", &[squat], &a)).await?;

@@ -3,7 +3,9 @@
 //! SIGKILL mid-download), verifies it, runs its self-test and switches, while the other
 //! clinic's agent is never offered it. A release whose file is tampered with on the hub is
 //! refused by the device with a named reason, the running model untouched and the hub told;
-//! a shadow release waits for `model promote`.
+//! a shadow release reads new scans beside the active one (its readings reach the hub
+//! tagged as shadow, never flag and are never listed as the case) and waits for
+//! `model promote`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,15 @@ fn hub_device(hub: &Hub, version: u64, device: &str) -> Option<Value> {
     let v: Value = serde_json::from_str(&out).ok()?;
     let d = v["releases"][version.to_string()]["devices"][device].clone();
     (!d.is_null()).then_some(d)
+}
+
+/// Results the hub has stored from one device (active and shadow readings alike).
+fn results_from(hub: &Hub, device: &str) -> u64 {
+    hub.devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.0 == device)
+        .map_or(0, |d| d.1)
 }
 
 /// Self-test vectors for the shipped model, made by the edge binary's own engine.
@@ -161,9 +172,17 @@ fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refus
         Some(1),
         "the running model is untouched"
     );
-    assert!(models_status(&a).unwrap()["last_refusal"]
-        .as_str()
-        .is_some_and(|r| r.contains("hash")));
+    // The agent's status file is written a moment after the report left.
+    eventually(
+        "the refusal in the agent's status",
+        Duration::from_secs(15),
+        || {
+            models_status(&a)?["last_refusal"]
+                .as_str()
+                .is_some_and(|r| r.contains("hash"))
+                .then_some(())
+        },
+    );
 
     // A shadow release waits for the operator's promote.
     hub.model(&[
@@ -189,6 +208,44 @@ fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refus
         (hub_device(&hub, 3, "clinic-a/pi-1")?["state"] == "shadowing").then_some(())
     });
     assert_eq!(active_version(&a), Some(1));
+
+    // While it shadows, a new scan is read by both: the active release's reading is the
+    // case; the candidate's reaches the hub tagged as shadow, as a result of its own, and
+    // never flags.
+    let before = results_from(&hub, "clinic-a/pi-1");
+    a.drop_scan(
+        &repo_root().join("fixtures/scans/cb_patient29_L2.mp4"),
+        "shadowed_L2.mp4",
+    )
+    .unwrap();
+    eventually("both readings at the hub", Duration::from_secs(120), || {
+        (results_from(&hub, "clinic-a/pi-1") == before + 2).then_some(())
+    });
+    let cases = hub.cases().unwrap();
+    let shadowed: Vec<_> = cases
+        .iter()
+        .filter_map(|c| c.result.as_ref())
+        .filter(|r| r.clinic_id == "clinic-a" && r.model_release >= 1)
+        .collect();
+    assert_eq!(
+        shadowed.len(),
+        1,
+        "one current reading per scan is listed: {shadowed:?}"
+    );
+    let active = shadowed[0];
+    assert!(!active.shadow && active.model_release == 1, "{active:?}");
+    assert!(
+        cases
+            .iter()
+            .filter_map(|c| c.result.as_ref())
+            .all(|r| !r.shadow),
+        "shadow readings are never listed as cases"
+    );
+    eventually(
+        "the agent counts one shadow reading",
+        Duration::from_secs(15),
+        || (models_status(&a)?["shadow_results"].as_u64()? == 1).then_some(()),
+    );
     hub.model(&["promote", "--version", "3"]).unwrap();
     eventually("clinic-a on release 3", Duration::from_secs(60), || {
         (active_version(&a)? == 3).then_some(())

@@ -5,9 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pleura_inference::decode::{detect, DecodeError, Format};
 use pleura_inference::pool::Worker;
 use pleura_inference::AnalyzeError;
-use pleura_shared::{PseudonymKey, ResultId, ScanRecord};
+use pleura_shared::{result_id_for, PseudonymKey, ResultId, ScanRecord};
 
 use super::result_id;
 use pleura_shared::now_ms;
@@ -26,14 +27,38 @@ pub struct ScanFacts {
     pub modified: SystemTime,
 }
 
-/// Decodes, identifies, hashes and analyses one scan; runs on an inference thread
-/// (`InferencePool::run`). A file that cannot be decoded is `AnalyzeError::Decode`.
+/// What the shadow model needs to read the scan again: the frames already decoded (its
+/// input matches the active model's), or the file's bytes (it samples differently).
+pub enum Again {
+    Frames(pleura_inference::decode::DecodedScan),
+    Bytes(Vec<u8>),
+}
+
+/// What the job keeps for a shadow reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Nothing,
+    Frames,
+    Bytes,
+}
+
+/// The active reading of a scan, and what a shadow reading of it needs.
+pub struct Analysed {
+    pub record: ScanRecord,
+    pub again: Option<Again>,
+}
+
+/// Decodes, identifies, hashes and analyses one scan with release `release`; runs on an
+/// inference thread (`InferencePool::run`). A file that cannot be decoded (or whose
+/// decoding crashes) is `AnalyzeError::Decode`: the file's fault, never the model's.
 pub fn scan_job(
     w: &mut Worker<'_>,
     bytes: Vec<u8>,
     facts: &ScanFacts,
-) -> Result<ScanRecord, AnalyzeError> {
-    let decoded = w.decode(&bytes)?;
+    release: u64,
+    keep: Keep,
+) -> Result<Analysed, AnalyzeError> {
+    let decoded = decode_guarded(w, &bytes)?;
     let dicom = decoded
         .dicom
         .as_ref()
@@ -44,11 +69,15 @@ pub fn scan_job(
     // A DICOM header names the patient and the study day better than the folder and
     // the file time; only the pseudonym and the day are kept.
     let patient = dicom.patient_key.or(facts.folder_patient);
-    let id = id_of(facts, patient.as_ref(), &bytes);
-    drop(bytes);
+    let scan = id_of(facts, patient.as_ref(), &bytes);
+    let again = match keep {
+        Keep::Nothing => None,
+        Keep::Frames => Some(Again::Frames(decoded.scan.clone())),
+        Keep::Bytes => Some(Again::Bytes(bytes)),
+    };
     let report = w.analyze(decoded.scan)?;
-    Ok(ScanRecord {
-        id,
+    let record = ScanRecord {
+        id: result_id_for(&scan, release, false),
         clinic: facts.clinic.clone(),
         device: facts.device.clone(),
         patient_key: patient,
@@ -59,7 +88,55 @@ pub fn scan_job(
         analysis: report.analysis,
         localisation: ScanRecord::quantise_map(&report.localisation),
         localisation_size: report.localisation_size as u32,
+        scan,
+        release,
+        shadow: None,
+    };
+    Ok(Analysed { record, again })
+}
+
+/// The candidate release `release` reads the scan the active model read as `active`:
+/// same scan, patient, zone and day; its own id, reading and localisation; never
+/// flagged (what it would have flagged is kept apart, for the hub's comparison).
+pub fn shadow_job(
+    w: &mut Worker<'_>,
+    again: Again,
+    active: &ScanRecord,
+    release: u64,
+) -> Result<ScanRecord, AnalyzeError> {
+    let scan = match again {
+        Again::Frames(scan) => scan,
+        Again::Bytes(bytes) => decode_guarded(w, &bytes)?.scan,
+    };
+    let report = w.analyze(scan)?;
+    let mut analysis = report.analysis;
+    let would_flag = std::mem::take(&mut analysis.flag_reasons);
+    analysis.flagged = false;
+    Ok(ScanRecord {
+        id: result_id_for(&active.scan, release, true),
+        analysed_at_ms: now_ms(),
+        analysis,
+        localisation: ScanRecord::quantise_map(&report.localisation),
+        localisation_size: report.localisation_size as u32,
+        release,
+        shadow: Some(would_flag),
+        ..active.clone()
     })
+}
+
+/// Decodes on this inference thread; a decoder panic is the file's fault (a corrupt
+/// file), reported as a decode error so that it never counts against a model release.
+fn decode_guarded(
+    w: &Worker<'_>,
+    bytes: &[u8],
+) -> Result<pleura_inference::decode::Decoded, AnalyzeError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.decode(bytes))) {
+        Ok(res) => Ok(res?),
+        Err(_) => Err(AnalyzeError::Decode(DecodeError::Corrupt {
+            format: detect(bytes).unwrap_or(Format::Dicom),
+            reason: "the decoder crashed on this file".into(),
+        })),
+    }
 }
 
 fn id_of(facts: &ScanFacts, patient: Option<&[u8; 16]>, bytes: &[u8]) -> ResultId {

@@ -16,7 +16,7 @@ use pleura_shared::ScanRecord;
 
 use super::attempts::Attempts;
 use super::inbox::{FileId, Place, Stamp};
-use super::job::{scan_job, ScanFacts};
+use super::job::{scan_job, shadow_job, Analysed, Keep, ScanFacts};
 use super::ANALYSIS_TICK;
 use super::{off_async, wait_with_deadline, zone_from_name, Intake, Outcome, Waited};
 use crate::outbox::OutboxError;
@@ -31,29 +31,73 @@ struct Ready {
 }
 
 /// What came of handing a scan to the pool.
-enum Analysed {
-    Done(Box<Result<ScanRecord, AnalyzeError>>),
+enum Finished {
+    Done(Box<Result<Readings, JobError>>),
     /// Given up after `intake.max_analysis_s`: why, for the attempts' reason.
     TimedOut(String),
 }
 
+/// A scan's readings: the active model's, and the shadow candidate's when one runs.
+pub(super) struct Readings {
+    pub record: ScanRecord,
+    pub shadow: Option<ScanRecord>,
+}
+
+/// An analysis that failed, and the release it ran on (0: the built-in model).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub(super) struct JobError {
+    pub error: AnalyzeError,
+    pub release: u64,
+}
+
 impl Intake {
-    /// The pool job for one scan: `bytes` and `facts` in, its record out. Once handed
-    /// over, it holds a worker until it ends, even if no one waits for it.
+    /// The pool job for one scan: `bytes` and `facts` in, its record out (and, while a
+    /// candidate release runs in shadow, the candidate's reading of the same frames).
+    /// Once handed over, it holds a worker until it ends, even if no one waits for it.
     pub(super) fn pool_job(
         &self,
         bytes: Vec<u8>,
         facts: ScanFacts,
-    ) -> Pin<Box<impl Future<Output = Result<ScanRecord, AnalyzeError>> + Send + 'static>> {
+        with_shadow: bool,
+    ) -> Pin<Box<impl Future<Output = Result<Readings, JobError>> + Send + 'static>> {
         let live = self.pool.clone();
-        let pool = live.current();
+        let running = live.running();
+        let shadow = live.shadow().filter(|_| with_shadow);
+        let keep = match &shadow {
+            None => Keep::Nothing,
+            Some(s) => {
+                let (a, b) = (&running.pool.info().input, &s.pool.info().input);
+                if (a.size, a.max_frames) == (b.size, b.max_frames) {
+                    Keep::Frames
+                } else {
+                    Keep::Bytes
+                }
+            }
+        };
         Box::pin(async move {
-            let res = pool
-                .run(move |w| scan_job(w, bytes, &facts))
+            let release = running.version;
+            let res = running
+                .pool
+                .run(move |w| scan_job(w, bytes, &facts, release, keep))
                 .await
                 .and_then(|r| r);
-            live.observe(&res, pleura_shared::now_ms());
-            res
+            live.observe(&res, release, pleura_shared::now_ms());
+            let Analysed { record, again } = res.map_err(|error| JobError { error, release })?;
+            let shadow = match (shadow, again) {
+                (Some(s), Some(again)) => {
+                    let (active, version) = (record.clone(), s.version);
+                    let res = s
+                        .pool
+                        .run(move |w| shadow_job(w, again, &active, version))
+                        .await
+                        .and_then(|r| r);
+                    live.observe_shadow(&res, version);
+                    res.ok()
+                }
+                _ => None,
+            };
+            Ok(Readings { record, shadow })
         })
     }
 
@@ -172,8 +216,8 @@ impl Intake {
 
     /// Hands the scan to the pool and waits at most `intake.max_analysis_s`, showing
     /// it in status meanwhile.
-    async fn analyse(&self, r: &str, bytes: Vec<u8>, facts: ScanFacts) -> Analysed {
-        let job = self.pool_job(bytes, facts);
+    async fn analyse(&self, r: &str, bytes: Vec<u8>, facts: ScanFacts) -> Finished {
+        let job = self.pool_job(bytes, facts, true);
         let max_s = self.cfg.intake.max_analysis_s;
         self.show_analysing(r, Some(Duration::ZERO));
         let waited = wait_with_deadline(job, Duration::from_secs(max_s), ANALYSIS_TICK, |e| {
@@ -182,7 +226,7 @@ impl Intake {
         .await;
         self.show_analysing(r, None);
         match waited {
-            Waited::Done(a) => Analysed::Done(Box::new(a)),
+            Waited::Done(a) => Finished::Done(Box::new(a)),
             Waited::TimedOut(job) => {
                 // The pool cannot cancel a job: stop waiting, and count the worker it
                 // holds until it ends so new scans are not charged for the wait.
@@ -193,7 +237,7 @@ impl Intake {
                     held.fetch_sub(1, Ordering::SeqCst);
                 });
                 self.status.update(|s| s.intake.analyses_timed_out += 1);
-                Analysed::TimedOut(format!(
+                Finished::TimedOut(format!(
                     "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
                 ))
             }
@@ -208,38 +252,39 @@ impl Intake {
         path: &Path,
         r: &str,
         stamp: Stamp,
-        analysed: Analysed,
+        analysed: Finished,
         attempts: &Attempts,
     ) -> Outcome {
         let zone = zone_from_name(path);
         let zone = zone.as_deref().unwrap_or("-");
         let done = match analysed {
-            Analysed::Done(done) => *done,
-            Analysed::TimedOut(why) => return self.failed_counted(at, path, r, &why, attempts),
+            Finished::Done(done) => *done,
+            Finished::TimedOut(why) => return self.failed_counted(at, path, r, &why, attempts),
         };
-        let record = match done {
-            Ok(record) => record,
-            Err(AnalyzeError::PoolClosed) => {
+        let Readings { record, shadow } = match done.map_err(|e| (e.error, e.release)) {
+            Ok(readings) => readings,
+            Err((AnalyzeError::PoolClosed, _)) => {
                 attempts.undo(r);
                 return Outcome::Shutdown;
             }
-            Err(e @ AnalyzeError::Decode(_)) => {
+            Err((e @ AnalyzeError::Decode(_), _)) => {
                 return self.reject(at, path, r, &format!("{e}"), attempts)
             }
             // A pushed model release faulting (crash, non-finite output) is the model's
             // fault, not the file's: no attempt is used, and the scan is analysed again
             // once the guard has rolled the release back (`models::guard`). The built-in
             // model's faults count as before, so a hostile file is still set aside.
-            Err(
+            Err((
                 e @ (AnalyzeError::Panicked
                 | AnalyzeError::Model(pleura_inference::ModelError::NonFinite { .. })),
-            ) if self.pool.version() > 0 => {
+                release,
+            )) if release > 0 => {
                 attempts.undo(r);
-                tracing::warn!(scan = %r, zone, release = self.pool.version(), error = %e,
+                tracing::warn!(scan = %r, zone, release, error = %e,
                     "analysis failed on a model release; retried without using an attempt");
                 return Outcome::Failed(e.to_string());
             }
-            Err(e) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
+            Err((e, _)) => return self.failed_counted(at, path, r, &format!("{e}"), attempts),
         };
         match self.outbox.put(&record) {
             Ok(_) => {}
@@ -253,6 +298,9 @@ impl Intake {
                 tracing::error!(scan = %r, zone, error = %e, "scan left in the inbox");
                 return Outcome::Storage(e.to_string());
             }
+        }
+        if let Some(shadow) = shadow {
+            self.queue_shadow(&shadow);
         }
         let id = record.id;
         // Durable in the outbox: now the source may move. In processed/ it keeps its
@@ -284,5 +332,20 @@ impl Intake {
         tracing::info!(result_id = %id, scan = %r, zone, path = %self.shown(path), flagged = record.analysis.flagged, "scan analysed and queued");
         self.queued.notify_one();
         Outcome::Done
+    }
+
+    /// Queues a candidate's shadow reading beside the active one. Best effort: without
+    /// room (or on a storage error) the comparison has one scan fewer, and nothing else
+    /// is affected. Never shown on the clinic page, never given media.
+    fn queue_shadow(&self, shadow: &ScanRecord) {
+        match self.outbox.put(shadow) {
+            Ok(_) => {
+                self.status.update(|s| s.models.shadow_results += 1);
+                tracing::debug!(result_id = %shadow.id, release = shadow.release, "shadow reading queued");
+            }
+            Err(e) => {
+                tracing::warn!(result_id = %shadow.id, release = shadow.release, error = %e, "shadow reading not kept")
+            }
+        }
     }
 }

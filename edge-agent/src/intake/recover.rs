@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pleura_shared::ResultId;
+use pleura_shared::{result_id_for, ResultId};
 
 use super::{off_async, wait_with_deadline, Intake, Waited, ANALYSIS_TICK};
 use crate::outbox::{Held, OutboxError};
@@ -217,16 +217,23 @@ impl Intake {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reading it: {e}"))?;
-        let job = self.pool_job(bytes, self.facts(&inbox_path, k.modified));
+        let job = self.pool_job(bytes, self.facts(&inbox_path, k.modified), false);
         let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
         let record = match wait_with_deadline(job, max, ANALYSIS_TICK, |_| {}).await {
-            Waited::Done(r) => r.map_err(|e| e.to_string())?,
+            Waited::Done(r) => r.map_err(|e| e.to_string())?.record,
             Waited::TimedOut(_) => return Err("analysis took too long".into()),
         };
-        if record.id != id {
+        // Named by the built-in model, or by the release running now (a scan named by an
+        // earlier release cannot be told from a changed identity, and is not rebuilt).
+        if record.id != id && result_id_for(&record.scan, 0, false) != id {
             return Err(Rebuild::Failed(format!(
-                "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed?)"
+                "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed, or it was read by an earlier model release)"
             )));
+        }
+        // Read again by a release: a new result (the hub keeps both, the newer current),
+        // and the scan in processed/ is renamed to it so it is tracked from now on.
+        if record.id != id {
+            self.rename_processed(&k.path, &record.id)?;
         }
         let outbox = self.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.put(&record)).await {
@@ -240,6 +247,19 @@ impl Intake {
         tracing::warn!(result_id = %id, "result lost by the outbox store rebuilt from its scan in processed/");
         self.queued.notify_one();
         Ok(())
+    }
+}
+
+impl Intake {
+    fn rename_processed(&self, path: &Path, id: &ResultId) -> Result<(), Rebuild> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(processed::parse_name)
+            .map(|(_, original)| processed::file_name(id, original))
+            .ok_or("not a processed/ scan name")?;
+        std::fs::rename(path, path.with_file_name(name))
+            .map_err(|e| Rebuild::Failed(format!("renaming it in processed/: {e}")))
     }
 }
 

@@ -42,14 +42,17 @@ pub fn store(store: &ModelStore, cmd: &ModelCommand) -> Result<bool, ModelsError
     Ok(true)
 }
 
-/// Reads and removes the stored command, doing what needs no model engine (abort).
+/// Reads the stored command, doing what needs no model engine (abort). An abort is
+/// removed once carried out; a promote stays until the switch is done (`promoted`), so
+/// that one received mid-download is carried out once the release is installed, and
+/// one interrupted by a crash is carried out at the next start.
 pub fn take(store: &ModelStore) -> Result<Option<Decided>, ModelsError> {
     let path = store.layout.command_file();
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
     };
-    let _ = std::fs::remove_file(&path);
     let Ok(cmd) = serde_json::from_slice::<Stored>(&bytes) else {
+        let _ = std::fs::remove_file(&path);
         return Ok(None);
     };
     let _g = store.guard();
@@ -59,11 +62,20 @@ pub fn take(store: &ModelStore) -> Result<Option<Decided>, ModelsError> {
         .and_then(|s| store.layout.check_slot(s).ok())
         .filter(|m| m.version == cmd.version);
     if cmd.promote {
+        let active = store.layout.check_slot(cur.active).map(|m| m.version);
         return Ok(Some(match shadow {
             Some(m) => Decided::Promote(m.slot, m.version),
-            None => Decided::Nothing,
+            None => {
+                let waiting = store.pending()?.is_some_and(|p| p.version == cmd.version);
+                // Already active, or neither held nor on its way: nothing will come of it.
+                if !waiting || active.is_ok_and(|a| a >= cmd.version) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Decided::Nothing
+            }
         }));
     }
+    let _ = std::fs::remove_file(&path);
     let mut hit = false;
     if let Some(m) = shadow {
         cur.shadow = None;
@@ -80,4 +92,15 @@ pub fn take(store: &ModelStore) -> Result<Option<Decided>, ModelsError> {
     } else {
         Decided::Nothing
     }))
+}
+
+/// The promote of `version` is carried out: its command goes.
+pub fn promoted(store: &ModelStore, version: u64) {
+    let path = store.layout.command_file();
+    let stored = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Stored>(&b).ok());
+    if stored.is_some_and(|c| c.promote && c.version == version) {
+        let _ = std::fs::remove_file(&path);
+    }
 }

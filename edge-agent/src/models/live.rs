@@ -1,7 +1,9 @@
-//! The inference pool analyses run on, swappable between analyses: callers take the
+//! The inference pools analyses run on, swappable between analyses: callers take the
 //! current pool for one job (`current`), so a job in progress finishes on the pool it
-//! started on while the next one gets the new model. Faults of the running model
-//! (crashed jobs, non-finite outputs) are counted here for the guard.
+//! started on while the next one gets the new model. A candidate release in shadow mode
+//! has its own pool beside it (`shadow`). Faults of a running model (crashed jobs,
+//! non-finite outputs) are counted here for the guard, against the release that ran
+//! them: a late fault of a model already replaced counts for nothing.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -10,55 +12,111 @@ use tokio::sync::Notify;
 
 use super::guard::FaultWindow;
 
+/// A pool and the release it runs (0: the built-in model).
+#[derive(Clone)]
+pub struct Running {
+    pub pool: Arc<InferencePool>,
+    pub version: u64,
+}
+
 pub struct LivePool {
-    pool: RwLock<Arc<InferencePool>>,
-    /// Release version of the running model (0: built-in).
-    version: std::sync::atomic::AtomicU64,
+    active: RwLock<Running>,
+    shadow: RwLock<Option<Running>>,
     faults: Mutex<FaultWindow>,
     /// Woken when the fault window trips: the worker rolls back.
     pub tripped: Notify,
     last_fault: Mutex<Option<String>>,
+    /// Woken when the shadow release faults: the worker drops it and reports.
+    pub shadow_tripped: Notify,
+    shadow_fault: Mutex<Option<(u64, String)>>,
 }
 
 impl LivePool {
     pub fn new(pool: Arc<InferencePool>, version: u64) -> Self {
         Self {
-            pool: RwLock::new(pool),
-            version: version.into(),
+            active: RwLock::new(Running { pool, version }),
+            shadow: RwLock::new(None),
             faults: Mutex::new(FaultWindow::default()),
             tripped: Notify::new(),
             last_fault: Mutex::new(None),
+            shadow_tripped: Notify::new(),
+            shadow_fault: Mutex::new(None),
         }
     }
 
     pub fn current(&self) -> Arc<InferencePool> {
-        self.pool.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.running().pool
+    }
+
+    /// The active pool and its release, read together.
+    pub fn running(&self) -> Running {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::SeqCst)
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version
     }
 
     /// Puts `pool` in for the next jobs; the old one is dropped (its threads end) once
     /// the last job holding it returns.
     pub fn swap(&self, pool: Arc<InferencePool>, version: u64) {
-        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = pool;
-        self.version
-            .store(version, std::sync::atomic::Ordering::SeqCst);
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Running { pool, version };
         *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = FaultWindow::default();
+        let mut shadow = self.shadow.write().unwrap_or_else(|e| e.into_inner());
+        // The candidate just became the active model: it no longer runs beside itself.
+        if shadow.as_ref().is_some_and(|s| s.version == version) {
+            *shadow = None;
+        }
     }
 
-    /// Looks at an analysis's outcome: a crash or non-finite output counts as a fault
-    /// of the running model (a file that cannot be decoded does not).
-    pub fn observe<T>(&self, res: &Result<T, AnalyzeError>, now_ms: u64) {
-        let why = match res {
-            Err(AnalyzeError::Panicked) => "inference jobs crashed",
-            Err(AnalyzeError::Model(ModelError::NonFinite { .. })) => {
-                "the model produced non-finite outputs"
-            }
-            _ => return,
-        };
+    /// The candidate release running in shadow, if any.
+    pub fn shadow(&self) -> Option<Running> {
+        self.shadow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_shadow(&self, shadow: Option<Running>) {
+        *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow;
+    }
+
+    /// Looks at an analysis's outcome on release `version`: a crash or non-finite
+    /// output counts as a fault of that release while it is still the active one (a
+    /// file that cannot be decoded does not).
+    pub fn observe<T>(&self, res: &Result<T, AnalyzeError>, version: u64, now_ms: u64) {
+        let Some(why) = fault_of(res) else { return };
+        if version != self.version() {
+            tracing::debug!(version, reason = why, "fault of a model no longer active");
+            return;
+        }
         self.fault(why, now_ms);
+    }
+
+    /// Looks at a shadow analysis's outcome: any fault of the candidate ends its shadow
+    /// run (it must not be promoted), without touching the active model.
+    pub fn observe_shadow<T>(&self, res: &Result<T, AnalyzeError>, version: u64) {
+        let why = match res {
+            Err(AnalyzeError::Decode(_)) | Ok(_) => return,
+            Err(e) => fault_of(res).map(str::to_string).unwrap_or(e.to_string()),
+        };
+        tracing::warn!(version, reason = %why, "shadow model fault");
+        *self.shadow_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, why));
+        self.shadow_tripped.notify_one();
+    }
+
+    /// The shadow release's last fault (version, why), taken.
+    pub fn take_shadow_fault(&self) -> Option<(u64, String)> {
+        self.shadow_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Records a fault; wakes the worker when the window trips.
@@ -84,5 +142,15 @@ impl LivePool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+fn fault_of<T>(res: &Result<T, AnalyzeError>) -> Option<&'static str> {
+    match res {
+        Err(AnalyzeError::Panicked) => Some("inference jobs crashed"),
+        Err(AnalyzeError::Model(ModelError::NonFinite { .. })) => {
+            Some("the model produced non-finite outputs")
+        }
+        _ => None,
     }
 }

@@ -2,14 +2,16 @@
 //! verified before a byte is fetched (`offer`), downloaded resumably in the background
 //! after clinical data (`download`), installed into the spare slot and self-tested with
 //! the configured backend (`install`), switched in atomically between analyses
-//! (`slots`, `live`), and rolled back by the agent itself when they misbehave (`guard`).
+//! (`slots`, `live`), run beside the active model on new scans while in shadow
+//! (`shadow`), and rolled back by the agent itself when they misbehave (`guard`).
 //! `worker` is the task that moves the bytes and sends the reports.
 //!
 //! Files, under `<data_dir>/models/`: `trust.json` (the `TrustState`), `slots/{a,b}/`
 //! (`release.json`, `model.onnx`, `model.json` = the manifest's sidecar), `current.json`
 //! (`{"active", "previous", "shadow"}`), `download/<version>.json` + `.part`,
-//! `command.json` (a PROMOTE/ABORT received and not yet carried out) and
-//! `rolled_back.json` (versions this device rolled back, never taken again).
+//! `command.json` (a PROMOTE/ABORT received and not yet carried out),
+//! `rolled_back.json` (versions this device rolled back, never taken again) and
+//! `reports.json` (reports to the hub not yet sent).
 
 pub mod command;
 pub mod download;
@@ -17,7 +19,9 @@ pub mod guard;
 pub mod install;
 pub mod live;
 pub mod offer;
+pub mod reports;
 pub mod run;
+pub mod shadow;
 pub mod slots;
 pub mod switch;
 #[cfg(test)]

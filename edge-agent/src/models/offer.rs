@@ -36,6 +36,8 @@ pub enum OfferOutcome {
     Accepted(Pending),
     /// Already pending or installed under the same version: nothing to do.
     Duplicate { version: u64 },
+    /// An offer with no release: only its root metadata (kept when it verified).
+    RootOnly { root_version: u64 },
 }
 
 /// The device's model state on disk, shared by the downlink receiver and the worker.
@@ -191,6 +193,18 @@ impl ModelStore {
             Ok(n) => n,
             Err(e) => return refused(refusal(&e)),
         };
+        // Kept as soon as it verifies, whatever becomes of the release: a revocation or
+        // key rotation reaches the device with any offer, even one it refuses, and with
+        // a root-only offer (no release: the hub announcing new root metadata).
+        if applied > 0 {
+            self.save_trust(&trust)?;
+            tracing::info!(root = trust.root().version(), "model root metadata updated");
+        }
+        if offer.release.is_empty() {
+            return Ok(OfferOutcome::RootOnly {
+                root_version: trust.root().version(),
+            });
+        }
         let signed = match SignedRelease::from_json(&offer.release) {
             Ok(s) => s,
             Err(e) => return refused(refusal(&e)),
@@ -261,9 +275,6 @@ impl ModelStore {
         let f = std::fs::File::create(&part).map_err(|e| ModelsError::io(&part, e))?;
         f.sync_all().map_err(|e| ModelsError::io(&part, e))?;
         self.save_pending(&pending)?;
-        if applied > 0 {
-            self.save_trust(&trust)?;
-        }
         tracing::info!(version, name = %pending.name, size = pending.size, shadow = pending.shadow,
             key_id = %verified.key_id(), "model offer accepted: download pending");
         Ok(OfferOutcome::Accepted(pending))

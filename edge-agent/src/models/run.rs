@@ -68,6 +68,25 @@ pub fn boot(cfg: &EdgeConfig, status: Arc<Shared>) -> anyhow::Result<Started> {
     });
     let live = Arc::new(LivePool::new(Arc::new(booted.pool), booted.model.version));
     let store = Arc::new(ModelStore::new(layout, root_key));
+    // A candidate that was shadowing goes on shadowing; one that no longer starts is
+    // dropped (its shadow run is over) without holding the agent back.
+    if let Some(slot) = booted.current.shadow {
+        match super::shadow::start(&store, slot) {
+            Ok((running, _)) => live.set_shadow(Some(running)),
+            Err(e) => {
+                tracing::error!(slot = slot.name(), error = %e, "the shadow model does not start; dropped");
+                let version = store
+                    .layout
+                    .check_slot(slot)
+                    .map(|m| m.version)
+                    .unwrap_or(0);
+                if let Err(e) = super::shadow::drop_faulty(&store, version) {
+                    tracing::error!(error = %e, "recording the dropped shadow model");
+                }
+                status.update(|s| s.models.shadow = None);
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel(64);
     let settings = ModelSettings {
         max_bytes_per_s: cfg.models.max_bytes_per_s,
@@ -97,6 +116,7 @@ impl Started {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) {
+        let reports = super::reports::load(&self.store.layout.reports_file());
         let mut worker = ModelWorker {
             store: self.store,
             live: self.live,
@@ -104,7 +124,7 @@ impl Started {
             clinical_busy,
             status: self.status,
             settings: self.settings,
-            reports: Default::default(),
+            reports,
         };
         if let Some((v, reason)) = &self.rolled_back {
             worker.report(*v, ModelState::RolledBack, reason, 0);

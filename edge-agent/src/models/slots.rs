@@ -115,6 +115,9 @@ impl Layout {
     pub fn command_file(&self) -> PathBuf {
         self.root.join("command.json")
     }
+    pub fn reports_file(&self) -> PathBuf {
+        self.root.join("reports.json")
+    }
     pub fn download_dir(&self) -> PathBuf {
         self.root.join("download")
     }

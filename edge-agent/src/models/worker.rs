@@ -92,22 +92,28 @@ impl ModelWorker {
             held,
             active_version: self.live.version(),
         });
+        super::reports::save(&self.store.layout.reports_file(), &mut self.reports);
     }
 
     fn flush(&mut self) {
+        let mut sent = false;
         while let Some(r) = self.reports.front() {
             if !self.link.is_up() {
-                return;
+                break;
             }
             match self.link.send(uplink::Kind::ModelReport(r.clone())) {
                 Ok(_) => {
                     self.reports.pop_front();
+                    sent = true;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "model report not sent now");
-                    return;
+                    break;
                 }
             }
+        }
+        if sent {
+            super::reports::save(&self.store.layout.reports_file(), &mut self.reports);
         }
     }
 
@@ -172,6 +178,7 @@ impl ModelWorker {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = live.tripped.notified() => self.roll_back().await,
+                _ = live.shadow_tripped.notified() => self.drop_shadow().await,
                 ev = events.recv() => match ev {
                     None => return,
                     Some(ModelEvent::Offer(OfferOutcome::Refused { version, reason })) => {
@@ -181,7 +188,9 @@ impl ModelWorker {
                         self.report(p.version, ModelState::Offered, "", 0);
                         active = self.start_download(p);
                     }
-                    Some(ModelEvent::Offer(OfferOutcome::Duplicate { .. })) => {}
+                    Some(ModelEvent::Offer(
+                        OfferOutcome::Duplicate { .. } | OfferOutcome::RootOnly { .. },
+                    )) => {}
                     Some(ModelEvent::Command) => {
                         if self.apply_command().await {
                             active = None;
@@ -326,9 +335,9 @@ impl ModelWorker {
         );
         self.report(p.version, ModelState::Verified, "", p.size);
         if p.shadow {
-            self.status
-                .update(|s| s.models.shadow = Some(format!("{} {}", model.name, model.version)));
-            self.report(p.version, ModelState::Shadowing, "", p.size);
+            self.start_shadow(model.slot, p.version, p.size).await;
+            // A promote that came while it downloaded.
+            self.apply_command().await;
         } else {
             self.activate(model.slot, p.version).await;
         }
@@ -385,9 +394,15 @@ impl ModelWorker {
         match cmd {
             super::command::Decided::Promote(slot, v) => {
                 self.activate(slot, v).await;
+                let store = self.store.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || super::command::promoted(&store, v)).await;
                 false
             }
             super::command::Decided::Aborted(v) => {
+                if self.live.shadow().is_some_and(|s| s.version == v) {
+                    self.live.set_shadow(None);
+                }
                 self.status.update(|s| {
                     s.models.shadow = None;
                     s.models.downloading = None;
@@ -402,6 +417,57 @@ impl ModelWorker {
             }
             super::command::Decided::Nothing => false,
         }
+    }
+
+    /// Starts the candidate installed in `slot` beside the active model.
+    async fn start_shadow(&mut self, slot: Slot, version: u64, size: u64) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || super::shadow::start(&store, slot)).await {
+            Ok(Ok((running, label))) => {
+                self.live.set_shadow(Some(running));
+                tracing::info!(version, slot = slot.name(), "model release shadowing");
+                self.status.update(|s| s.models.shadow = Some(label));
+                self.report(version, ModelState::Shadowing, "", size);
+            }
+            Ok(Err(e)) => {
+                let reason = format!("shadow_failed: {e}");
+                tracing::error!(version, %reason, "the shadow model does not start");
+                self.end_shadow(version, ModelState::RolledBack, &reason)
+                    .await;
+            }
+            Err(e) => tracing::error!(error = %e, "shadow start task failed"),
+        }
+    }
+
+    /// The candidate faulted in shadow: it stops, and is never taken again.
+    async fn drop_shadow(&mut self) {
+        let Some((version, why)) = self.live.take_shadow_fault() else {
+            return;
+        };
+        if self.live.shadow().is_none_or(|s| s.version != version) {
+            return;
+        }
+        self.live.set_shadow(None);
+        let reason = format!("shadow_fault: {why}");
+        tracing::error!(version, %reason, "shadow model dropped");
+        self.end_shadow(version, ModelState::RolledBack, &reason)
+            .await;
+    }
+
+    async fn end_shadow(&mut self, version: u64, state: ModelState, reason: &str) {
+        let store = self.store.clone();
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || super::shadow::drop_faulty(&store, version)).await
+        {
+            tracing::error!(version, error = %e, "recording the dropped shadow model");
+        }
+        let alarm = format!("model shadow {version} stopped: {reason}");
+        self.status.update(|s| {
+            s.models.shadow = None;
+            s.alarms.retain(|a| !a.starts_with("model shadow "));
+            s.alarms.push(alarm);
+        });
+        self.report(version, state, reason, 0);
     }
 
     async fn roll_back(&mut self) {

@@ -13,6 +13,8 @@ pub struct ModelsStatus {
     /// Release being downloaded: (version, held, total).
     pub downloading: Option<(u64, u64, u64)>,
     pub shadow: Option<String>,
+    /// Shadow readings queued for the hub since the agent started.
+    pub shadow_results: u64,
     pub last_refusal: Option<String>,
     /// "model <name> <version> rolled back: <reason>" (also in the alarms).
     pub alarm: Option<String>,
@@ -41,7 +43,10 @@ pub fn render(m: &ModelsStatus) -> String {
         out += &format!("           downloading release {v}: {held}/{total} bytes\n");
     }
     if let Some(s) = &m.shadow {
-        out += &format!("           shadow {s} (waiting for promote)\n");
+        out += &format!(
+            "           shadow {s}: {} readings queued (never shown or flagged; waiting for promote)\n",
+            m.shadow_results
+        );
     }
     if let Some(r) = &m.last_refusal {
         out += &format!("           last refusal {r}\n");
@@ -65,7 +70,8 @@ mod tests {
             active_since_ms: 5,
             previous: Some("pleura-lite 0".into()),
             downloading: Some((4, 100, 400)),
-            shadow: None,
+            shadow: Some("pleura-lite 4".into()),
+            shadow_results: 7,
             last_refusal: Some("2: not_newer: ...".into()),
             alarm: Some("model pleura-lite 5 rolled back: inference jobs crashed".into()),
             root_key: true,
@@ -75,6 +81,10 @@ mod tests {
         assert!(text.contains("previous pleura-lite 0"));
         assert!(text.contains("downloading release 4: 100/400 bytes"));
         assert!(text.contains("last refusal 2: not_newer"));
+        assert!(
+            text.contains("shadow pleura-lite 4: 7 readings queued"),
+            "{text}"
+        );
         assert!(text.contains("ALARM model pleura-lite 5 rolled back: inference jobs crashed"));
         assert!(!render(&ModelsStatus {
             root_key: false,

@@ -6,6 +6,7 @@
 
 mod access;
 pub mod delivery;
+mod models;
 pub mod policy;
 pub mod review;
 #[cfg(test)]
@@ -188,6 +189,9 @@ impl CaseService {
                     0 => DEFAULT_LIMIT,
                     n => n.min(MAX_LIMIT),
                 },
+                // Current readings only: shadow and superseded results are not cases.
+                include_shadow: false,
+                include_superseded: false,
             };
             listed(store.list(&filter))
         })

@@ -26,6 +26,7 @@ pub enum Action {
     RequestClip,
     GetMedia,
     Turnaround,
+    ModelComparison,
 }
 
 impl Action {
@@ -44,6 +45,7 @@ impl Action {
             Action::RequestClip => "request_clip",
             Action::GetMedia => "get_media",
             Action::Turnaround => "turnaround",
+            Action::ModelComparison => "model_comparison",
         }
     }
 }
@@ -124,6 +126,17 @@ pub fn aggregate_reach(caller: &Caller) -> Reach {
     }
 }
 
+pub const READERS_ONLY: &str = "the model comparison is for specialists and operators";
+
+/// The shadow comparison of candidate models (counts only, every clinic): for the people
+/// who read and run the hub, not for aggregate-only viewers.
+pub fn model_comparison(caller: &Caller) -> Result<(), &'static str> {
+    match caller.role {
+        Role::Operator | Role::Specialist => Ok(()),
+        Role::Ministry => Err(READERS_ONLY),
+    }
+}
+
 pub fn sync_status(caller: &Caller) -> Result<(), &'static str> {
     match caller.role {
         Role::Operator => Ok(()),
@@ -190,5 +203,12 @@ mod tests {
         for role in [Role::Specialist, Role::Ministry] {
             assert_eq!(sync_status(&caller(role, "x")), Err(OPERATORS_ONLY));
         }
+        for role in [Role::Specialist, Role::Operator] {
+            assert!(model_comparison(&caller(role, "x")).is_ok());
+        }
+        assert_eq!(
+            model_comparison(&caller(Role::Ministry, "")),
+            Err(READERS_ONLY)
+        );
     }
 }

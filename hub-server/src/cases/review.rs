@@ -66,7 +66,8 @@ pub struct ResultMedia {
 #[derive(Debug, Clone)]
 pub struct ExamDetail {
     pub exam: Exam,
-    /// Its results (withdrawn ones too, marked), zone order.
+    /// Its results (withdrawn and superseded ones too, marked; never shadow results),
+    /// zone order.
     pub results: Vec<StoredCase>,
     pub media: BTreeMap<ResultId, ResultMedia>,
     pub claim: Option<Claim>,
@@ -189,12 +190,13 @@ impl CaseService {
             let scope = view.reach.scope(&*directory);
             let mut results = Vec::new();
             let mut by_result = BTreeMap::new();
-            for r in &exam.results {
+            // A candidate's shadow reading is never shown as the model's.
+            for r in exam.results.iter().filter(|r| !r.shadow) {
                 if let Some(c) = store.get(&r.id)? {
                     results.push(c);
                 }
                 // A withdrawn result's media are not shown (nor served: see `media`).
-                if let Some(m) = media.as_ref().filter(|_| !r.retracted) {
+                if let Some(m) = media.as_ref().filter(|_| r.is_live()) {
                     by_result.insert(r.id, result_media(&**m, &r.id)?);
                 }
             }

@@ -457,6 +457,7 @@ async fn a_withdrawn_results_media_are_neither_shown_nor_served() {
     // A second scan of the examination keeps it on the worklist once the first is withdrawn.
     let mut other = r.clone();
     other.id = ResultId::random();
+    other.scan = other.id;
     other.zone = Some("L2".into());
     h.store.commit(&[other], 6).unwrap();
     let media = h.svc.parts().unwrap().media;

@@ -9,6 +9,7 @@ use pleura_shared::now_ms;
 
 use crate::models::publish::{self, PublishRequest};
 use crate::models::rollout::{self, Change};
+use crate::models::shadow::{self, Gate, ShadowReport};
 use crate::models::{
     keys, read_json, status, write_json, Cohort, ModelStore, RolloutFile, StatusFile,
 };
@@ -75,10 +76,25 @@ pub enum ModelCommand {
     Resume(Release),
     /// Stop a release: no more downloads, devices drop it (an active model stays).
     Abort(Release),
-    /// Make a shadowing release the active one on its devices.
-    Promote(Release),
+    /// Make a shadowing release the active one on its devices. Prints the shadow
+    /// comparison it promotes on; with a gate, refuses unless the comparison meets it.
+    Promote {
+        #[command(flatten)]
+        release: Release,
+        /// Refuse unless at least this many reviewed examinations were compared.
+        #[arg(long)]
+        min_reviewed: Option<u64>,
+        /// Refuse unless the candidate's sensitivity is at least the active model's on
+        /// the compared examinations.
+        #[arg(long)]
+        not_worse: bool,
+        /// Promote even if the gate is not met.
+        #[arg(long)]
+        force: bool,
+    },
     /// Per release and device: offered / downloading / verified / shadowing / active /
-    /// rolled back / refused, with reasons.
+    /// rolled back / refused, with reasons; and each shadowing candidate compared with
+    /// the active model on reviewed scans.
     Status {
         #[command(flatten)]
         dir: DataDir,
@@ -178,7 +194,18 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Pause(r) => change(&r, Change::Pause)?,
         ModelCommand::Resume(r) => change(&r, Change::Resume)?,
         ModelCommand::Abort(r) => change(&r, Change::Abort)?,
-        ModelCommand::Promote(r) => change(&r, Change::Promote)?,
+        ModelCommand::Promote {
+            release,
+            min_reviewed,
+            not_worse,
+            force,
+        } => {
+            let gate = Gate {
+                min_reviewed,
+                not_worse,
+            };
+            promote(&release, gate, force)?
+        }
         ModelCommand::Status { dir, json } => show_status(&dir.data_dir, json)?,
         ModelCommand::RotateSigningKey {
             dir,
@@ -236,6 +263,44 @@ fn change(r: &Release, change: Change) -> Result<()> {
     Ok(())
 }
 
+fn shadow_report(store: &ModelStore) -> Result<ShadowReport> {
+    Ok(read_json(&store.shadow_path())
+        .context("reading the hub's shadow comparison")?
+        .unwrap_or_default())
+}
+
+/// What the gate says, and what `promote` prints before it changes the plan: the
+/// comparison, and a forced promotion's unmet gate. Err: refused (nothing changed).
+pub fn promote_decision(
+    version: u64,
+    report: &ShadowReport,
+    gate: Gate,
+    force: bool,
+) -> Result<String, String> {
+    let c = report.candidates.get(&version);
+    let mut out = match c {
+        Some(c) => format!("promoting on this shadow comparison:\n{}", shadow::render(c)),
+        None => format!("release {version}: no shadow comparison (no shadow results on reviewed examinations yet)\n"),
+    };
+    match gate.check(version, c) {
+        Ok(()) => {}
+        Err(why) if force => out.push_str(&format!(
+            "gate not met, promoting anyway (--force): {why}\n"
+        )),
+        Err(why) => return Err(why),
+    }
+    Ok(out)
+}
+
+fn promote(r: &Release, gate: Gate, force: bool) -> Result<()> {
+    let store = ModelStore::new(&r.dir.data_dir);
+    store.release(r.version)?;
+    let report = shadow_report(&store)?;
+    let said = promote_decision(r.version, &report, gate, force).map_err(anyhow::Error::msg)?;
+    print!("{said}");
+    change(r, Change::Promote)
+}
+
 fn show_status(data_dir: &Path, json: bool) -> Result<()> {
     let store = ModelStore::new(data_dir);
     let mut st: StatusFile = read_json(&store.status_path())
@@ -258,13 +323,82 @@ fn show_status(data_dir: &Path, json: bool) -> Result<()> {
             }
         }
     }
+    let report = shadow_report(&store)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("shadow".into(), serde_json::to_value(&report)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     print!("{}", status::render(&st));
     for p in pending {
         println!("{p}");
     }
+    if report.candidates.is_empty() {
+        println!("shadow comparison: no candidate has shadow results on reviewed examinations yet");
+    }
+    for c in report.candidates.values() {
+        print!("shadow comparison, {}", shadow::render(c));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::shadow::{Comparison, Operating, Rate};
+
+    #[test]
+    fn promote_refuses_on_an_unmet_gate_unless_forced_and_always_says_what_it_saw() {
+        let mut report = ShadowReport::default();
+        report.candidates.insert(
+            3,
+            Comparison {
+                release: 3,
+                exams_compared: 60,
+                active: Operating {
+                    sensitivity: Rate { hits: 9, of: 10 },
+                    ..Default::default()
+                },
+                candidate: Operating {
+                    sensitivity: Rate { hits: 8, of: 10 },
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let none = Gate::default();
+        let said = promote_decision(3, &report, none, false).unwrap();
+        assert!(
+            said.contains("sensitivity   active 90.0% (9/10)   candidate 80.0% (8/10)"),
+            "{said}"
+        );
+        assert!(promote_decision(4, &report, none, false)
+            .unwrap()
+            .contains("no shadow comparison"));
+        let gate = Gate {
+            min_reviewed: Some(50),
+            not_worse: true,
+        };
+        let e = promote_decision(3, &report, gate, false).unwrap_err();
+        assert!(
+            e.contains(
+                "candidate sensitivity 80.0% (8/10) is below the active model's 90.0% (9/10)"
+            ),
+            "{e}"
+        );
+        let forced = promote_decision(3, &report, gate, true).unwrap();
+        assert!(forced.contains("promoting anyway (--force)"), "{forced}");
+        let enough = Gate {
+            min_reviewed: Some(60),
+            not_worse: false,
+        };
+        assert!(promote_decision(3, &report, enough, false).is_ok());
+        assert!(
+            promote_decision(4, &report, enough, false).is_err(),
+            "no comparison"
+        );
+    }
 }

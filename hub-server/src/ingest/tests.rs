@@ -108,6 +108,7 @@ fn a_device_cannot_preempt_another_devices_result_id() {
     // Device a sends a record of its own under b's future result id.
     let mut squat = sample_record("c1", "a", 0, false);
     squat.id = genuine.id;
+    squat.scan = squat.id;
     ing.mqtt_message(
         &topics::results("c1", "a"),
         &env(&batch("c1", "a", &[squat])),

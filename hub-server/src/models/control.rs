@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pleura_shared::now_ms;
 use pleura_shared::wire::{downlink, ModelAction, ModelCommand, ModelOffer};
@@ -21,6 +21,7 @@ use super::store::{ModelStore, StoredRelease};
 use super::{read_json, write_json, ModelsError};
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
+use crate::store::HubStore;
 
 /// How often `rollout.json` is read (and at start).
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
@@ -65,6 +66,9 @@ pub struct ModelControl {
     pub(super) metrics: Arc<Metrics>,
     pub(super) inner: Mutex<Inner>,
     releases: Mutex<HashMap<u64, Arc<StoredRelease>>>,
+    /// The case store the shadow comparison reads, and when it last ran.
+    shadow_source: Option<Arc<dyn HubStore>>,
+    shadow_at: Mutex<Option<Instant>>,
 }
 
 pub(super) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,6 +115,32 @@ impl ModelControl {
                 status_dirty: false,
             }),
             releases: Mutex::new(HashMap::new()),
+            shadow_source: None,
+            shadow_at: Mutex::new(None),
+        }
+    }
+
+    /// Refreshes `shadow.json` from `store` every [`super::shadow::REFRESH_EVERY`].
+    pub fn with_shadow_source(mut self, store: Arc<dyn HubStore>) -> Self {
+        self.shadow_source = Some(store);
+        self
+    }
+
+    /// Recomputes the shadow comparison when it is due (at start, then every ~30 s).
+    fn refresh_shadow(&self) {
+        let Some(store) = &self.shadow_source else {
+            return;
+        };
+        {
+            let mut at = locked(&self.shadow_at);
+            if at.is_some_and(|t| t.elapsed() < super::shadow::REFRESH_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        match super::shadow::refresh(&**store, &self.store.shadow_path(), now_ms()) {
+            Ok(r) => tracing::debug!(candidates = r.candidates.len(), "shadow comparison written"),
+            Err(e) => tracing::warn!(error = %e, "shadow comparison not written"),
         }
     }
 
@@ -145,6 +175,7 @@ impl ModelControl {
         }
         let queued = self.queue_due();
         self.flush()?;
+        self.refresh_shadow();
         Ok(queued)
     }
 

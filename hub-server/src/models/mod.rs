@@ -13,6 +13,7 @@
 //! releases/<N>/       release.json (signed envelope) + model.onnx
 //! rollout.json        the plan, written atomically by the CLI, polled by the hub
 //! status.json         per release and device state, written atomically by the hub
+//! shadow.json         candidates vs the active model on reviewed scans, by the hub
 //! delivered.json      which offers and commands the hub queued (the hub's own memory)
 //! ```
 //!
@@ -26,11 +27,14 @@ pub mod ports;
 pub mod publish;
 pub mod rollout;
 mod serve;
+pub mod shadow;
 pub mod status;
 pub mod store;
 
 #[cfg(test)]
 mod control_tests;
+#[cfg(test)]
+mod shadow_tests;
 #[cfg(test)]
 mod tests;
 

@@ -70,6 +70,10 @@ impl ModelStore {
     pub fn status_path(&self) -> PathBuf {
         self.dir.join("status.json")
     }
+    /// The shadow comparison the running hub refreshes (`shadow::ShadowReport`).
+    pub fn shadow_path(&self) -> PathBuf {
+        self.dir.join("shadow.json")
+    }
     pub fn delivered_path(&self) -> PathBuf {
         self.dir.join("delivered.json")
     }

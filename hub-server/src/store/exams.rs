@@ -44,6 +44,45 @@ pub struct ExamResult {
     /// Arrived after the examination's latest verdict: it needs a new one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub after_read: bool,
+    /// The scan it analyses; None: the same as `id` (the built-in model's results, and
+    /// everything indexed before releases existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ResultId>,
+    /// Release of the model that produced it (0: the agent's built-in model).
+    #[serde(default)]
+    pub release: u64,
+    #[serde(default)]
+    pub model_version: String,
+    /// When the device analysed it (0 for results indexed before this was kept).
+    #[serde(default)]
+    pub analysed_at_ms: u64,
+    /// A candidate model's reading beside the active one: never part of the reading.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// Shadow results only: whether the candidate would have flagged the scan.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub would_flag: bool,
+    /// Another (later) analysis of the same scan is the current reading.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
+}
+
+impl ExamResult {
+    /// The scan it analyses.
+    pub fn scan_id(&self) -> ResultId {
+        self.scan.unwrap_or(self.id)
+    }
+
+    /// Part of the examination's reading: not withdrawn, not a shadow, not superseded.
+    pub fn is_live(&self) -> bool {
+        !self.retracted && !self.shadow && !self.superseded
+    }
+
+    /// Which of two analyses of one scan is the current one: the later analysed, then
+    /// the higher id (so every store and every arrival order agrees).
+    fn current_key(&self) -> (u64, ResultId) {
+        (self.analysed_at_ms, self.id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,7 +156,7 @@ impl Exam {
     pub fn empty_for(r: &ScanRecord) -> Self {
         let key = r.patient_key.map(|k| k.to_vec()).unwrap_or_default();
         Self {
-            id: ExamId::of(&r.clinic, &key, r.scan_day, &r.id),
+            id: ExamId::of(&r.clinic, &key, r.scan_day, &r.scan),
             clinic: r.clinic.clone(),
             patient_key: r.patient_key,
             day: r.scan_day,
@@ -135,15 +174,19 @@ impl Exam {
 
     pub fn id_of(r: &ScanRecord) -> ExamId {
         let key = r.patient_key.map(|k| k.to_vec()).unwrap_or_default();
-        ExamId::of(&r.clinic, &key, r.scan_day, &r.id)
+        ExamId::of(&r.clinic, &key, r.scan_day, &r.scan)
     }
 
-    /// Adds a result (once) and recomputes the summary.
-    pub fn add(&mut self, r: &ScanRecord, received_at_ms: u64, retracted: bool) {
+    /// Adds a result (once) and recomputes the summary. Returns the results this made
+    /// superseded (the store marks them): of the non-shadow analyses of one scan only
+    /// the one analysed last stays current. Withdrawn ones take part too, so the marks
+    /// do not depend on the order results and retractions arrive in (a rebuilt index
+    /// gives the same), and retracting the current reading revives no earlier one.
+    pub fn add(&mut self, r: &ScanRecord, received_at_ms: u64, retracted: bool) -> Vec<ResultId> {
         if self.results.iter().any(|x| x.id == r.id) {
-            return;
+            return Vec::new();
         }
-        self.results.push(ExamResult {
+        let mut new = ExamResult {
             id: r.id,
             device: r.device.clone(),
             zone: r.zone.clone(),
@@ -154,8 +197,42 @@ impl Exam {
             received_at_ms,
             retracted,
             after_read: self.reads > 0 && !retracted,
-        });
+            scan: (r.scan != r.id).then_some(r.scan),
+            release: r.release,
+            model_version: r.analysis.model_version.clone(),
+            analysed_at_ms: r.analysed_at_ms,
+            shadow: r.is_shadow(),
+            would_flag: r.shadow.as_ref().is_some_and(|f| !f.is_empty()),
+            superseded: false,
+        };
+        let mut superseded = Vec::new();
+        if !new.shadow {
+            let scan = new.scan_id();
+            let rival = self
+                .results
+                .iter_mut()
+                .find(|x| !x.shadow && !x.superseded && x.scan_id() == scan);
+            if let Some(old) = rival {
+                if old.current_key() < new.current_key() {
+                    old.superseded = true;
+                    superseded.push(old.id);
+                } else {
+                    new.superseded = true;
+                    superseded.push(new.id);
+                }
+            }
+        }
+        self.results.push(new);
         self.recompute();
+        superseded
+    }
+
+    /// The release whose reading of `scan` is current, if one is.
+    pub fn current_release_of(&self, scan: &ResultId) -> Option<u64> {
+        self.results
+            .iter()
+            .find(|x| !x.shadow && !x.superseded && x.scan_id() == *scan)
+            .map(|x| x.release)
     }
 
     /// Whether it awaits a verdict: never read, or a live result arrived after the
@@ -190,8 +267,9 @@ impl Exam {
         true
     }
 
+    /// The results that make up the reading: not withdrawn, not shadow, not superseded.
     pub fn live(&self) -> impl Iterator<Item = &ExamResult> {
-        self.results.iter().filter(|r| !r.retracted)
+        self.results.iter().filter(|r| r.is_live())
     }
 
     fn recompute(&mut self) {
@@ -453,6 +531,13 @@ mod tests {
             received_at_ms: 0,
             retracted: false,
             after_read: false,
+            scan: None,
+            release: 0,
+            model_version: String::new(),
+            analysed_at_ms: 0,
+            shadow: false,
+            would_flag: false,
+            superseded: false,
         };
         // a v2 model spreads its probabilities: 0.95 entropy is ordinary for it
         assert!(!r(0.95, Some(false)).is_uncertain());

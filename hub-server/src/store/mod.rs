@@ -14,7 +14,7 @@ mod suite_exams;
 pub use integrity::Integrity;
 pub use sled_store::{SledStore, STORE_DIR};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pleura_shared::{ExamId, LungClass, ResultId, ScanRecord};
 
@@ -120,6 +120,11 @@ pub struct CaseFilter {
     pub offset: usize,
     /// Most cases returned; 0 means no limit.
     pub limit: usize,
+    /// Candidate models' shadow results too (by default a listing shows the current
+    /// readings only).
+    pub include_shadow: bool,
+    /// Readings another analysis of the same scan superseded, too.
+    pub include_superseded: bool,
 }
 
 impl CaseFilter {
@@ -131,8 +136,11 @@ impl CaseFilter {
         }
     }
 
-    pub fn matches(&self, r: &ScanRecord) -> bool {
+    /// Whether `r` is listed; `superseded`: another analysis of its scan is current.
+    pub fn matches(&self, r: &ScanRecord, superseded: bool) -> bool {
         self.scope.allows(&r.clinic)
+            && (self.include_shadow || !r.is_shadow())
+            && (self.include_superseded || !superseded)
             && self.clinic.as_ref().is_none_or(|c| *c == r.clinic)
             && self.from_day.is_none_or(|d| r.scan_day >= d)
             && self.to_day.is_none_or(|d| r.scan_day <= d)
@@ -142,7 +150,7 @@ impl CaseFilter {
 }
 
 /// What to count: the cases of the clinics in `scope` scanned within the day range.
-/// Retracted cases count nowhere.
+/// Only current readings count: retracted, shadow and superseded results count nowhere.
 #[derive(Debug, Clone, Default)]
 pub struct AggregateQuery {
     pub scope: ClinicScope,
@@ -159,15 +167,18 @@ impl AggregateQuery {
         }
     }
 
-    pub fn matches(&self, r: &ScanRecord) -> bool {
+    /// Whether `r` counts; `superseded`: another analysis of its scan is current.
+    pub fn matches(&self, r: &ScanRecord, superseded: bool) -> bool {
         self.scope.allows(&r.clinic)
+            && !r.is_shadow()
+            && !superseded
             && self.from_day.is_none_or(|d| r.scan_day >= d)
             && self.to_day.is_none_or(|d| r.scan_day <= d)
     }
 }
 
 /// Counts of scans, with no case identifiers and nothing per patient.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub scans: u64,
     pub flagged: u64,
@@ -175,6 +186,8 @@ pub struct Counts {
     pub by_severity: [u64; 4],
     /// Scans per most likely class, in `LungClass::ALL` order.
     pub by_class: [u64; 3],
+    /// Scans per `analysis.model_version` (the model that gave the current reading).
+    pub by_model: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -185,6 +198,10 @@ impl Counts {
         let class = r.analysis.class_probs.most_likely();
         let i = LungClass::ALL.iter().position(|x| *x == class).unwrap_or(2);
         self.by_class[i] += 1;
+        *self
+            .by_model
+            .entry(r.analysis.model_version.clone())
+            .or_default() += 1;
     }
 
     pub fn merge(&mut self, o: &Counts) {
@@ -195,6 +212,9 @@ impl Counts {
         }
         for (a, b) in self.by_class.iter_mut().zip(o.by_class) {
             *a += b;
+        }
+        for (model, n) in &o.by_model {
+            *self.by_model.entry(model.clone()).or_default() += n;
         }
     }
 }
@@ -332,6 +352,10 @@ pub trait HubStore: Send + Sync + 'static {
     }
     /// The read is queued to every device of its examination: its outbox entry goes.
     fn delivered(&self, _read: &Undelivered) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+    /// Every examination with a verdict, with its reads (the shadow comparison).
+    fn reviewed_exams(&self) -> Result<Vec<(Exam, Reads)>, StoreError> {
         Err(unsupported())
     }
     /// Arrival, claim and first-read times of examinations first read since `since_ms`.

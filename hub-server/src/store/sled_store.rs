@@ -5,6 +5,7 @@
 //! regional hub, and the reason the trait hands the whole query to the backend.
 //! Examinations (`exams`) are indexed on commit, in the same transaction.
 
+mod current;
 mod exams;
 mod outbox;
 
@@ -43,6 +44,9 @@ pub struct SledStore {
     reviewed: sled::Tree,
     /// Reads not yet queued to every device: `Undelivered::key` → empty.
     outbox: sled::Tree,
+    /// Results another analysis of their scan superseded: result id → empty. Written
+    /// in the commit that supersedes them, so listings skip them without the exams.
+    superseded: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -126,6 +130,7 @@ impl SledStore {
             reads: tree("reads")?,
             reviewed: tree("reviewed")?,
             outbox: tree("outbox")?,
+            superseded: tree("superseded")?,
             db,
         };
         store.index_exams_if_missing()?;
@@ -217,14 +222,16 @@ impl HubStore for SledStore {
             &self.worklist,
             &self.patients,
             &self.exam_clinics,
+            &self.superseded,
         );
         let result = trees.transaction(|t| {
-            let (cases, devices, retractions, exams, worklist, patients, clinics) = t;
+            let (cases, devices, retractions, exams, worklist, patients, clinics, superseded) = t;
             let exam_tx = ExamTx {
                 exams,
                 worklist,
                 patients,
                 clinics,
+                superseded: Some(superseded),
             };
             let mut outcome = Vec::with_capacity(records.len());
             let mut stats: HashMap<String, DeviceStats> = HashMap::new();
@@ -298,12 +305,13 @@ impl HubStore for SledStore {
 
     fn list(&self, filter: &CaseFilter) -> Result<Listing, StoreError> {
         let (retracted, corrupt) = self.retractions_by_key()?;
+        let superseded = self.superseded_ids()?;
         let mut out = Listing {
             corrupt,
             ..Default::default()
         };
         out.corrupt += self.each_case(|mut case| {
-            if filter.matches(&case.record) {
+            if filter.matches(&case.record, superseded.contains(&case.record.id)) {
                 let r = &case.record;
                 case.retraction = retracted
                     .get(&retraction_key(&r.id, &r.clinic, &r.device))
@@ -323,11 +331,12 @@ impl HubStore for SledStore {
 
     fn aggregates(&self, query: &AggregateQuery) -> Result<Aggregates, StoreError> {
         let (retracted, corrupt) = self.retractions_by_key()?;
+        let superseded = self.superseded_ids()?;
         let mut acc: BTreeMap<(String, u32), Counts> = BTreeMap::new();
         let corrupt = corrupt
             + self.each_case(|case| {
                 let r = &case.record;
-                if query.matches(r)
+                if query.matches(r, superseded.contains(&r.id))
                     && !retracted.contains_key(&retraction_key(&r.id, &r.clinic, &r.device))
                 {
                     acc.entry((r.clinic.clone(), r.scan_day))
@@ -457,6 +466,10 @@ impl HubStore for SledStore {
         self.exam_turnaround(scope, since_ms)
     }
 
+    fn reviewed_exams(&self) -> Result<Vec<(Exam, Reads)>, StoreError> {
+        self.exams_with_reads()
+    }
+
     fn scan(&self) -> Result<Scan, StoreError> {
         let (retractions, corrupt_retractions) = self.all_retractions()?;
         let mut scan = Scan {
@@ -481,99 +494,4 @@ impl HubStore for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pleura_shared::record::sample_record;
-
-    #[test]
-    fn sled_store_passes_the_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        super::super::suite::run(|| SledStore::open(dir.path()).unwrap());
-    }
-
-    #[test]
-    fn sled_store_answers_queries_like_every_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        super::super::suite::queries(&SledStore::open(dir.path()).unwrap());
-    }
-
-    #[test]
-    fn sled_store_keeps_examinations_like_every_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        super::super::suite::exams(&SledStore::open(dir.path()).unwrap());
-    }
-
-    #[test]
-    fn a_case_that_no_longer_decodes_is_counted_skipped_and_can_be_resent() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let good = sample_record("c1", "d1", 2, true);
-        let damaged = sample_record("c1", "d1", 1, false);
-        store.commit(&[good.clone(), damaged.clone()], 5).unwrap();
-        // What a damaged page looks like to the store: the value's bytes are garbage.
-        let mut v = store
-            .cases
-            .get(damaged.id.as_bytes())
-            .unwrap()
-            .unwrap()
-            .to_vec();
-        v.truncate(20);
-        store.cases.insert(damaged.id.as_bytes(), v).unwrap();
-
-        let listing = store.list(&CaseFilter::everything()).unwrap();
-        assert_eq!(listing.corrupt, 1);
-        assert_eq!(listing.cases.len(), 1);
-        assert_eq!(listing.cases[0].record, good);
-        let agg = store.aggregates(&AggregateQuery::everything()).unwrap();
-        assert_eq!((agg.corrupt, agg.rows.len()), (1, 1));
-        assert!(store.get(&damaged.id).is_err());
-        let scan = store.scan().unwrap();
-        assert_eq!(scan.corrupt, vec![damaged.id]);
-        assert_eq!(scan.cases, vec![CaseSummary::of(&good)]);
-
-        // The device re-sending it repairs the case; it is not a conflict.
-        assert_eq!(
-            store.commit(std::slice::from_ref(&damaged), 9).unwrap(),
-            vec![Commit::New]
-        );
-        assert_eq!(store.get(&damaged.id).unwrap().unwrap().record, damaged);
-        assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
-    }
-
-    #[test]
-    fn a_retraction_that_no_longer_decodes_is_counted_skipped_and_recorded_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let a = sample_record("c1", "d1", 2, true);
-        store.commit(std::slice::from_ref(&a), 5).unwrap();
-        let retraction = |reason: &str| Retraction {
-            id: a.id,
-            clinic: "c1".into(),
-            device: "d1".into(),
-            reason: reason.into(),
-            at_ms: 6,
-        };
-        store.retract(&[retraction("wrong patient")]).unwrap();
-        // What a damaged page looks like: the value's bytes are garbage.
-        store
-            .retractions
-            .insert(retraction_key(&a.id, "c1", "d1"), b"{\"id\":\x01".to_vec())
-            .unwrap();
-
-        assert_eq!(store.retraction(&a.id, "c1", "d1").unwrap(), None);
-        assert_eq!(store.get(&a.id).unwrap().unwrap().retraction, None);
-        let listing = store.list(&CaseFilter::everything()).unwrap();
-        assert_eq!((listing.cases.len(), listing.corrupt), (1, 1));
-        let scan = store.scan().unwrap();
-        assert_eq!(scan.corrupt_retractions, 1);
-        assert!(scan.retractions.is_empty());
-
-        // The device recording it again replaces the bad value; a readable one stays.
-        store.retract(&[retraction("recorded again")]).unwrap();
-        store.retract(&[retraction("a third time")]).unwrap();
-        let got = store.get(&a.id).unwrap().unwrap().retraction.unwrap();
-        assert_eq!(got.reason, "recorded again");
-        assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
-        assert_eq!(store.scan().unwrap().corrupt_retractions, 0);
-    }
-}
+mod tests;

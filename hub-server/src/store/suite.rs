@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use pleura_shared::record::sample_record;
 use pleura_shared::ScanRecord;
 
-pub use super::suite_exams::exams;
+pub use super::suite_exams::{current_readings, exams};
 use super::{
     AggregateQuery, CaseFilter, ClinicDay, ClinicScope, Commit, Counts, HubStore, Retraction,
 };
@@ -93,6 +93,7 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     // device sending different content under it: refused, nothing overwritten.
     let mut squat = sample_record("c2", "d9", 0, false);
     squat.id = a.id;
+    squat.scan = squat.id;
     let mut changed = a.clone();
     changed.analysis.flagged = false;
     assert_eq!(

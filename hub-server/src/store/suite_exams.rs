@@ -328,3 +328,160 @@ fn rescan_after_a_verdict<S: HubStore>(store: &S, read_by: impl Fn(&str, bool) -
         .unwrap();
     assert!(worklist_ids(store, &q(false)).is_empty());
 }
+
+/// One scan's analysis by `release` (active unless `shadow`), analysed at `at_ms`.
+fn analysis_of(scan: &ScanRecord, release: u64, shadow: Option<bool>, at_ms: u64) -> ScanRecord {
+    let mut r = scan.clone();
+    r.id = pleura_shared::result_id_for(&scan.scan, release, shadow.is_some());
+    r.release = release;
+    r.analysed_at_ms = at_ms;
+    r.analysis.model_version = format!("pleura-lite r{release}");
+    if let Some(would_flag) = shadow {
+        r.analysis.flagged = false;
+        r.analysis.flag_reasons.clear();
+        r.shadow = Some(if would_flag {
+            vec![pleura_shared::FlagReason::HighSeverity]
+        } else {
+            Vec::new()
+        });
+    }
+    r
+}
+
+/// Current readings (on an empty store): a shadow result never flags an examination or
+/// puts it on the worklist; of two analyses of one scan the later analysed is current
+/// whatever the arrival order; listings and aggregates count current readings only,
+/// aggregates split by model version.
+pub fn current_readings<S: HubStore>(store: &S) {
+    use super::{AggregateQuery, CaseFilter};
+    let all = WorklistQuery {
+        scope: ClinicScope::All,
+        ..Default::default()
+    };
+    // A candidate's severe, would-flag reading of a calm scan, arriving first.
+    let mut calm = scan_of("v1", 1, 100, "L1", 1, false);
+    calm.analysis.flag_reasons.clear();
+    calm.analysis.model_version = "pleura-lite r0".into();
+    let shadow = analysis_of(&calm, 5, Some(true), calm.analysed_at_ms);
+    assert_eq!(Exam::id_of(&shadow), Exam::id_of(&calm), "grouped by scan");
+    store.commit(std::slice::from_ref(&shadow), 10).unwrap();
+    let exam = store.exam(&Exam::id_of(&calm)).unwrap().unwrap();
+    assert!(!exam.flagged && exam.live().next().is_none());
+    assert!(exam.results[0].shadow && exam.results[0].would_flag);
+    assert!(
+        worklist_ids(store, &all).is_empty(),
+        "a shadow alone is no case"
+    );
+    store.commit(std::slice::from_ref(&calm), 11).unwrap();
+    let exam = store.exam(&Exam::id_of(&calm)).unwrap().unwrap();
+    assert_eq!((exam.flagged, exam.max_severity), (false, 1));
+    assert_eq!(exam.live().map(|r| r.id).collect::<Vec<_>>(), vec![calm.id]);
+    let flagged = WorklistQuery {
+        flagged: Some(true),
+        ..all.clone()
+    };
+    assert!(
+        worklist_ids(store, &flagged).is_empty(),
+        "the shadow flags nothing"
+    );
+
+    // A re-analysis (release 4) after the first reading, in both arrival orders.
+    let first = scan_of("v1", 2, 100, "R1", 1, false);
+    let mut again = analysis_of(&first, 4, None, first.analysed_at_ms + 1000);
+    again.analysis.flagged = true;
+    again.analysis.flag_reasons = vec![pleura_shared::FlagReason::HighSeverity];
+    again.analysis.severity = pleura_shared::Severity::new(3).unwrap();
+    store.commit(std::slice::from_ref(&first), 20).unwrap();
+    store.commit(std::slice::from_ref(&again), 21).unwrap();
+    let late_first = scan_of("v1", 3, 100, "R1", 2, true);
+    let late_again = analysis_of(&late_first, 4, None, late_first.analysed_at_ms + 1000);
+    store.commit(std::slice::from_ref(&late_again), 30).unwrap();
+    store.commit(std::slice::from_ref(&late_first), 31).unwrap();
+    for (old, new) in [(&first, &again), (&late_first, &late_again)] {
+        let e = store.exam(&Exam::id_of(old)).unwrap().unwrap();
+        let r = |id| e.results.iter().find(|x| x.id == id).unwrap();
+        assert!(r(old.id).superseded && !r(new.id).superseded);
+        assert_eq!(e.live().map(|x| x.id).collect::<Vec<_>>(), vec![new.id]);
+        assert_eq!(e.current_release_of(&old.scan), Some(4));
+    }
+    let e = store.exam(&Exam::id_of(&first)).unwrap().unwrap();
+    assert_eq!(
+        (e.flagged, e.max_severity),
+        (true, 3),
+        "the current reading counts"
+    );
+    assert!(worklist_ids(store, &flagged).contains(&e.id));
+
+    // Listings: current readings unless asked; aggregates: current readings only.
+    let listed = |f: CaseFilter| -> Vec<_> {
+        let mut ids: Vec<_> = store
+            .list(&f)
+            .unwrap()
+            .cases
+            .iter()
+            .map(|c| c.record.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<pleura_shared::ResultId>| {
+        v.sort();
+        v
+    };
+    let current = sorted(vec![calm.id, again.id, late_again.id]);
+    assert_eq!(listed(CaseFilter::everything()), current);
+    assert_eq!(
+        listed(CaseFilter {
+            include_shadow: true,
+            ..CaseFilter::everything()
+        }),
+        sorted(vec![calm.id, again.id, late_again.id, shadow.id])
+    );
+    assert_eq!(
+        listed(CaseFilter {
+            include_superseded: true,
+            ..CaseFilter::everything()
+        }),
+        sorted(vec![
+            calm.id,
+            again.id,
+            late_again.id,
+            first.id,
+            late_first.id
+        ])
+    );
+    let agg = store.aggregates(&AggregateQuery::everything()).unwrap();
+    assert_eq!(agg.rows.len(), 1);
+    let c = &agg.rows[0].counts;
+    assert_eq!((c.scans, c.flagged), (3, 2));
+    assert_eq!(
+        c.by_model
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect::<Vec<_>>(),
+        vec![("pleura-lite r0", 1), ("pleura-lite r4", 2)]
+    );
+
+    // Withdrawing the current reading revives no earlier one.
+    store
+        .retract(&[Retraction {
+            id: again.id,
+            clinic: "v1".into(),
+            device: "d1".into(),
+            reason: "wrong patient".into(),
+            at_ms: 40,
+        }])
+        .unwrap();
+    let e = store.exam(&Exam::id_of(&first)).unwrap().unwrap();
+    assert!(e.live().next().is_none());
+    assert!(e.worklist_key().is_none());
+    assert_eq!(
+        store
+            .aggregates(&AggregateQuery::everything())
+            .unwrap()
+            .rows[0]
+            .counts
+            .scans,
+        2
+    );
+}

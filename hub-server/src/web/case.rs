@@ -173,6 +173,9 @@ fn render(
     let mut first_request = true;
     for c in &d.results {
         let r = &c.record;
+        if superseded::render(&mut b, e, r) {
+            continue;
+        }
         let a = &r.analysis;
         let label = zone_label(r.zone.as_deref(), &r.id);
         let retracted = e.results.iter().any(|x| x.id == r.id && x.retracted);
@@ -571,5 +574,6 @@ pub async fn request_clip(
 }
 
 mod findings;
+mod superseded;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,13 @@ pub fn day(d: u32) -> String {
     }
 }
 
+/// Milliseconds since the epoch as "YYYY-MM-DD HH:MM UTC".
+pub fn clock_utc(ms: u64) -> String {
+    let min = ms / 60_000;
+    let d = u32::try_from(ms / 86_400_000).unwrap_or(u32::MAX);
+    format!("{} {:02}:{:02} UTC", day(d), (min / 60) % 24, min % 60)
+}
+
 /// The short form of a pseudonym shown to people: its first 4 bytes in hex.
 pub fn short_pseudonym(key: &[u8; 16]) -> String {
     hex::encode(&key[..4])
@@ -81,5 +88,6 @@ mod tests {
         assert_eq!(duration_ms(65 * 60_000), "1 h 05 min");
         assert_eq!(day(0), "1970-01-01");
         assert_eq!(day(20_000), "2024-10-04");
+        assert_eq!(clock_utc(86_400_000 + 61 * 60_000), "1970-01-02 01:01 UTC");
     }
 }

@@ -15,6 +15,7 @@
 //!   GET  /?show=flagged|all&read=0|1&page=N          worklist
 //!   POST /claim/<exam hex>, POST /release/<exam hex>  (csrf)
 //!   GET  /case/<exam hex>                             examination
+//!   GET  /models                                      candidate models vs the active one
 //!   POST /case/<exam hex>/verdict                     (csrf, zone-<ZONE>, impression,
 //!        recommendation, rescan_reason, comment, second_read)
 //!   POST /case/<exam hex>/clip                        (csrf, result = result id hex)
@@ -25,12 +26,15 @@
 //! Stable element ids and classes for browser tests:
 //!   login: #login-form, input[name=username], input[name=password], #login-submit, #login-error
 //!   every page: #user, #logout
+//!   models: #shadow-comparison (table) with tr.candidate[data-release=<N>] (td.sensitivity,
+//!     td.specificity, td.kappa, td.agreement), #no-candidates, #generated
 //!   worklist: #worklist (table), tr.case-row[data-exam=<hex>] (priority order) with
 //!     td.tier, td.time-left (.overdue when negative), td.severity, td.flags,
 //!     td.uncertainty, td.zones, td.claimed-by, a.open-case, button.claim-button;
 //!     #filter-flagged, #filter-all (operators), #filter-read, #page-next, #page-prev,
-//!     #turnaround (median/p90)
-//!   case: #exam (data-exam), #lung-score, #claim-status, #claim-button, #renew-button,
+//!     #models-link, #turnaround (median/p90)
+//!   case: #exam (data-exam), #lung-score, section.superseded[data-result] (a reading a
+//!     later analysis of its scan replaced; .superseded-by), #claim-status, #claim-button, #renew-button,
 //!     #release-button,
 //!     section.zone[data-zone=<ZONE>] with .model-output, .flag-reasons, figure.keyframe
 //!     (img.frame, img.overlay), ul.findings > li.finding.present|.absent[data-finding]
@@ -46,9 +50,11 @@
 mod case;
 pub mod html;
 mod media;
+mod models;
 mod session;
 mod worklist;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -70,6 +76,8 @@ pub struct WebState {
     pub cases: Arc<CaseService>,
     /// Served over TLS: the session cookie is `Secure`.
     pub secure: bool,
+    /// `<data_dir>/models/shadow.json`, the comparison `/models` shows (None: not served).
+    pub shadow_report: Option<PathBuf>,
 }
 
 pub fn router(state: WebState) -> Router {
@@ -80,6 +88,7 @@ pub fn router(state: WebState) -> Router {
         .route("/claim/{exam}", post(worklist::claim))
         .route("/release/{exam}", post(worklist::release))
         .route("/case/{exam}", get(case::page))
+        .route("/models", get(models::page))
         .route("/case/{exam}/verdict", post(case::verdict))
         .route("/case/{exam}/clip", post(case::request_clip))
         .route("/media/{exam}/{sha}", get(media::item))

@@ -111,7 +111,8 @@ fn render(
     }
     let _ = write!(
         b,
-        " <a id=\"filter-read\" href=\"{}\">{}</a></nav>",
+        " <a id=\"filter-read\" href=\"{}\">{}</a> \
+         <a id=\"models-link\" href=\"/models\">Candidate models</a></nav>",
         link(show, !read, 0),
         if read {
             "Awaiting a read"

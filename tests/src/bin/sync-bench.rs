@@ -229,6 +229,7 @@ fn pleura_shared_sample() -> pleura_proto::v1::ScanResult {
         localisation: vec![128; 49],
         localisation_size: 7,
         finding_probs: vec![],
+        ..Default::default()
     };
     r.flagged = rand::random();
     r

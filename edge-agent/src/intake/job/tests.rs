@@ -46,10 +46,11 @@ async fn the_pool_job_gives_the_same_record_and_id_as_before() {
         let got = i
             .pool
             .current()
-            .run(move |w| scan_job(w, bytes, &facts))
+            .run(move |w| scan_job(w, bytes, &facts, 0, Keep::Nothing))
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .record;
         assert_eq!(got.id, want_id, "{rel}");
         assert_eq!(
             (&got.clinic[..], &got.device[..]),
@@ -87,12 +88,12 @@ async fn a_dicom_scan_is_parsed_once() {
         .current()
         .run(move |w| {
             let before = parses_on_this_thread();
-            let r = scan_job(w, bytes, &facts);
+            let r = scan_job(w, bytes, &facts, 0, Keep::Nothing);
             (parses_on_this_thread() - before, r)
         })
         .await
         .unwrap();
-    let record = record.unwrap();
+    let record = record.unwrap().record;
     assert_eq!(parses, 1);
     assert_eq!(record.patient_key, Some(i.key.pseudonym("MRN-4471-PHI")));
 }
@@ -126,4 +127,62 @@ async fn a_corrupt_dicom_is_set_aside_with_its_reason() {
     assert_eq!(attempts.get(&r), 0);
     assert_eq!(outbox.stats().unwrap().pending, 0);
     assert_eq!(i.status.snapshot().intake.rejected, 1);
+}
+
+/// A candidate's shadow reading of a scan: the same scan, patient, zone and day, its own
+/// id and release, never flagged, what it would have flagged kept apart; from the frames
+/// the active model decoded or from the bytes again, the same reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_reading_is_its_own_result_and_never_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, _outbox) = intake(dir.path(), 1 << 20);
+    let bytes = fixture("scans/cb_patient16_R1.mp4");
+    let facts = i.facts(&i.cfg.inbox.join("p9/scan_R1.mp4"), SystemTime::now());
+    let pool = i.pool.current();
+    let mut readings = Vec::new();
+    for keep in [Keep::Frames, Keep::Bytes] {
+        let (b, f) = (bytes.clone(), facts.clone());
+        let Analysed { record, again } = pool
+            .run(move |w| scan_job(w, b, &f, 3, keep))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.release, 3);
+        assert_eq!(record.id, result_id_for(&record.scan, 3, false));
+        assert_ne!(record.id, record.scan, "a release's reading has its own id");
+        let active = record.clone();
+        let shadow = pool
+            .run(move |w| shadow_job(w, again.expect("kept"), &active, 4))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shadow.id, result_id_for(&record.scan, 4, true));
+        assert_eq!(
+            (
+                shadow.scan,
+                shadow.patient_key,
+                &shadow.zone,
+                shadow.scan_day
+            ),
+            (
+                record.scan,
+                record.patient_key,
+                &record.zone,
+                record.scan_day
+            )
+        );
+        assert_eq!(shadow.release, 4);
+        assert!(!shadow.analysis.flagged && shadow.analysis.flag_reasons.is_empty());
+        // The same model read the same frames: it would have flagged what the active did.
+        assert_eq!(shadow.shadow.as_ref(), Some(&record.analysis.flag_reasons));
+        assert_eq!(shadow.analysis.class_probs, record.analysis.class_probs);
+        // And the hub takes it as a shadow result.
+        let back = ScanRecord::decode(&shadow.encode()).unwrap();
+        assert!(back.is_shadow() && !back.analysis.flagged);
+        readings.push(shadow.analysis.severity_probs);
+    }
+    assert_eq!(
+        readings[0], readings[1],
+        "frames kept or decoded again: one reading"
+    );
 }

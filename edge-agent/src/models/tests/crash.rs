@@ -158,11 +158,17 @@ fn faults_in_service_trip_the_guard_and_rollback_goes_to_previous() {
     let t0 = 1_000_000;
     let crash: Result<(), _> = Err(pleura_inference::AnalyzeError::Panicked);
     let decode: Result<(), _> = Err(pleura_inference::AnalyzeError::PoolClosed);
-    live.observe(&crash, t0);
-    live.observe(&decode, t0 + 1);
-    live.observe(&crash, t0 + 2);
+    live.observe(&crash, 4, t0);
+    live.observe(&decode, 4, t0 + 1);
+    live.observe(&crash, 4, t0 + 2);
     assert!(live.last_fault().unwrap().contains("crashed"));
-    live.observe(&crash, t0 + 3);
+    live.observe(&crash, 4, t0 + 3);
+    // A late fault of a release no longer running counts for nothing.
+    let replaced = super::super::LivePool::new(live.current(), 5);
+    for t in 0..5 {
+        replaced.observe(&crash, 4, t0 + t);
+    }
+    assert_eq!(replaced.last_fault(), None);
     // Tripped: the permit is stored for the worker.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,7 +197,7 @@ fn faults_in_service_trip_the_guard_and_rollback_goes_to_previous() {
             name: "class_probs",
         },
     ));
-    live.observe(&nan, t0);
+    live.observe(&nan, 3, t0);
     rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(1), live.tripped.notified())
             .await

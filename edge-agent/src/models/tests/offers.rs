@@ -14,10 +14,11 @@ fn refused(o: OfferOutcome) -> String {
     }
 }
 
-/// A refusal leaves no pending download, no trust state and no current.json.
+/// A refusal leaves no pending download, no installed release and no current.json (the
+/// root metadata the offer carried is kept when it verified: `trust.json` may exist).
 fn untouched(f: &Fx) {
     assert!(f.store.pending().unwrap().is_none());
-    assert!(!f.store.layout.trust().exists());
+    assert_eq!(f.store.trust().unwrap().installed_version(), None);
     assert!(f.current_bytes().is_none());
 }
 
@@ -123,10 +124,43 @@ fn a_release_signed_by_a_revoked_key_is_refused() {
         m1.add_signing_key(&f.signer.public_key(), pleura_shared::now_ms() + 365 * DAY);
         f.root.certify(&m1).unwrap().to_json().unwrap()
     };
-    o.roots = vec![v1, f.root_json()];
+    o.roots = vec![v1.clone(), f.root_json()];
     let r = refused(f.store.take_offer(&o, pleura_shared::now_ms()).unwrap());
     assert!(r.starts_with("revoked_signing_key:"), "{r}");
-    untouched(&f);
+    assert!(f.store.pending().unwrap().is_none());
+    assert!(f.current_bytes().is_none());
+    // The revocation it carried is kept although the release was refused: replaying
+    // the release with only the old root metadata is refused too.
+    assert_eq!(f.store.trust().unwrap().root().version(), 2);
+    o.roots = vec![v1];
+    let r = refused(f.store.take_offer(&o, pleura_shared::now_ms()).unwrap());
+    assert!(r.starts_with("revoked_signing_key:"), "{r}");
+}
+
+#[test]
+fn a_root_only_offer_updates_the_root_metadata_and_nothing_else() {
+    let mut f = fx();
+    let (offer, _) = f.offer(3);
+    let mut v2 = f.meta.next(pleura_shared::now_ms());
+    v2.revoke(&f.signer.key_id());
+    let v1 = f.root_json();
+    f.meta = v2;
+    let root_only = pleura_shared::wire::ModelOffer {
+        roots: vec![v1, f.root_json()],
+        ..Default::default()
+    };
+    let out = f
+        .store
+        .take_offer(&root_only, pleura_shared::now_ms())
+        .unwrap();
+    assert_eq!(out, OfferOutcome::RootOnly { root_version: 2 });
+    assert!(f.store.pending().unwrap().is_none());
+    assert!(f.current_bytes().is_none());
+    // A release by the key it revoked, offered with the old root only, is refused.
+    let mut o = offer;
+    o.roots.truncate(1);
+    let r = refused(f.store.take_offer(&o, pleura_shared::now_ms()).unwrap());
+    assert!(r.starts_with("revoked_signing_key:"), "{r}");
 }
 
 #[test]

@@ -317,7 +317,7 @@ async fn a_release_that_crashes_in_service_is_rolled_back_and_reported() {
     );
     let crash: Result<(), _> = Err(pleura_inference::AnalyzeError::Panicked);
     for t in 0..3 {
-        live.observe(&crash, 1_000 + t);
+        live.observe(&crash, 3, 1_000 + t);
     }
     until("rolled back", || {
         states(&r.hub).contains(&ModelState::RolledBack)

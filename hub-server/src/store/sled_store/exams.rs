@@ -42,6 +42,9 @@ pub(super) struct ExamTx<'a> {
     pub worklist: &'a TransactionalTree,
     pub patients: &'a TransactionalTree,
     pub clinics: &'a TransactionalTree,
+    /// Where a commit marks the results it supersedes (None: a retraction, which
+    /// supersedes nothing).
+    pub superseded: Option<&'a TransactionalTree>,
 }
 
 impl ExamTx<'_> {
@@ -81,7 +84,14 @@ impl ExamTx<'_> {
                     .insert(patient_key(&r.clinic, p, r.scan_day, &id), &[][..])?;
             }
         }
-        e.add(r, received_at_ms, retracted);
+        let superseded = e.add(r, received_at_ms, retracted);
+        if let Some(t) = self.superseded {
+            for id in &superseded {
+                t.insert(id.as_bytes(), &[][..])?;
+            }
+        } else if !superseded.is_empty() {
+            return Err(abort("a result added outside a commit superseded another"));
+        }
         self.store(before.as_ref(), &e)
     }
 
@@ -114,6 +124,7 @@ impl SledStore {
         }
         let mut built: BTreeMap<ExamId, Exam> = BTreeMap::new();
         let mut retracted: Vec<ScanRecord> = Vec::new();
+        let mut superseded = Vec::new();
         self.each_case(|c| {
             let r = &c.record;
             let held = self
@@ -122,14 +133,21 @@ impl SledStore {
                 .ok()
                 .flatten()
                 .is_some();
-            built
-                .entry(Exam::id_of(r))
-                .or_insert_with(|| Exam::empty_for(r))
-                .add(r, c.received_at_ms, held);
+            superseded.extend(
+                built
+                    .entry(Exam::id_of(r))
+                    .or_insert_with(|| Exam::empty_for(r))
+                    .add(r, c.received_at_ms, held),
+            );
             if held {
                 retracted.push(r.clone());
             }
         });
+        for id in &superseded {
+            self.superseded
+                .insert(id.as_bytes(), &[][..])
+                .map_err(backend)?;
+        }
         for e in built.values() {
             self.exam_clinics
                 .insert(e.clinic.as_bytes(), &[][..])
@@ -174,6 +192,7 @@ impl SledStore {
                         worklist,
                         patients,
                         clinics,
+                        superseded: None,
                     }
                     .retract(&case)
                 })
@@ -474,125 +493,4 @@ impl SledStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::time::Instant;
-
-    use pleura_shared::record::sample_record;
-
-    use super::*;
-    use crate::store::HubStore;
-
-    fn exam_of(clinic: &str, patient: u32, severity: u8, flagged: bool) -> ScanRecord {
-        let mut r = sample_record(clinic, "d1", severity, flagged);
-        let mut key = [0u8; 16];
-        key[..4].copy_from_slice(&patient.to_be_bytes());
-        r.patient_key = Some(key);
-        r.analysis.uncertainty = (patient % 100) as f32 / 100.0;
-        r
-    }
-
-    #[test]
-    fn a_store_without_the_examination_index_builds_it_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = exam_of("c1", 1, 3, true);
-        let b = exam_of("c1", 2, 1, true);
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            store.commit(&[a.clone(), b.clone()], 10).unwrap();
-            for t in [
-                &store.exams,
-                &store.worklist,
-                &store.patients,
-                &store.exam_clinics,
-            ] {
-                t.clear().unwrap();
-            }
-            store.db.flush().unwrap();
-        }
-        let store = SledStore::open(dir.path()).unwrap();
-        let q = WorklistQuery {
-            scope: ClinicScope::All,
-            ..Default::default()
-        };
-        let ids: Vec<_> = store
-            .worklist(&q, 0)
-            .unwrap()
-            .rows
-            .iter()
-            .map(|r| r.exam.id)
-            .collect();
-        assert_eq!(ids, vec![Exam::id_of(&a), Exam::id_of(&b)]);
-        assert_eq!(
-            store
-                .patient_exams("c1", &a.patient_key.unwrap())
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    /// `cargo test --release -p hub-server --lib worklist_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing: 100,000 examinations"]
-    fn worklist_timing_with_100k_examinations() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let clinics: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
-        let t = Instant::now();
-        for batch in 0..200u32 {
-            let records: Vec<ScanRecord> = (0..500u32)
-                .map(|i| {
-                    let n = batch * 500 + i;
-                    let sev = (n % 4) as u8;
-                    exam_of(&clinics[(n % 20) as usize], n, sev, sev >= 2 || n % 3 == 0)
-                })
-                .collect();
-            store.commit(&records, 1_000 + u64::from(batch)).unwrap();
-        }
-        eprintln!("commit 100,000 exams: {:?}", t.elapsed());
-        let region: BTreeSet<String> = clinics[..5].iter().cloned().collect();
-        for (name, q) in [
-            (
-                "operator, all, page 1",
-                WorklistQuery {
-                    scope: ClinicScope::All,
-                    limit: 50,
-                    ..Default::default()
-                },
-            ),
-            (
-                "specialist, 5 clinics, flagged, page 1",
-                WorklistQuery {
-                    scope: ClinicScope::Only(region.clone()),
-                    flagged: Some(true),
-                    read: Some(false),
-                    limit: 50,
-                    ..Default::default()
-                },
-            ),
-            (
-                "specialist, page 40",
-                WorklistQuery {
-                    scope: ClinicScope::Only(region.clone()),
-                    flagged: Some(true),
-                    read: Some(false),
-                    offset: 2000,
-                    limit: 50,
-                },
-            ),
-        ] {
-            let t = Instant::now();
-            let n = 20;
-            let mut rows = 0;
-            for _ in 0..n {
-                rows = store.worklist(&q, 0).unwrap().rows.len();
-            }
-            eprintln!(
-                "worklist {name}: {rows} rows, {:?} per query",
-                t.elapsed() / n
-            );
-            assert_eq!(rows, 50);
-        }
-    }
-}
+mod tests;

@@ -89,6 +89,7 @@ fn the_form_offers_what_the_reader_may_give() {
     // A rescan after the verdict: marked new, and a new (not second) verdict.
     let mut afternoon = morning.clone();
     afternoon.id = pleura_shared::ResultId::random();
+    afternoon.scan = afternoon.id;
     afternoon.zone = Some("L2".into());
     d.exam.add(&afternoon, 5000, false);
     d.results.push(case(&afternoon));

@@ -1,0 +1,102 @@
+//! The sled backend against the store suites, and its own damage handling.
+
+use super::*;
+use pleura_shared::record::sample_record;
+
+#[test]
+fn sled_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    super::super::suite::run(|| SledStore::open(dir.path()).unwrap());
+}
+
+#[test]
+fn sled_store_answers_queries_like_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    super::super::suite::queries(&SledStore::open(dir.path()).unwrap());
+}
+
+#[test]
+fn sled_store_keeps_current_readings_like_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    super::super::suite::current_readings(&SledStore::open(dir.path()).unwrap());
+}
+
+#[test]
+fn sled_store_keeps_examinations_like_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    super::super::suite::exams(&SledStore::open(dir.path()).unwrap());
+}
+
+#[test]
+fn a_case_that_no_longer_decodes_is_counted_skipped_and_can_be_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let good = sample_record("c1", "d1", 2, true);
+    let damaged = sample_record("c1", "d1", 1, false);
+    store.commit(&[good.clone(), damaged.clone()], 5).unwrap();
+    // What a damaged page looks like to the store: the value's bytes are garbage.
+    let mut v = store
+        .cases
+        .get(damaged.id.as_bytes())
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    v.truncate(20);
+    store.cases.insert(damaged.id.as_bytes(), v).unwrap();
+
+    let listing = store.list(&CaseFilter::everything()).unwrap();
+    assert_eq!(listing.corrupt, 1);
+    assert_eq!(listing.cases.len(), 1);
+    assert_eq!(listing.cases[0].record, good);
+    let agg = store.aggregates(&AggregateQuery::everything()).unwrap();
+    assert_eq!((agg.corrupt, agg.rows.len()), (1, 1));
+    assert!(store.get(&damaged.id).is_err());
+    let scan = store.scan().unwrap();
+    assert_eq!(scan.corrupt, vec![damaged.id]);
+    assert_eq!(scan.cases, vec![CaseSummary::of(&good)]);
+
+    // The device re-sending it repairs the case; it is not a conflict.
+    assert_eq!(
+        store.commit(std::slice::from_ref(&damaged), 9).unwrap(),
+        vec![Commit::New]
+    );
+    assert_eq!(store.get(&damaged.id).unwrap().unwrap().record, damaged);
+    assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
+}
+
+#[test]
+fn a_retraction_that_no_longer_decodes_is_counted_skipped_and_recorded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let a = sample_record("c1", "d1", 2, true);
+    store.commit(std::slice::from_ref(&a), 5).unwrap();
+    let retraction = |reason: &str| Retraction {
+        id: a.id,
+        clinic: "c1".into(),
+        device: "d1".into(),
+        reason: reason.into(),
+        at_ms: 6,
+    };
+    store.retract(&[retraction("wrong patient")]).unwrap();
+    // What a damaged page looks like: the value's bytes are garbage.
+    store
+        .retractions
+        .insert(retraction_key(&a.id, "c1", "d1"), b"{\"id\":\x01".to_vec())
+        .unwrap();
+
+    assert_eq!(store.retraction(&a.id, "c1", "d1").unwrap(), None);
+    assert_eq!(store.get(&a.id).unwrap().unwrap().retraction, None);
+    let listing = store.list(&CaseFilter::everything()).unwrap();
+    assert_eq!((listing.cases.len(), listing.corrupt), (1, 1));
+    let scan = store.scan().unwrap();
+    assert_eq!(scan.corrupt_retractions, 1);
+    assert!(scan.retractions.is_empty());
+
+    // The device recording it again replaces the bad value; a readable one stays.
+    store.retract(&[retraction("recorded again")]).unwrap();
+    store.retract(&[retraction("a third time")]).unwrap();
+    let got = store.get(&a.id).unwrap().unwrap().retraction.unwrap();
+    assert_eq!(got.reason, "recorded again");
+    assert_eq!(store.list(&CaseFilter::everything()).unwrap().corrupt, 0);
+    assert_eq!(store.scan().unwrap().corrupt_retractions, 0);
+}
