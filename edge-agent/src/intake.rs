@@ -22,7 +22,7 @@
 mod attempts;
 mod identity;
 mod inbox;
-mod job;
+pub(crate) mod job;
 mod process;
 mod recover;
 mod report;

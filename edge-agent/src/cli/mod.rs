@@ -2,6 +2,7 @@
 //! and `bench` beside them.
 
 mod model;
+mod model_bench;
 mod status;
 mod verdicts;
 

@@ -23,11 +23,15 @@ pub enum ModelAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Benchmarks: a release downloaded over a slow link with cuts (`--download`),
+    /// analysis throughput while shadowing (`--shadow`); both without either flag.
+    Bench(super::model_bench::BenchArgs),
 }
 
 pub fn run(action: ModelAction) -> Result<ExitCode> {
     match action {
         ModelAction::SelfTestVectors { model, frames, out } => vectors(&model, &frames, &out),
+        ModelAction::Bench(args) => super::model_bench::run(args),
     }
 }
 

@@ -75,6 +75,9 @@ struct Active {
     dl: Download,
     /// Waiting for the answer to a fetch until then.
     deadline: Option<Instant>,
+    /// When the last fetch went out: the bandwidth cap paces from it, so the time the
+    /// chunk spent on the link counts toward the pause.
+    sent_at: Instant,
     not_before: Instant,
     last_report: Instant,
 }
@@ -127,6 +130,7 @@ impl ModelWorker {
             pending: p,
             dl,
             deadline: None,
+            sent_at: now,
             not_before: now,
             last_report: now - PROGRESS_EVERY,
         })
@@ -161,7 +165,10 @@ impl ModelWorker {
                     if self.link.is_up() && !(self.clinical_busy)() {
                         if let Some(f) = a.dl.next_fetch() {
                             match self.link.send(uplink::Kind::ModelFetch(f)) {
-                                Ok(_) => a.deadline = Some(now + self.settings.fetch_timeout),
+                                Ok(_) => {
+                                    a.sent_at = now;
+                                    a.deadline = Some(now + self.settings.fetch_timeout);
+                                }
                                 Err(_) => a.not_before = now + self.settings.poll,
                             }
                         }
@@ -257,7 +264,7 @@ impl ModelWorker {
                 a.pending = saved;
                 a.dl.committed(n);
                 a.deadline = None;
-                a.not_before = Instant::now() + pace(n, self.settings.max_bytes_per_s);
+                a.not_before = a.sent_at + pace(n, self.settings.max_bytes_per_s);
                 let (v, held, size) = (a.dl.version, a.dl.held, a.dl.size);
                 self.status
                     .update(|s| s.models.downloading = Some((v, held, size)));
