@@ -41,7 +41,7 @@ impl ScanEntry {
         let key = record.patient_key.map(|k| k.to_vec()).unwrap_or_default();
         Self {
             result_id: record.id,
-            exam_id: ExamId::of(&record.clinic, &key, record.scan_day, &record.id).0,
+            exam_id: ExamId::of(&record.clinic, &key, record.scan_day, &record.scan).0,
             patient,
             zone: record.zone.clone(),
             scan_day: record.scan_day,

@@ -115,7 +115,11 @@ fn models_cli_publishes_rolls_out_and_enrols_with_the_root_key() {
     assert!(fails(&["model", "pause", "--data-dir", d, "--version", "1"]).contains("paused"));
     ok(&["model", "resume", "--data-dir", d, "--version", "1"]);
     // The promotion gate reads the hub's shadow comparison.
-    let shadow = serde_json::json!({"generated_at_ms": 1, "candidates": {"1": {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let shadow = serde_json::json!({"generated_at_ms": now_ms, "candidates": {"1": {
         "release": 1, "exams_compared": 12, "scans_compared": 20,
         "active": {"sensitivity": {"hits": 5, "of": 5}},
         "candidate": {"sensitivity": {"hits": 4, "of": 5}}}}});

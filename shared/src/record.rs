@@ -103,7 +103,11 @@ impl ScanRecord {
 
     /// Severity-first queue priority: flagged and severe results sync first.
     /// Higher is more urgent (0..=7).
+    /// A shadow reading comes last: it must never hold up a clinical result.
     pub fn priority(&self) -> u8 {
+        if self.is_shadow() {
+            return 0;
+        }
         (u8::from(self.analysis.flagged) << 2) | self.analysis.severity.score().min(3)
     }
 
@@ -254,6 +258,14 @@ impl ScanRecord {
                 "a shadow result comes from a release (version above 0)",
             ));
         }
+        // The id is bound to the scan, the release and the role: a sender cannot claim
+        // another scan's identity for a result of its own (or one result under two scans).
+        if result_id_for(&scan, w.model_release, shadow.is_some()) != id {
+            return Err(invalid(
+                "result_id",
+                "does not derive from scan_id, model_release and shadow",
+            ));
+        }
         if w.format.len() > 16 || w.model_version.len() > 64 {
             return Err(invalid("format/model_version", "too long"));
         }
@@ -288,11 +300,9 @@ impl ScanRecord {
 }
 
 /// The id of one analysis of `scan`: the scan's own id for the built-in model's active
-/// reading (as it was before releases existed), otherwise derived from the scan, the
-/// release and the role. Another release's reading of the scan (a re-analysis after a
-/// rollback) or a candidate's shadow reading is then a distinct result at the hub, never
-/// a duplicate of the first, while the same release re-analysing it after a crash gives
-/// the same id again.
+/// reading (as before releases existed), otherwise a hash of the scan, release and role.
+/// Another release's reading (a re-analysis after a rollback) or a shadow reading is a
+/// distinct result at the hub; the same release re-reading it after a crash, the same.
 pub fn result_id_for(scan: &ResultId, release: u64, shadow: bool) -> ResultId {
     use sha2::{Digest, Sha256};
     if release == 0 && !shadow {
@@ -442,6 +452,28 @@ mod tests {
         let mut bad = r.to_wire();
         bad.scan_id = vec![1; 5];
         assert!(ScanRecord::from_wire(bad).is_err());
+        assert_eq!(r.priority(), 0, "a shadow reading is sent last");
+    }
+
+    #[test]
+    fn a_result_id_must_derive_from_its_scan_release_and_role() {
+        let r = sample_record("c", "d", 3, true);
+        // Another scan's id claimed for this result (e.g. to supersede that scan's reading).
+        let mut forged = r.to_wire();
+        forged.scan_id = ResultId::random().0.to_vec();
+        let e = ScanRecord::from_wire(forged).unwrap_err().to_string();
+        assert!(e.contains("does not derive"), "{e}");
+        // A release's reading under the built-in model's id, and the reverse.
+        let mut forged = r.to_wire();
+        forged.model_release = 4;
+        assert!(ScanRecord::from_wire(forged).is_err());
+        let mut ok = r.clone();
+        ok.release = 4;
+        ok.id = result_id_for(&r.scan, 4, false);
+        assert_eq!(ScanRecord::decode(&ok.encode()).unwrap(), ok);
+        let mut forged = ok.to_wire();
+        forged.model_release = 0;
+        assert!(ScanRecord::from_wire(forged).is_err());
     }
 
     #[test]

@@ -16,9 +16,10 @@ use pleura_shared::ScanRecord;
 
 use super::attempts::Attempts;
 use super::inbox::{FileId, Place, Stamp};
-use super::job::{scan_job, shadow_job, Analysed, Keep, ScanFacts};
+use super::job::{scan_job, shadow_job, Again, Analysed, Keep, ScanFacts};
 use super::ANALYSIS_TICK;
 use super::{off_async, wait_with_deadline, zone_from_name, Intake, Outcome, Waited};
+use crate::models::live::Running;
 use crate::outbox::OutboxError;
 
 /// A file read and ready for the pool: its bytes (moved on, never copied), its stamp
@@ -37,10 +38,17 @@ enum Finished {
     TimedOut(String),
 }
 
-/// A scan's readings: the active model's, and the shadow candidate's when one runs.
+/// A scan's active reading, and what the candidate in shadow needs to read it too.
 pub(super) struct Readings {
     pub record: ScanRecord,
-    pub shadow: Option<ScanRecord>,
+    pub shadow: Option<ShadowWork>,
+}
+
+/// A shadow reading still to make: run only once the active reading is stored, so a
+/// slow, hung or crashing candidate never delays or costs a clinical result.
+pub(super) struct ShadowWork {
+    candidate: Running,
+    again: Again,
 }
 
 /// An analysis that failed, and the release it ran on (0: the built-in model).
@@ -53,7 +61,7 @@ pub(super) struct JobError {
 
 impl Intake {
     /// The pool job for one scan: `bytes` and `facts` in, its record out (and, while a
-    /// candidate release runs in shadow, the candidate's reading of the same frames).
+    /// candidate release runs in shadow, what the candidate needs to read the scan).
     /// Once handed over, it holds a worker until it ends, even if no one waits for it.
     pub(super) fn pool_job(
         &self,
@@ -84,21 +92,36 @@ impl Intake {
                 .and_then(|r| r);
             live.observe(&res, release, pleura_shared::now_ms());
             let Analysed { record, again } = res.map_err(|error| JobError { error, release })?;
-            let shadow = match (shadow, again) {
-                (Some(s), Some(again)) => {
-                    let (active, version) = (record.clone(), s.version);
-                    let res = s
-                        .pool
-                        .run(move |w| shadow_job(w, again, &active, version))
-                        .await
-                        .and_then(|r| r);
-                    live.observe_shadow(&res, version);
-                    res.ok()
-                }
-                _ => None,
-            };
+            let shadow = shadow
+                .zip(again)
+                .map(|(candidate, again)| ShadowWork { candidate, again });
             Ok(Readings { record, shadow })
         })
+    }
+
+    /// The candidate reads a scan whose active reading `active` is stored: within
+    /// `intake.max_analysis_s`, or it counts as a fault of the candidate (which ends its
+    /// shadow run); its reading is queued beside the active one.
+    async fn read_in_shadow(self: &Arc<Self>, work: ShadowWork, active: ScanRecord) {
+        let ShadowWork { candidate, again } = work;
+        let version = candidate.version;
+        let job = candidate
+            .pool
+            .run(move |w| shadow_job(w, again, &active, version));
+        let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
+        let res = match tokio::time::timeout(max, job).await {
+            Ok(res) => res.and_then(|r| r),
+            Err(_) => {
+                let why = format!("a shadow reading took longer than {} s", max.as_secs());
+                self.pool.shadow_failed(version, why);
+                return;
+            }
+        };
+        self.pool.observe_shadow(&res, version);
+        if let Ok(shadow) = res {
+            let me = self.clone();
+            let _ = off_async(move || me.queue_shadow(&shadow)).await;
+        }
     }
 
     /// Analyses the file at `at` (listed as `listed`, if it was) and queues its result.
@@ -127,16 +150,33 @@ impl Intake {
             Ok(ready) => ready,
             Err(o) => return o,
         };
-        let analysed = self.analyse(r, bytes, facts).await;
+        let (analysed, shadow) = match self.analyse(r, bytes, facts).await {
+            Finished::Done(done) => match *done {
+                Ok(Readings { record, shadow }) => {
+                    let work = shadow.map(|w| (w, record.clone()));
+                    let done = Ok(Readings {
+                        record,
+                        shadow: None,
+                    });
+                    (Finished::Done(Box::new(done)), work)
+                }
+                Err(e) => (Finished::Done(Box::new(Err(e))), None),
+            },
+            timed_out => (timed_out, None),
+        };
         let (me, p, key, a) = (
             self.clone(),
             path.to_owned(),
             r.to_owned(),
             attempts.clone(),
         );
-        off_async(move || me.settle(&at, &p, &key, stamp, analysed, &a))
+        let outcome = off_async(move || me.settle(&at, &p, &key, stamp, analysed, &a))
             .await
-            .unwrap_or_else(|o| o)
+            .unwrap_or_else(|o| o);
+        if let (Outcome::Done, Some((work, active))) = (&outcome, shadow) {
+            self.read_in_shadow(work, active).await;
+        }
+        outcome
     }
 
     /// Opens and reads the file, after the checks that let it wait unread (every worker
@@ -261,7 +301,7 @@ impl Intake {
             Finished::Done(done) => *done,
             Finished::TimedOut(why) => return self.failed_counted(at, path, r, &why, attempts),
         };
-        let Readings { record, shadow } = match done.map_err(|e| (e.error, e.release)) {
+        let Readings { record, .. } = match done.map_err(|e| (e.error, e.release)) {
             Ok(readings) => readings,
             Err((AnalyzeError::PoolClosed, _)) => {
                 attempts.undo(r);
@@ -298,9 +338,6 @@ impl Intake {
                 tracing::error!(scan = %r, zone, error = %e, "scan left in the inbox");
                 return Outcome::Storage(e.to_string());
             }
-        }
-        if let Some(shadow) = shadow {
-            self.queue_shadow(&shadow);
         }
         let id = record.id;
         // Durable in the outbox: now the source may move. In processed/ it keeps its

@@ -223,11 +223,11 @@ impl Intake {
             Waited::Done(r) => r.map_err(|e| e.to_string())?.record,
             Waited::TimedOut(_) => return Err("analysis took too long".into()),
         };
-        // Named by the built-in model, or by the release running now (a scan named by an
-        // earlier release cannot be told from a changed identity, and is not rebuilt).
-        if record.id != id && result_id_for(&record.scan, 0, false) != id {
+        // Named by the release running now, or by another that read it before (the
+        // built-in model, or an earlier or later release: a rollback happened since).
+        if record.id != id && !named_by_a_release(&record.scan, record.release, &id) {
             return Err(Rebuild::Failed(format!(
-                "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed, or it was read by an earlier model release)"
+                "its content or identity no longer gives result {id} (clinic, device or pseudonym key changed?)"
             )));
         }
         // Read again by a release: a new result (the hub keeps both, the newer current),
@@ -261,6 +261,16 @@ impl Intake {
         std::fs::rename(path, path.with_file_name(name))
             .map_err(|e| Rebuild::Failed(format!("renaming it in processed/: {e}")))
     }
+}
+
+/// Whether `id` is a release's active reading of `scan`, for a release near `now` (the
+/// one running) or among the first thousand: releases are numbered upwards, and a lost
+/// result is one of the last read. One hash per release tried.
+fn named_by_a_release(scan: &ResultId, now: u64, id: &ResultId) -> bool {
+    const SPAN: u64 = 1_000;
+    (0..=SPAN)
+        .chain(now.saturating_sub(SPAN)..=now.saturating_add(SPAN))
+        .any(|r| result_id_for(scan, r, false) == *id)
 }
 
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {

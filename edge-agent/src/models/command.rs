@@ -57,10 +57,11 @@ pub fn take(store: &ModelStore) -> Result<Option<Decided>, ModelsError> {
     };
     let _g = store.guard();
     let mut cur = store.layout.read_current()?;
+    let rolled_back = store.layout.rolled_back();
     let shadow = cur
         .shadow
         .and_then(|s| store.layout.check_slot(s).ok())
-        .filter(|m| m.version == cmd.version);
+        .filter(|m| m.version == cmd.version && !rolled_back.contains(&m.version));
     if cmd.promote {
         let active = store.layout.check_slot(cur.active).map(|m| m.version);
         return Ok(Some(match shadow {

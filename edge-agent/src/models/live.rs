@@ -103,9 +103,14 @@ impl LivePool {
     /// run (it must not be promoted), without touching the active model.
     pub fn observe_shadow<T>(&self, res: &Result<T, AnalyzeError>, version: u64) {
         let why = match res {
-            Err(AnalyzeError::Decode(_)) | Ok(_) => return,
+            Err(AnalyzeError::Decode(_)) | Err(AnalyzeError::PoolClosed) | Ok(_) => return,
             Err(e) => fault_of(res).map(str::to_string).unwrap_or(e.to_string()),
         };
+        self.shadow_failed(version, why);
+    }
+
+    /// The candidate `version` failed in shadow (a fault, a reading past its deadline).
+    pub fn shadow_failed(&self, version: u64, why: String) {
         tracing::warn!(version, reason = %why, "shadow model fault");
         *self.shadow_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, why));
         self.shadow_tripped.notify_one();

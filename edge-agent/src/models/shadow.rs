@@ -36,6 +36,11 @@ pub fn drop_faulty(store: &ModelStore, version: u64) -> Result<(), ModelsError> 
     let layout = &store.layout;
     let _g = store.guard();
     let mut cur = layout.read_current().unwrap_or_default();
+    // Recorded first: killed before current.json changes, the release is still never
+    // promoted (`command::take` refuses a rolled-back version).
+    if version > 0 {
+        layout.add_rolled_back(version)?;
+    }
     // Its slot, or a shadow slot that no longer verifies.
     let named = cur
         .shadow
@@ -43,9 +48,6 @@ pub fn drop_faulty(store: &ModelStore, version: u64) -> Result<(), ModelsError> 
     if named {
         cur.shadow = None;
         layout.write_current(&cur)?;
-    }
-    if version > 0 {
-        layout.add_rolled_back(version)?;
     }
     Ok(())
 }

@@ -182,7 +182,10 @@ impl ModelWorker {
                 None => now + self.settings.poll,
             };
             let live = self.live.clone();
+            // Biased: a fault (of the active model or of the candidate) is handled before
+            // any command, so a candidate that just faulted is never promoted.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = live.tripped.notified() => self.roll_back().await,
                 _ = live.shadow_tripped.notified() => self.drop_shadow().await,

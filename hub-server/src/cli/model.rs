@@ -269,6 +269,9 @@ fn shadow_report(store: &ModelStore) -> Result<ShadowReport> {
         .unwrap_or_default())
 }
 
+/// Oldest shadow comparison a gate may be checked against.
+const STALE_REPORT_MS: u64 = 10 * 60 * 1000;
+
 /// What the gate says, and what `promote` prints before it changes the plan: the
 /// comparison, and a forced promotion's unmet gate. Err: refused (nothing changed).
 pub fn promote_decision(
@@ -278,6 +281,15 @@ pub fn promote_decision(
     force: bool,
 ) -> Result<String, String> {
     let c = report.candidates.get(&version);
+    // The running hub rewrites it every ~30 s: an old one means the hub is down, and a
+    // gate must not pass on numbers that may no longer hold.
+    let age_ms = pleura_shared::now_ms().saturating_sub(report.generated_at_ms);
+    if gate.is_set() && !force && age_ms > STALE_REPORT_MS {
+        return Err(format!(
+            "the shadow comparison is {} min old (is the hub running?); a gate needs a fresh one",
+            age_ms / 60_000
+        ));
+    }
     let mut out = match c {
         Some(c) => format!("promoting on this shadow comparison:\n{}", shadow::render(c)),
         None => format!("release {version}: no shadow comparison (no shadow results on reviewed examinations yet)\n"),
@@ -352,7 +364,10 @@ mod tests {
 
     #[test]
     fn promote_refuses_on_an_unmet_gate_unless_forced_and_always_says_what_it_saw() {
-        let mut report = ShadowReport::default();
+        let mut report = ShadowReport {
+            generated_at_ms: pleura_shared::now_ms(),
+            ..Default::default()
+        };
         report.candidates.insert(
             3,
             Comparison {
@@ -399,6 +414,14 @@ mod tests {
         assert!(
             promote_decision(4, &report, enough, false).is_err(),
             "no comparison"
+        );
+        // A comparison the hub has not refreshed for long gates nothing.
+        report.generated_at_ms -= STALE_REPORT_MS + 60_000;
+        let e = promote_decision(3, &report, enough, false).unwrap_err();
+        assert!(e.contains("min old"), "{e}");
+        assert!(
+            promote_decision(3, &report, none, false).is_ok(),
+            "no gate: no check"
         );
     }
 }

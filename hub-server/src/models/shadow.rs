@@ -173,7 +173,11 @@ pub fn compare(reviewed: &[(Exam, Reads)], now_ms: u64) -> ShadowReport {
             if !s.model_version.is_empty() && !acc.cmp.model_versions.contains(&s.model_version) {
                 acc.cmp.model_versions.push(s.model_version.clone());
             }
-            if let Some(a) = exam.live().find(|a| a.scan_id() == s.scan_id()) {
+            // The candidate's reading is compared with the same device's active one.
+            if let Some(a) = exam
+                .live()
+                .find(|a| a.scan_id() == s.scan_id() && a.device == s.device)
+            {
                 pairs.entry(s.release).or_default().push((a, s));
             }
         }

@@ -208,12 +208,18 @@ impl Exam {
         let mut superseded = Vec::new();
         if !new.shadow {
             let scan = new.scan_id();
-            let rival = self
-                .results
-                .iter_mut()
-                .find(|x| !x.shadow && !x.superseded && x.scan_id() == scan);
+            // Only the device that read the scan can read it again: another device's
+            // result never supersedes it (ids are bound to their scan at ingest).
+            let rival = self.results.iter_mut().find(|x| {
+                !x.shadow && !x.superseded && x.scan_id() == scan && x.device == new.device
+            });
             if let Some(old) = rival {
-                if old.current_key() < new.current_key() {
+                // A scan its device withdrew stays withdrawn: a later reading of it (a
+                // rebuild, a re-analysis) arrives superseded, never current.
+                if old.retracted {
+                    new.superseded = true;
+                    superseded.push(new.id);
+                } else if old.current_key() < new.current_key() {
                     old.superseded = true;
                     superseded.push(old.id);
                 } else {

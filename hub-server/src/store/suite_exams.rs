@@ -484,4 +484,28 @@ pub fn current_readings<S: HubStore>(store: &S) {
             .scans,
         2
     );
+
+    // A later reading of the withdrawn scan (a rebuild, a re-analysis) stays withdrawn.
+    let later = analysis_of(&first, 6, None, first.analysed_at_ms + 5000);
+    store.commit(std::slice::from_ref(&later), 50).unwrap();
+    let e = store.exam(&Exam::id_of(&first)).unwrap().unwrap();
+    assert!(e.live().next().is_none(), "{:?}", e.results);
+    assert!(!listed(CaseFilter::everything()).contains(&later.id));
+
+    // Another device's reading of the same scan (same patient, day and scan id) never
+    // supersedes this device's: both stay current.
+    let mine = scan_of("v1", 4, 100, "L3", 2, true);
+    let mut theirs = analysis_of(&mine, 7, None, mine.analysed_at_ms + 1000);
+    theirs.device = "d2".into();
+    theirs.analysis.flagged = false;
+    theirs.analysis.flag_reasons.clear();
+    store.commit(std::slice::from_ref(&mine), 60).unwrap();
+    store.commit(std::slice::from_ref(&theirs), 61).unwrap();
+    let e = store.exam(&Exam::id_of(&mine)).unwrap().unwrap();
+    let live: Vec<_> = e.live().map(|x| x.id).collect();
+    assert!(
+        live.contains(&mine.id) && live.contains(&theirs.id),
+        "{live:?}"
+    );
+    assert!(e.flagged, "the first device's flag stands");
 }

@@ -18,7 +18,7 @@ from .backbone import SCALE, SHIFT, Backbone, load_imagenet
 from .labels import covid_blues_videos, pocus_videos
 
 INPUT = 192
-DEPTHS = (11, 12)  # feature taps compared by the recipe; the shipped net ends at one of them
+DEPTHS = (9, 10, 11, 12)  # feature taps compared by the recipes; the shipped net ends at one of them
 
 _net: Backbone | None = None
 

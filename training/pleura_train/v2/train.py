@@ -21,6 +21,8 @@ HP = {"epochs": 300, "frame_weight": 0.2, "wd": 1e-2}
 RECIPES = {
     "gap11": {"tap": "gap11", "hp": HP},
     "gap12": {"tap": "gap12", "hp": HP},
+    "bands9": {"tap": "bands9", "hp": HP},
+    "bands10": {"tap": "bands10", "hp": HP},
     "bands11": {"tap": "bands11", "hp": HP},
     "bands12": {"tap": "bands12", "hp": HP},
     "bands11+12": {"tap": "bands11+bands12", "hp": HP},
@@ -85,11 +87,12 @@ def main() -> None:
     ap.add_argument("--compare-seeds", type=int, default=1)
     ap.add_argument("--shipped", default=SHIPPED, choices=sorted(RECIPES))
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="with --compare: only these (and the shipped one)")
     a = ap.parse_args()
     seeds = list(range(a.seeds))
     results = {}
     shipped = a.shipped
-    names = list(RECIPES) if a.compare else [shipped]
+    names = (list(RECIPES) if not a.recipes else [r for r in RECIPES if r in a.recipes or r == shipped]) if a.compare else [shipped]
     for name in names:
         rc = RECIPES[name]
         d = CV.load(a.data, a.cache, rc["tap"])

@@ -242,3 +242,29 @@ async fn a_lost_result_without_its_scan_is_reported_once_per_pass() {
         .iter()
         .any(|a| a.contains("cannot be rebuilt")));
 }
+
+/// A lost result's scan in processed/ is rebuilt whichever release named it, as long as
+/// that release is one of the first thousand or near the one running; a shadow reading's
+/// id or another scan's is never taken for it.
+#[test]
+fn a_scan_named_by_the_built_in_model_or_any_recent_release_is_recognised() {
+    use pleura_shared::{result_id_for, ResultId};
+    let scan = ResultId::random();
+    let now = 20_261_201;
+    for r in [0, 1, 3, 1_000, now - 71, now, now + 2] {
+        let id = result_id_for(&scan, r, false);
+        assert!(super::named_by_a_release(&scan, now, &id), "release {r}");
+    }
+    assert!(!super::named_by_a_release(
+        &scan,
+        now,
+        &result_id_for(&scan, 3, true)
+    ));
+    let other = result_id_for(&ResultId::random(), 3, false);
+    assert!(!super::named_by_a_release(&scan, now, &other));
+    assert!(!super::named_by_a_release(
+        &scan,
+        5,
+        &result_id_for(&scan, 50_000, false)
+    ));
+}
