@@ -234,8 +234,8 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             let (k, id) =
                 keys::revoke_signing_key(&store, root_key.as_deref(), key_id.as_deref(), now_ms())?;
             println!(
-                "signing key {id} revoked in root metadata v{}; devices learn it with the next offer. \
-                 Publish again after `model rotate-signing-key`.",
+                "signing key {id} revoked in root metadata v{}; the running hub sends it to every \
+                 enrolled device. Publish again after `model rotate-signing-key`.",
                 k.root_version
             );
         }

@@ -31,6 +31,10 @@ pub const POLL_EVERY: Duration = Duration::from_secs(2);
 pub(super) struct DeliveredFile {
     #[serde(default)]
     pub(super) entries: BTreeMap<String, Delivered>,
+    /// `<clinic>/<device>` → the newest root metadata version queued to it on its own
+    /// (a root-only offer), so a rotation or revocation reaches every device at once.
+    #[serde(default)]
+    pub(super) roots: BTreeMap<String, u64>,
 }
 
 pub(super) fn key(version: u64, clinic: &str, device: &str) -> String {
@@ -47,6 +51,18 @@ fn message_id(version: u64, clinic: &str, device: &str, action: Action) -> [u8; 
     let d = h.finalize();
     let mut id = [0u8; 16];
     id.copy_from_slice(&d[..16]);
+    id
+}
+
+/// The message id of a root-only offer of root metadata `version` (derived, like
+/// [`message_id`]).
+fn root_message_id(version: u64, clinic: &str, device: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"pleura.model.root\0");
+    h.update(version.to_be_bytes());
+    h.update(format!("{clinic}/{device}").as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize()[..16]);
     id
 }
 
@@ -173,7 +189,7 @@ impl ModelControl {
             Ok(plan) => self.apply_plan(plan.unwrap_or_default()),
             Err(e) => tracing::warn!(error = %e, "rollout plan unreadable; keeping the last one"),
         }
-        let queued = self.queue_due();
+        let queued = self.queue_due() + self.queue_roots();
         self.flush()?;
         self.refresh_shadow();
         Ok(queued)
@@ -284,6 +300,63 @@ impl ModelControl {
             );
             queued += 1;
             self.note_sent(v, &clinic, &device, action);
+        }
+        queued
+    }
+
+    /// Queues the root chain, with no release, to every enrolled device that has not had
+    /// its newest version queued: a signing key rotated or revoked (root metadata above
+    /// version 1) reaches the fleet now, not with the next release offered to each device.
+    fn queue_roots(&self) -> usize {
+        let chain = match self.store.root_chain() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the model root chain");
+                return 0;
+            }
+        };
+        let Some(newest) = chain.last().map(|(v, _)| *v).filter(|v| *v > 1) else {
+            return 0;
+        };
+        let devices = match self.devices.enrolled() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing enrolled devices");
+                return 0;
+            }
+        };
+        let roots: Vec<Vec<u8>> = chain.into_iter().map(|(_, b)| b).collect();
+        let mut queued = 0;
+        for (clinic, device) in devices {
+            let who = format!("{clinic}/{device}");
+            if locked(&self.inner).delivered.roots.get(&who) >= Some(&newest) {
+                continue;
+            }
+            let offer = ModelOffer {
+                roots: roots.clone(),
+                ..Default::default()
+            };
+            let id = root_message_id(newest, &clinic, &device);
+            if let Err(e) =
+                self.outbox
+                    .send_with_id(&clinic, &device, id, downlink::Kind::ModelOffer(offer))
+            {
+                tracing::warn!(clinic, device, error = %e, "root metadata not queued; retrying at the next pass");
+                break;
+            }
+            Metrics::inc(&self.metrics.model_messages_queued, 1);
+            tracing::info!(
+                clinic,
+                device,
+                root_version = newest,
+                "model root metadata queued"
+            );
+            queued += 1;
+            let mut inner = locked(&self.inner);
+            inner.delivered.roots.insert(who, newest);
+            if let Err(e) = write_json(&self.store.delivered_path(), &inner.delivered, 0o600) {
+                tracing::error!(error = %e, "recording a model delivery");
+            }
         }
         queued
     }

@@ -379,3 +379,44 @@ fn reports_reach_status_json_and_refusals_the_audit_log() {
         "rolled_back"
     );
 }
+
+/// A revocation (root metadata v2) reaches every enrolled device at once, as a root-only
+/// offer carrying the whole chain, once per device and version, across restarts; a new
+/// root version goes out again.
+#[test]
+fn a_new_root_version_is_queued_to_every_device_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = published(dir.path());
+    let h = hub(dir.path(), &store);
+    assert_eq!(
+        h.control.tick().unwrap(),
+        0,
+        "root v1 rides with offers only"
+    );
+    keys::revoke_signing_key(&store, None, None, NOW + 1).unwrap();
+    assert_eq!(h.control.tick().unwrap(), 3);
+    let chain: Vec<Vec<u8>> = store
+        .root_chain()
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(chain.len(), 2);
+    let mut to: Vec<String> = Vec::new();
+    for (who, kind) in sent(&h) {
+        let downlink::Kind::ModelOffer(o) = kind else {
+            panic!("{kind:?}")
+        };
+        assert!(o.release.is_empty() && o.release_version == 0, "{o:?}");
+        assert_eq!(o.roots, chain);
+        to.push(who);
+    }
+    to.sort();
+    assert_eq!(to, ["c1/a", "c1/b", "c2/a"]);
+    assert_eq!(h.control.tick().unwrap(), 0, "once");
+    drop(h);
+    let h = hub(dir.path(), &store);
+    assert_eq!(h.control.tick().unwrap(), 0, "once, across a restart");
+    keys::rotate_signing_key(&store, None, true, NOW + 2).unwrap();
+    assert_eq!(h.control.tick().unwrap(), 3, "root v3 goes out too");
+}
