@@ -15,8 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use pleura_inference::engine::default_model;
-use pleura_inference::{BackendConfig, BackendKind};
 use serde::Serialize;
 
 use crate::intake::job::{scan_job, shadow_job, Analysed, Keep, ScanFacts};
@@ -36,15 +34,10 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The active model (and the candidate, and the base of the downloaded release).
-    #[arg(long, default_value_os_t = default_model())]
-    pub model: PathBuf,
-    /// Inference engine: tract (default) or onnxruntime.
-    #[arg(long, default_value = "tract")]
-    pub backend: BackendKind,
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH).
-    #[arg(long)]
-    pub ort_library: Option<PathBuf>,
+    /// The active model (also the candidate and the base of the downloaded release),
+    /// the engine, and the active pool's threads (the candidate always has one).
+    #[command(flatten)]
+    pub engine: pleura_lab::EngineArgs,
     /// --download: the release's size.
     #[arg(long, default_value_t = 8192)]
     pub size_kib: u64,
@@ -78,9 +71,6 @@ pub struct BenchArgs {
     /// --shadow: rounds (one pass alone and one shadowing each).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// --shadow: the active pool's inference threads (the candidate always has one).
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
 }
 
 fn default_scans() -> PathBuf {
@@ -105,12 +95,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (false, false) => (true, true),
         both => both,
     };
-    pleura_inference::backend::init(&BackendConfig {
-        kind: args.backend,
-        onnxruntime_library: args.ort_library.clone(),
-    })?;
+    args.engine.spec().load()?;
     let mut out = Results {
-        backend: format!("{:?}", args.backend).to_lowercase(),
+        backend: format!("{:?}", args.engine.backend).to_lowercase(),
         download: None,
         shadow: None,
     };
@@ -129,7 +116,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 max_bytes_per_s: args.cap_kib.map_or(defaults.max_bytes_per_s, |k| k * 1024),
                 ..defaults
             },
-            model: args.model.clone(),
+            model: args.engine.model.clone(),
             progress: !args.json,
             max_wall: Duration::from_secs(600),
         };
@@ -247,17 +234,7 @@ async fn one_scan(
 ) -> Result<bool> {
     let running = live.running();
     let shadow = live.shadow().filter(|_| with_shadow);
-    let keep = match &shadow {
-        None => Keep::Nothing,
-        Some(s) => {
-            let (a, b) = (&running.pool.info().input, &s.pool.info().input);
-            if (a.size, a.max_frames) == (b.size, b.max_frames) {
-                Keep::Frames
-            } else {
-                Keep::Bytes
-            }
-        }
-    };
+    let keep = Keep::for_shadow(&running.pool, shadow.as_ref().map(|s| &*s.pool));
     let release = running.version;
     let res = running
         .pool
@@ -327,9 +304,9 @@ fn shadow(args: &BenchArgs) -> Result<ShadowResult> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let (_, active) = crate::models::switch::start_pool(&args.model, args.workers)?;
+    let (_, active) = crate::models::switch::start_pool(&args.engine.model, args.engine.workers)?;
     // The candidate's pool has one thread, as `models::shadow::start` gives it.
-    let (_, candidate) = crate::models::switch::start_pool(&args.model, 1)?;
+    let (_, candidate) = crate::models::switch::start_pool(&args.engine.model, 1)?;
     let live = LivePool::new(Arc::new(active), 1);
     live.set_shadow(Some(Running {
         pool: Arc::new(candidate),
@@ -395,7 +372,7 @@ fn shadow(args: &BenchArgs) -> Result<ShadowResult> {
             scans: scans.into_iter().map(|s| s.0).collect(),
             skipped,
             rounds: args.rounds,
-            active_workers: args.workers,
+            active_workers: args.engine.workers,
             keep,
             median_ratio: median(&ratios),
             alone_scans_per_s: alone,

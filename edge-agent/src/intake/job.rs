@@ -42,6 +42,25 @@ pub enum Keep {
     Bytes,
 }
 
+impl Keep {
+    /// What to keep for `candidate` (none: nothing): the decoded frames when it samples
+    /// the scan as the `active` pool does, else the bytes to decode again.
+    pub fn for_shadow(
+        active: &pleura_inference::InferencePool,
+        candidate: Option<&pleura_inference::InferencePool>,
+    ) -> Self {
+        let Some(c) = candidate else {
+            return Keep::Nothing;
+        };
+        let (a, c) = (&active.info().input, &c.info().input);
+        if (a.size, a.max_frames) == (c.size, c.max_frames) {
+            Keep::Frames
+        } else {
+            Keep::Bytes
+        }
+    }
+}
+
 /// The active reading of a scan, and what a shadow reading of it needs.
 pub struct Analysed {
     pub record: ScanRecord,

@@ -72,17 +72,7 @@ impl Intake {
         let live = self.pool.clone();
         let running = live.running();
         let shadow = live.shadow().filter(|_| with_shadow);
-        let keep = match &shadow {
-            None => Keep::Nothing,
-            Some(s) => {
-                let (a, b) = (&running.pool.info().input, &s.pool.info().input);
-                if (a.size, a.max_frames) == (b.size, b.max_frames) {
-                    Keep::Frames
-                } else {
-                    Keep::Bytes
-                }
-            }
-        };
+        let keep = Keep::for_shadow(&running.pool, shadow.as_ref().map(|s| &*s.pool));
         Box::pin(async move {
             let release = running.version;
             let res = running
@@ -150,19 +140,14 @@ impl Intake {
             Ok(ready) => ready,
             Err(o) => return o,
         };
-        let (analysed, shadow) = match self.analyse(r, bytes, facts).await {
-            Finished::Done(done) => match *done {
-                Ok(Readings { record, shadow }) => {
-                    let work = shadow.map(|w| (w, record.clone()));
-                    let done = Ok(Readings {
-                        record,
-                        shadow: None,
-                    });
-                    (Finished::Done(Box::new(done)), work)
-                }
-                Err(e) => (Finished::Done(Box::new(Err(e))), None),
+        let mut analysed = self.analyse(r, bytes, facts).await;
+        // The candidate's reading waits until the active one is settled.
+        let shadow = match &mut analysed {
+            Finished::Done(done) => match done.as_mut() {
+                Ok(Readings { record, shadow }) => shadow.take().map(|w| (w, record.clone())),
+                Err(_) => None,
             },
-            timed_out => (timed_out, None),
+            Finished::TimedOut(_) => None,
         };
         let (me, p, key, a) = (
             self.clone(),

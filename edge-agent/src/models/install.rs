@@ -133,3 +133,15 @@ pub fn compute_vectors(model: &ModelFile, frames: &[Vec<u8>]) -> Result<SelfTest
         vectors,
     })
 }
+
+/// Two deterministic synthetic frames of `side`² pixels: what the agent's own tests and
+/// benchmarks compute self-test vectors on when no real frames are given.
+pub(crate) fn synthetic_frames(side: usize) -> Vec<Vec<u8>> {
+    (0..2u32)
+        .map(|k| {
+            (0..side * side)
+                .map(|i| ((i as u32 * (7 + k) + k * 31) % 256) as u8)
+                .collect()
+        })
+        .collect()
+}

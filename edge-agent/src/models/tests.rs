@@ -35,13 +35,7 @@ pub(crate) fn vectors() -> SelfTest {
         init_backend();
         let m = ModelFile::load(&shipped()).unwrap();
         let side = m.info.input_size();
-        let frames: Vec<Vec<u8>> = (0..2u32)
-            .map(|k| {
-                (0..side * side)
-                    .map(|i| ((i as u32 * (7 + k) + k * 31) % 256) as u8)
-                    .collect()
-            })
-            .collect();
+        let frames = super::install::synthetic_frames(side);
         super::install::compute_vectors(&m, &frames).unwrap()
     })
     .clone()

@@ -452,13 +452,7 @@ fn manifest(model: &Path, file: &[u8], sha: &[u8], now: u64) -> Result<ReleaseMa
     sidecar["sha256"] = hex::encode(sha).into();
     let loaded = pleura_inference::ModelFile::load(model)?;
     let side = loaded.info.input_size();
-    let frames: Vec<Vec<u8>> = (0..2u32)
-        .map(|k| {
-            (0..side * side)
-                .map(|i| ((i as u32 * (7 + k) + k * 31) % 256) as u8)
-                .collect()
-        })
-        .collect();
+    let frames = crate::models::install::synthetic_frames(side);
     let labels = sidecar["classes"]
         .as_array()
         .map(|a| {
