@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pleura_inference::engine::default_model;
+use pleura_inference::BackendKind;
 use serde::Serialize;
 
 use crate::intake::job::{scan_job, shadow_job, Analysed, Keep, ScanFacts};
@@ -34,10 +36,15 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The active model (also the candidate and the base of the downloaded release),
-    /// the engine, and the active pool's threads (the candidate always has one).
-    #[command(flatten)]
-    pub engine: pleura_lab::EngineArgs,
+    /// The active model (and the candidate, and the base of the downloaded release).
+    #[arg(long, default_value_os_t = default_model())]
+    pub model: PathBuf,
+    /// Inference engine: tract (default) or onnxruntime.
+    #[arg(long, default_value = "tract")]
+    pub backend: BackendKind,
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
     /// --download: the release's size.
     #[arg(long, default_value_t = 8192)]
     pub size_kib: u64,
@@ -71,6 +78,9 @@ pub struct BenchArgs {
     /// --shadow: rounds (one pass alone and one shadowing each).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// --shadow: the active pool's inference threads (the candidate always has one).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 fn default_scans() -> PathBuf {
@@ -95,9 +105,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (false, false) => (true, true),
         both => both,
     };
-    args.engine.spec().load()?;
+    // The clinic library never uses the lab (tests/lab_commands.rs): the engine spec
+    // is built here rather than from pleura_lab::EngineArgs.
+    pleura_inference::engine::EngineSpec {
+        backend: args.backend,
+        onnxruntime_library: args.ort_library.clone(),
+        model: args.model.clone(),
+        workers: args.workers,
+    }
+    .load()?;
     let mut out = Results {
-        backend: format!("{:?}", args.engine.backend).to_lowercase(),
+        backend: format!("{:?}", args.backend).to_lowercase(),
         download: None,
         shadow: None,
     };
@@ -116,7 +134,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 max_bytes_per_s: args.cap_kib.map_or(defaults.max_bytes_per_s, |k| k * 1024),
                 ..defaults
             },
-            model: args.engine.model.clone(),
+            model: args.model.clone(),
             progress: !args.json,
             max_wall: Duration::from_secs(600),
         };
@@ -304,9 +322,9 @@ fn shadow(args: &BenchArgs) -> Result<ShadowResult> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let (_, active) = crate::models::switch::start_pool(&args.engine.model, args.engine.workers)?;
+    let (_, active) = crate::models::switch::start_pool(&args.model, args.workers)?;
     // The candidate's pool has one thread, as `models::shadow::start` gives it.
-    let (_, candidate) = crate::models::switch::start_pool(&args.engine.model, 1)?;
+    let (_, candidate) = crate::models::switch::start_pool(&args.model, 1)?;
     let live = LivePool::new(Arc::new(active), 1);
     live.set_shadow(Some(Running {
         pool: Arc::new(candidate),
@@ -372,7 +390,7 @@ fn shadow(args: &BenchArgs) -> Result<ShadowResult> {
             scans: scans.into_iter().map(|s| s.0).collect(),
             skipped,
             rounds: args.rounds,
-            active_workers: args.engine.workers,
+            active_workers: args.workers,
             keep,
             median_ratio: median(&ratios),
             alone_scans_per_s: alone,
