@@ -105,8 +105,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (false, false) => (true, true),
         both => both,
     };
-    // The clinic library never uses the lab (tests/lab_commands.rs): the engine spec
-    // is built here rather than from pleura_lab::EngineArgs.
+    // Built here: the clinic library never uses the lab crate (tests/lab_commands.rs).
     pleura_inference::engine::EngineSpec {
         backend: args.backend,
         onnxruntime_library: args.ort_library.clone(),
