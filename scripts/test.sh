@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test, with both inference backends. Installs what the tests need:
 # ONNX Runtime's shared library from PyPI's onnxruntime wheel, grpcio for the
-# standard-client interop test (tests/interop/) and selenium for the browser test
-# (tests/browser/, driving Debian's chromium + chromedriver), all into .venv-test/.
+# standard-client interop test (tests/interop/), selenium for the browser test
+# (tests/browser/, driving Debian's chromium + chromedriver) and onnx, which builds the
+# faulty model release of tests/tests/model_faults.rs (tests/models/), all into .venv-test/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 GRPCIO_VERSION=1.76.0
 SELENIUM_VERSION=4.51.0
+ONNX_VERSION=1.23.2
 venv=.venv-test
-if ! "$venv/bin/python" -c "import onnxruntime, grpc, selenium" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import onnxruntime, grpc, selenium, onnx" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" \
-    "grpcio==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION"
+    "grpcio==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION" "onnx==$ONNX_VERSION"
 fi
 ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1

@@ -172,6 +172,8 @@ pub enum ModelError {
     Output { name: &'static str, shape: Vec<i64> },
     #[error("model output {name} holds a non-finite value (NaN or infinity)")]
     NonFinite { name: &'static str },
+    #[error("model output {name} holds {value}, outside 0..1 (not a probability)")]
+    OutOfRange { name: &'static str, value: f32 },
     #[error(transparent)]
     Pool(#[from] crate::pooling::PoolError),
     #[error("model has output {has} but not {missing}: the v2 heads come together")]
@@ -294,6 +296,19 @@ const V2_OUTPUTS: [&str; 4] = [
     "attention",
 ];
 
+/// Softmax outputs may round a hair past 0 or 1; anything further is a broken model.
+const PROBABILITY_SLACK: f32 = 1e-4;
+
+fn probabilities(name: &'static str, values: Vec<f32>) -> Result<Vec<f32>, ModelError> {
+    match values
+        .iter()
+        .find(|v| !(-PROBABILITY_SLACK..=1.0 + PROBABILITY_SLACK).contains(*v))
+    {
+        Some(&value) => Err(ModelError::OutOfRange { name, value }),
+        None => Ok(values),
+    }
+}
+
 pub struct ModelSession {
     session: Session,
     input: InputSpec,
@@ -333,8 +348,8 @@ impl ModelSession {
             }
             Ok(data.to_vec())
         };
-        let cp = get("class_probs", 3)?;
-        let sp = get("severity_probs", 4)?;
+        let cp = probabilities("class_probs", get("class_probs", 3)?)?;
+        let sp = probabilities("severity_probs", get("severity_probs", 4)?)?;
         let uncertainty = get("uncertainty", 1)?;
         let (cam_shape, cam) = out["cam"].try_extract_tensor::<f32>()?;
         let cam_size = cam_shape.get(2).copied().unwrap_or(0) as usize;

@@ -7,6 +7,7 @@ mod agent;
 mod client;
 mod hub;
 pub mod media;
+pub mod models;
 mod mosquitto;
 mod mqtt;
 mod net;

@@ -7,115 +7,25 @@
 //! tagged as shadow, never flag and are never listed as the case) and waits for
 //! `model promote`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use pleura_e2e::models::*;
 use pleura_e2e::*;
-use serde_json::Value;
-
-fn models_status(agent: &Agent) -> Option<Value> {
-    Some(agent.status().ok()?["models"].clone())
-}
-
-fn active_version(agent: &Agent) -> Option<u64> {
-    models_status(agent)?["active_version"].as_u64()
-}
-
-/// The hub's view of one device and release (`hub-server model status --json`).
-fn hub_device(hub: &Hub, version: u64, device: &str) -> Option<Value> {
-    let out = hub.model(&["status", "--json"]).ok()?;
-    let v: Value = serde_json::from_str(&out).ok()?;
-    let d = v["releases"][version.to_string()]["devices"][device].clone();
-    (!d.is_null()).then_some(d)
-}
-
-/// Results the hub has stored from one device (active and shadow readings alike).
-fn results_from(hub: &Hub, device: &str) -> u64 {
-    hub.devices()
-        .unwrap()
-        .into_iter()
-        .find(|d| d.0 == device)
-        .map_or(0, |d| d.1)
-}
-
-/// Self-test vectors for the shipped model, made by the edge binary's own engine.
-fn self_test_vectors(dir: &Path) -> PathBuf {
-    let out = dir.join("vectors.json");
-    let st = Command::new(bin("edge-agent"))
-        .args(["model", "self-test-vectors", "--model"])
-        .arg(repo_root().join("models/pleura-lite.onnx"))
-        .arg("--frames")
-        .arg(repo_root().join("fixtures/scans/pocus_pneu_emdocs1.png"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    out
-}
-
-/// A candidate model: the shipped model and its sidecar, copied (a release's number, not
-/// its bytes, is what the lifecycle acts on).
-fn candidate(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for ext in ["onnx", "json"] {
-        std::fs::copy(
-            repo_root().join(format!("models/pleura-lite.{ext}")),
-            dir.join(format!("pleura-lite.{ext}")),
-        )
-        .unwrap();
-    }
-    dir.join("pleura-lite.onnx")
-}
 
 #[test]
 fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut hub = Hub::new(&tmp.path().join("hub"), Broker::Embedded).unwrap();
-    hub.model(&["init-keys"]).unwrap();
-    hub.start().unwrap();
-    let agent_in = |clinic: &str, rate: u64| {
-        let bundle = hub.enroll(clinic, "pi-1", "north").unwrap().unwrap();
-        assert!(
-            bundle.join("model-root.pub").exists(),
-            "enrolment hands out the model root key"
-        );
-        let opts = AgentOptions {
-            clinic: clinic.into(),
-            device: "pi-1".into(),
-            bundle: Some(bundle),
-            model_bytes_per_s: rate,
-            ..AgentOptions::default()
-        };
-        Agent::new(&tmp.path().join(clinic), hub.mqtt_port, opts).unwrap()
-    };
-    // 256 KiB/s: the ~2.8 MB model takes ~11 s, long enough to kill the agent mid-way.
-    let mut a = agent_in("clinic-a", 256 * 1024);
-    let mut b = agent_in("clinic-b", 4 * 1024 * 1024);
+    let hub = hub_with_model_keys(tmp.path());
+    // 256 KiB/s: the ~1.5 MB model takes ~6 s, long enough to kill the agent mid-way.
+    let mut a = agent_in(&hub, tmp.path(), "clinic-a", 256 * 1024);
+    let mut b = agent_in(&hub, tmp.path(), "clinic-b", 4 * 1024 * 1024);
     a.start().unwrap();
     b.start().unwrap();
 
     let vectors = self_test_vectors(tmp.path());
-    let vectors = vectors.to_string_lossy();
     let model = candidate(&tmp.path().join("candidate"));
-    let model = model.to_string_lossy();
-    hub.model(&[
-        "publish",
-        "--model",
-        &model,
-        "--version",
-        "1",
-        "--self-test",
-        &vectors,
-    ])
-    .unwrap();
-    hub.model(&["rollout", "--version", "1", "--clinics", "clinic-a"])
-        .unwrap();
+    publish(&hub, &model, 1, &vectors);
+    rollout(&hub, 1, "clinic-a");
 
     // Killed mid-download, the agent resumes from what it holds.
     let held = eventually("clinic-a downloading", Duration::from_secs(90), || {
@@ -145,23 +55,13 @@ fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refus
     );
 
     // Release 2's file is damaged on the hub after signing: the device refuses it.
-    hub.model(&[
-        "publish",
-        "--model",
-        &model,
-        "--version",
-        "2",
-        "--self-test",
-        &vectors,
-    ])
-    .unwrap();
+    publish(&hub, &model, 2, &vectors);
     let file = hub.data_dir().join("models/releases/2/model.onnx");
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&file, bytes).unwrap();
-    hub.model(&["rollout", "--version", "2", "--clinics", "clinic-a"])
-        .unwrap();
+    rollout(&hub, 2, "clinic-a");
     let reason = eventually("release 2 refused", Duration::from_secs(120), || {
         let d = hub_device(&hub, 2, "clinic-a/pi-1")?;
         (d["state"] == "refused").then(|| d["reason"].as_str().unwrap_or("").to_string())
@@ -185,16 +85,7 @@ fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refus
     );
 
     // A shadow release waits for the operator's promote.
-    hub.model(&[
-        "publish",
-        "--model",
-        &model,
-        "--version",
-        "3",
-        "--self-test",
-        &vectors,
-    ])
-    .unwrap();
+    publish(&hub, &model, 3, &vectors);
     hub.model(&[
         "rollout",
         "--version",

@@ -88,7 +88,10 @@ fn an_offer_is_stored_before_its_receipt_and_a_repeat_is_a_duplicate() {
     assert!(matches!(rx.try_recv().unwrap(), ModelEvent::Command));
     assert_eq!(
         crate::models::command::take(&store).unwrap(),
-        Some(crate::models::command::Decided::Aborted(3))
+        vec![crate::models::command::Decided::Aborted {
+            version: 3,
+            download: true
+        }]
     );
     assert!(store.pending().unwrap().is_none());
 }

@@ -34,8 +34,9 @@ struct Ready {
 /// What came of handing a scan to the pool.
 enum Finished {
     Done(Box<Result<Readings, JobError>>),
-    /// Given up after `intake.max_analysis_s`: why, for the attempts' reason.
-    TimedOut(String),
+    /// Given up after `intake.max_analysis_s`: why, for the attempts' reason, and the
+    /// release the job ran on.
+    TimedOut(String, u64),
 }
 
 /// A scan's active reading, and what the candidate in shadow needs to read it too.
@@ -147,7 +148,7 @@ impl Intake {
                 Ok(Readings { record, shadow }) => shadow.take().map(|w| (w, record.clone())),
                 Err(_) => None,
             },
-            Finished::TimedOut(_) => None,
+            Finished::TimedOut(..) => None,
         };
         let (me, p, key, a) = (
             self.clone(),
@@ -242,6 +243,7 @@ impl Intake {
     /// Hands the scan to the pool and waits at most `intake.max_analysis_s`, showing
     /// it in status meanwhile.
     async fn analyse(&self, r: &str, bytes: Vec<u8>, facts: ScanFacts) -> Finished {
+        let release = self.pool.version();
         let job = self.pool_job(bytes, facts, true);
         let max_s = self.cfg.intake.max_analysis_s;
         self.show_analysing(r, Some(Duration::ZERO));
@@ -262,9 +264,12 @@ impl Intake {
                     held.fetch_sub(1, Ordering::SeqCst);
                 });
                 self.status.update(|s| s.intake.analyses_timed_out += 1);
-                Finished::TimedOut(format!(
-                    "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
-                ))
+                Finished::TimedOut(
+                    format!(
+                        "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
+                    ),
+                    release,
+                )
             }
         }
     }
@@ -284,7 +289,14 @@ impl Intake {
         let zone = zone.as_deref().unwrap_or("-");
         let done = match analysed {
             Finished::Done(done) => *done,
-            Finished::TimedOut(why) => return self.failed_counted(at, path, r, &why, attempts),
+            // A pushed release that hangs is at fault, as when it crashes (below).
+            Finished::TimedOut(why, release) if release > 0 => {
+                self.pool.observe_hang(release, pleura_shared::now_ms());
+                attempts.undo(r);
+                tracing::warn!(scan = %r, zone, release, "{why}; retried without using an attempt");
+                return Outcome::Failed(why);
+            }
+            Finished::TimedOut(why, _) => return self.failed_counted(at, path, r, &why, attempts),
         };
         let Readings { record, .. } = match done.map_err(|e| (e.error, e.release)) {
             Ok(readings) => readings,
@@ -295,13 +307,16 @@ impl Intake {
             Err((e @ AnalyzeError::Decode(_), _)) => {
                 return self.reject(at, path, r, &format!("{e}"), attempts)
             }
-            // A pushed model release faulting (crash, non-finite output) is the model's
+            // A pushed model release faulting (crash, non-finite or out-of-range output) is the model's
             // fault, not the file's: no attempt is used, and the scan is analysed again
             // once the guard has rolled the release back (`models::guard`). The built-in
             // model's faults count as before, so a hostile file is still set aside.
             Err((
                 e @ (AnalyzeError::Panicked
-                | AnalyzeError::Model(pleura_inference::ModelError::NonFinite { .. })),
+                | AnalyzeError::Model(
+                    pleura_inference::ModelError::NonFinite { .. }
+                    | pleura_inference::ModelError::OutOfRange { .. },
+                )),
                 release,
             )) if release > 0 => {
                 attempts.undo(r);

@@ -1,8 +1,8 @@
 //! The inference pools analyses run on, swappable between analyses: callers take the
 //! current pool for one job (`current`), so a job in progress finishes on the pool it
 //! started on while the next one gets the new model. A candidate release in shadow mode
-//! has its own pool beside it (`shadow`). Faults of a running model (crashed jobs,
-//! non-finite outputs) are counted here for the guard, against the release that ran
+//! has its own pool beside it (`shadow`). Faults of a running model (crashed or hung
+//! jobs, non-finite or out-of-range outputs) are counted here for the guard, against the release that ran
 //! them: a late fault of a model already replaced counts for nothing.
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -91,12 +91,30 @@ impl LivePool {
     /// output counts as a fault of that release while it is still the active one (a
     /// file that cannot be decoded does not).
     pub fn observe<T>(&self, res: &Result<T, AnalyzeError>, version: u64, now_ms: u64) {
-        let Some(why) = fault_of(res) else { return };
+        let Some((why, at_once)) = fault_of(res) else {
+            return;
+        };
+        self.fault_of_release(version, why, at_once, now_ms);
+    }
+
+    /// An analysis on release `version` was given up after `intake.max_analysis_s`: a
+    /// hung model counts as a fault like a crash (a hostile file hangs the built-in model
+    /// too, and is set aside by its attempts there).
+    pub fn observe_hang(&self, version: u64, now_ms: u64) {
+        self.fault_of_release(
+            version,
+            "an analysis hung past intake.max_analysis_s",
+            false,
+            now_ms,
+        );
+    }
+
+    fn fault_of_release(&self, version: u64, why: &str, at_once: bool, now_ms: u64) {
         if version != self.version() {
             tracing::debug!(version, reason = why, "fault of a model no longer active");
             return;
         }
-        self.fault(why, now_ms);
+        self.fault(why, at_once, now_ms);
     }
 
     /// Looks at a shadow analysis's outcome: any fault of the candidate ends its shadow
@@ -104,7 +122,7 @@ impl LivePool {
     pub fn observe_shadow<T>(&self, res: &Result<T, AnalyzeError>, version: u64) {
         let why = match res {
             Err(AnalyzeError::Decode(_)) | Err(AnalyzeError::PoolClosed) | Ok(_) => return,
-            Err(e) => fault_of(res).map(str::to_string).unwrap_or(e.to_string()),
+            Err(e) => fault_of(res).map_or(e.to_string(), |(why, _)| why.to_string()),
         };
         self.shadow_failed(version, why);
     }
@@ -124,8 +142,9 @@ impl LivePool {
             .take()
     }
 
-    /// Records a fault; wakes the worker when the window trips.
-    pub fn fault(&self, why: &str, now_ms: u64) {
+    /// Records a fault; wakes the worker when the window trips, or `at_once` (wrong
+    /// outputs are never a passing accident, unlike one crash).
+    pub fn fault(&self, why: &str, at_once: bool, now_ms: u64) {
         let trip = self
             .faults
             .lock()
@@ -137,7 +156,7 @@ impl LivePool {
             reason = why,
             "model fault in service"
         );
-        if trip || why.contains("non-finite") {
+        if trip || at_once {
             self.tripped.notify_one();
         }
     }
@@ -150,11 +169,15 @@ impl LivePool {
     }
 }
 
-fn fault_of<T>(res: &Result<T, AnalyzeError>) -> Option<&'static str> {
+/// Why an outcome is the model's fault, and whether it trips the guard at once.
+fn fault_of<T>(res: &Result<T, AnalyzeError>) -> Option<(&'static str, bool)> {
     match res {
-        Err(AnalyzeError::Panicked) => Some("inference jobs crashed"),
+        Err(AnalyzeError::Panicked) => Some(("inference jobs crashed", false)),
         Err(AnalyzeError::Model(ModelError::NonFinite { .. })) => {
-            Some("the model produced non-finite outputs")
+            Some(("the model produced non-finite outputs", true))
+        }
+        Err(AnalyzeError::Model(ModelError::OutOfRange { .. })) => {
+            Some(("the model produced out-of-range outputs", true))
         }
         _ => None,
     }

@@ -396,37 +396,51 @@ impl ModelWorker {
         }
     }
 
-    /// Carries out a stored PROMOTE/ABORT. True when the pending download was dropped.
+    /// Carries out the stored PROMOTEs and ABORTs. True when the pending download was
+    /// dropped.
     async fn apply_command(&mut self) -> bool {
         let store = self.store.clone();
-        let cmd = tokio::task::spawn_blocking(move || super::command::take(&store)).await;
-        let Ok(Ok(Some(cmd))) = cmd else { return false };
-        match cmd {
-            super::command::Decided::Promote(slot, v) => {
-                self.activate(slot, v).await;
-                let store = self.store.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || super::command::promoted(&store, v)).await;
-                false
+        let decided = match tokio::task::spawn_blocking(move || super::command::take(&store)).await
+        {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading the hub's model commands");
+                return false;
             }
-            super::command::Decided::Aborted(v) => {
-                if self.live.shadow().is_some_and(|s| s.version == v) {
-                    self.live.set_shadow(None);
+            Err(_) => return false,
+        };
+        let mut dropped = false;
+        for d in decided {
+            match d {
+                super::command::Decided::Promote(slot, v) => {
+                    self.activate(slot, v).await;
+                    let store = self.store.clone();
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || super::command::promoted(&store, v))
+                            .await
+                    {
+                        tracing::error!(version = v, error = %e, "clearing a carried-out promote");
+                    }
                 }
-                self.status.update(|s| {
-                    s.models.shadow = None;
-                    s.models.downloading = None;
-                });
-                self.report(
-                    v,
-                    ModelState::Refused,
-                    "aborted: the hub aborted this release",
-                    0,
-                );
-                true
+                super::command::Decided::Aborted { version, download } => {
+                    if self.live.shadow().is_some_and(|s| s.version == version) {
+                        self.live.set_shadow(None);
+                        self.status.update(|s| s.models.shadow = None);
+                    }
+                    if download {
+                        self.status.update(|s| s.models.downloading = None);
+                        dropped = true;
+                    }
+                    self.report(
+                        version,
+                        ModelState::Refused,
+                        "aborted: the hub aborted this release",
+                        0,
+                    );
+                }
             }
-            super::command::Decided::Nothing => false,
         }
+        dropped
     }
 
     /// Starts the candidate installed in `slot` beside the active model.

@@ -203,4 +203,39 @@ fn faults_in_service_trip_the_guard_and_rollback_goes_to_previous() {
             .await
             .expect("non-finite trips at once");
     });
+    // So do probabilities outside 0..1.
+    let live = super::super::LivePool::new(live.current(), 3);
+    let wrong: Result<(), _> = Err(pleura_inference::AnalyzeError::Model(
+        pleura_inference::ModelError::OutOfRange {
+            name: "class_probs",
+            value: 1.5,
+        },
+    ));
+    live.observe(&wrong, 3, t0);
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(1), live.tripped.notified())
+            .await
+            .expect("out-of-range trips at once");
+    });
+    assert!(live.last_fault().unwrap().contains("out-of-range"));
+    // Hung analyses count like crashes: the third within the window trips.
+    let live = super::super::LivePool::new(live.current(), 3);
+    live.observe_hang(3, t0);
+    live.observe_hang(2, t0 + 1);
+    live.observe_hang(3, t0 + 2);
+    assert!(live.last_fault().unwrap().contains("hung"));
+    rt.block_on(async {
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            live.tripped.notified(),
+        )
+        .await;
+        assert!(early.is_err(), "two hangs of release 3 do not trip yet");
+    });
+    live.observe_hang(3, t0 + 3);
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(1), live.tripped.notified())
+            .await
+            .expect("the third hang trips");
+    });
 }

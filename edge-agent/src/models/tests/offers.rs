@@ -301,3 +301,51 @@ fn the_shipped_model_passes_its_own_self_test_and_outputs_are_range_checked() {
         .unwrap_err()
         .contains("outside"));
 }
+
+#[test]
+fn commands_on_different_releases_do_not_overwrite_each_other() {
+    use super::super::command::{self, Decided};
+    use pleura_shared::wire::{ModelAction, ModelCommand};
+    let f = fx();
+    let (offer, _) = f.offer(3);
+    assert!(matches!(
+        f.store.take_offer(&offer, pleura_shared::now_ms()).unwrap(),
+        OfferOutcome::Accepted(_)
+    ));
+    let cmd = |version, action: ModelAction| ModelCommand {
+        release_version: version,
+        action: action as i32,
+    };
+    // A promote of release 3 arrives mid-download, then an abort of another release.
+    assert!(command::store(&f.store, &cmd(3, ModelAction::Promote)).unwrap());
+    assert!(command::store(&f.store, &cmd(2, ModelAction::Abort)).unwrap());
+    assert_eq!(command::take(&f.store).unwrap(), vec![]);
+    assert_eq!(
+        f.store.pending().unwrap().map(|p| p.version),
+        Some(3),
+        "the abort of release 2 leaves release 3's download alone"
+    );
+    // The promote still waits for its release (the abort, carried out, is gone).
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.store.layout.command_file()).unwrap()).unwrap();
+    assert_eq!(kept, serde_json::json!([{"version": 3, "promote": true}]));
+    // A later decision on the same release replaces the earlier one.
+    assert!(command::store(&f.store, &cmd(3, ModelAction::Abort)).unwrap());
+    assert_eq!(
+        command::take(&f.store).unwrap(),
+        vec![Decided::Aborted {
+            version: 3,
+            download: true
+        }]
+    );
+    assert!(f.store.pending().unwrap().is_none());
+    assert!(!f.store.layout.command_file().exists());
+    // An agent before this wrote one decision, not a list: still read.
+    std::fs::write(
+        f.store.layout.command_file(),
+        br#"{"version": 7, "promote": false}"#,
+    )
+    .unwrap();
+    assert_eq!(command::take(&f.store).unwrap(), vec![]);
+    assert!(!f.store.layout.command_file().exists());
+}
