@@ -40,7 +40,7 @@ def table(m: dict) -> str:
         if target is not None:
             ok = e["mean"] >= target if higher else e["mean"] <= target
             gap = abs(e["mean"] - target)
-            verdict = "met" if ok else f"**missed by {gap:.2f}**"
+            verdict = "met" if ok else f"**missed by {gap:.2f}**" if gap >= 0.005 else f"**missed by {gap:.3f}**"
         t = "" if target is None else (f"≥ {target:.2f}" if higher else f"≤ {target:.2f}")
         per = " / ".join(f"{v:.2f}" for v in e["per_seed"])
         lines.append(f"| {label} | {e['mean']:.3f} | {per} | {ci_s} | {t} | {verdict} |")

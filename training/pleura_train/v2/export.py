@@ -99,7 +99,7 @@ def check_export(net: ExportNet, d: CV.Data, heads: H.Heads, tap: str) -> None:
     from .features import extract
 
     v = next(i for i, x in enumerate(d.videos) if x.dataset == "covid-blues")
-    taps, err = extract(d.videos[v].path)
+    taps, err = extract(d.videos[v].path, tuple(depth for depth, _ in CV.parse_tap(tap)))
     if err:
         raise RuntimeError(err)
     x = torch.from_numpy(taps["frames"].astype(np.float32))[:, None]

@@ -1,7 +1,7 @@
 """Model v2: compare recipes on identical folds, cross-validate the shipped recipe over
 several seeds, fit the final model, export ONNX + sidecar + report.
 
-    python -m pleura_train.v2.features --data ../shared/data       # once (backbone features)
+    python -m pleura_train.v2.features --data ../shared/data --depths 9   # once (the shipped tap)
     python -m pleura_train.v2.train --data ../shared/data --out models
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ RECIPES = {
     "bands11+12": {"tap": "bands11+bands12", "hp": HP},
     "bands11+12-wd": {"tap": "bands11+bands12", "hp": {**HP, "wd": 1e-1}},
 }
-SHIPPED = "bands11"
+SHIPPED = "bands9"
 HP_PATIENT = {"l2": 4.0}
 KEY = ["patient_auc_image", "patient_sensitivity_image", "patient_specificity_image",
        "patient_balanced_accuracy_image", "patient_auc_vitals", "video_b_lines_auc", "severity_qwk",
