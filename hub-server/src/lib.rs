@@ -21,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod ministry;
 pub mod models;
 pub mod mqtt;
 pub mod perms;

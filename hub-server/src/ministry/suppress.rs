@@ -1,0 +1,598 @@
+//! Small-cell suppression for every table a ministry sees (issue #16, item 2).
+//!
+//! Why: a count of 1–4 patients in a district, age band or finding can point at a
+//! person. So non-zero counts below a threshold ([`DEFAULT_THRESHOLD`] = 5) are hidden
+//! ("primary" suppression), and because a ministry table also publishes row totals,
+//! column totals and a grand total, more entries are hidden ("complementary"
+//! suppression) until no hidden value can be worked out exactly from what is shown.
+//! Zeros are shown: a zero is not a small cell.
+//!
+//! The model. Read the table with its margins as one `(rows+1) × (cols+1)` grid (the
+//! column totals as an extra row, the row totals as an extra column, the grand total in
+//! the corner). Every row and column of that grid obeys one identity ("the cells add up
+//! to the total"), so an attacker who sees the shown entries knows the hidden ones only
+//! up to a change that keeps all identities: a sum of moves of `+1, −1, +1, …` around
+//! cycles of hidden entries (rows and columns alternating), as long as every count stays
+//! `≥ 0`. A hidden entry is safe exactly when it lies on such a cycle that can move.
+//!
+//! The algorithm hides only positive entries, and a positive entry can always move by
+//! one in either direction, so "can move" reduces to "lies on a cycle of hidden entries"
+//! (its edge is not a bridge of the graph rows ↔ columns). For each hidden entry in
+//! index order it finds the cheapest cycle through it (Dijkstra; hidden entries cost
+//! nothing, a shown cell costs its value, a shown total costs more than any set of
+//! cells) and hides that cycle. So a total is hidden as a complement only where no
+//! cycle of cells exists (a one-row table, a small cell alone in its row). Hiding more
+//! never breaks a cycle, so one pass protects everything; hiding every positive entry
+//! is always safe (cell, its column total, the grand total, its row total form a
+//! cycle) and is the fallback. Zeros are never hidden: an attacker may know a zero is
+//! structural (a device not deployed there), and then it would protect nothing.
+//!
+//! The checker ([`derivable`], [`derivable_totals`]) is written separately from the
+//! algorithm and does not assume its invariants; see `attacker_ranges` below.
+//!
+//! Residual risk: this protects each table on its own, against exact disclosure. It
+//! does not stop differencing across overlapping tables (two periods that differ by a
+//! week, a district and its parent region minus the other districts); ministry queries
+//! use fixed periods and the org-unit hierarchy to limit that. Nor does it enforce a
+//! minimum width for the range an attacker can narrow a hidden value to.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Counts `0 < n < DEFAULT_THRESHOLD` are suppressed unless a caller configures otherwise.
+pub const DEFAULT_THRESHOLD: u64 = 5;
+
+/// Why a table could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TableError {
+    #[error("a {rows}x{cols} table cannot hold {len} cells")]
+    Shape {
+        rows: usize,
+        cols: usize,
+        len: usize,
+    },
+    #[error("row {row} has {len} cells, row 0 has {expected}")]
+    Ragged {
+        row: usize,
+        len: usize,
+        expected: usize,
+    },
+    #[error("the counts add up to more than a u64 holds")]
+    Overflow,
+}
+
+/// A `rows × cols` table of counts (row-major) with its totals, which are published too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    rows: usize,
+    cols: usize,
+    cells: Vec<u64>,
+    row_totals: Vec<u64>,
+    col_totals: Vec<u64>,
+    grand_total: u64,
+}
+
+impl Table {
+    /// A table from row-major cells; fails if the shape is wrong or a total overflows.
+    pub fn new(rows: usize, cols: usize, cells: Vec<u64>) -> Result<Self, TableError> {
+        if rows.checked_mul(cols) != Some(cells.len()) {
+            let len = cells.len();
+            return Err(TableError::Shape { rows, cols, len });
+        }
+        let (mut row_totals, mut col_totals, mut grand_total) = (vec![0; rows], vec![0; cols], 0);
+        for (k, &v) in cells.iter().enumerate() {
+            let (r, c) = (k / cols, k % cols);
+            row_totals[r] = add(row_totals[r], v)?;
+            col_totals[c] = add(col_totals[c], v)?;
+            grand_total = add(grand_total, v)?;
+        }
+        Ok(Self {
+            rows,
+            cols,
+            cells,
+            row_totals,
+            col_totals,
+            grand_total,
+        })
+    }
+
+    /// A table from its rows, which must all be as long as the first.
+    pub fn from_rows<R: AsRef<[u64]>>(rows: &[R]) -> Result<Self, TableError> {
+        let expected = rows.first().map_or(0, |r| r.as_ref().len());
+        let mut cells = Vec::new();
+        for (row, r) in rows.iter().enumerate() {
+            let r = r.as_ref();
+            if r.len() != expected {
+                let len = r.len();
+                return Err(TableError::Ragged { row, len, expected });
+            }
+            cells.extend_from_slice(r);
+        }
+        Self::new(rows.len(), expected, cells)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn cell(&self, r: usize, c: usize) -> Option<u64> {
+        (r < self.rows && c < self.cols).then(|| self.cells[r * self.cols + c])
+    }
+
+    pub fn row_total(&self, r: usize) -> Option<u64> {
+        self.row_totals.get(r).copied()
+    }
+
+    pub fn col_total(&self, c: usize) -> Option<u64> {
+        self.col_totals.get(c).copied()
+    }
+
+    pub fn grand_total(&self) -> u64 {
+        self.grand_total
+    }
+}
+
+fn add(a: u64, b: u64) -> Result<u64, TableError> {
+    a.checked_add(b).ok_or(TableError::Overflow)
+}
+
+/// One published number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Cell {
+    Shown(u64),
+    Suppressed,
+}
+
+/// A total of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Total {
+    Row(usize),
+    Col(usize),
+    Grand,
+}
+
+/// What a ministry sees of a table: the only form that leaves the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major, like [`Table`].
+    pub cells: Vec<Cell>,
+    pub row_totals: Vec<Cell>,
+    pub col_totals: Vec<Cell>,
+    pub grand_total: Cell,
+}
+
+/// A table together with which of its cells and totals are suppressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    table: Table,
+    cells: Vec<bool>,
+    row_totals: Vec<bool>,
+    col_totals: Vec<bool>,
+    grand_total: bool,
+}
+
+impl Suppressed {
+    pub fn cell(&self, r: usize, c: usize) -> Option<Cell> {
+        let v = self.table.cell(r, c)?;
+        Some(show(v, self.cells[r * self.table.cols + c]))
+    }
+
+    pub fn row_total(&self, r: usize) -> Option<Cell> {
+        Some(show(self.table.row_total(r)?, self.row_totals[r]))
+    }
+
+    pub fn col_total(&self, c: usize) -> Option<Cell> {
+        Some(show(self.table.col_total(c)?, self.col_totals[c]))
+    }
+
+    pub fn grand_total(&self) -> Cell {
+        show(self.table.grand_total, self.grand_total)
+    }
+
+    /// The ministry's view: shown numbers and `Suppressed` markers, nothing else.
+    pub fn published(&self) -> Published {
+        let t = &self.table;
+        let view = |values: &[u64], hidden: &[bool]| {
+            values
+                .iter()
+                .zip(hidden)
+                .map(|(&v, &h)| show(v, h))
+                .collect()
+        };
+        Published {
+            rows: t.rows,
+            cols: t.cols,
+            cells: view(&t.cells, &self.cells),
+            row_totals: view(&t.row_totals, &self.row_totals),
+            col_totals: view(&t.col_totals, &self.col_totals),
+            grand_total: self.grand_total(),
+        }
+    }
+}
+
+fn show(v: u64, hidden: bool) -> Cell {
+    if hidden {
+        Cell::Suppressed
+    } else {
+        Cell::Shown(v)
+    }
+}
+
+/// Suppresses `0 < n < threshold` counts (cells and totals) and enough complementary
+/// entries that none of them can be derived exactly. Deterministic.
+pub fn suppress(t: &Table, threshold: u64) -> Suppressed {
+    let mut grid = Grid::new(t);
+    for e in 0..grid.values.len() {
+        grid.hidden[e] = grid.values[e] > 0 && grid.values[e] < threshold;
+    }
+    for e in 0..grid.values.len() {
+        if grid.hidden[e] && !protect(&mut grid, e) {
+            grid.hide_all_positive();
+            break;
+        }
+    }
+    grid.into_suppressed(t)
+}
+
+/// The table and its totals as a `(rows+1) × (cols+1)` grid (see the module doc), and a
+/// bipartite graph on its rows (nodes `0..=rows`) and columns (nodes after those) in
+/// which entry `(i, j)` is the edge between row `i` and column `j`.
+struct Grid {
+    rows: usize,
+    cols: usize,
+    values: Vec<u64>,
+    hidden: Vec<bool>,
+}
+
+/// Dijkstra cost of hiding a path: (totals newly hidden, sum of values newly hidden).
+type Cost = (u32, u128);
+
+impl Grid {
+    fn new(t: &Table) -> Self {
+        let mut values = Vec::with_capacity((t.rows + 1) * (t.cols + 1));
+        for r in 0..t.rows {
+            values.extend_from_slice(&t.cells[r * t.cols..(r + 1) * t.cols]);
+            values.push(t.row_totals[r]);
+        }
+        values.extend_from_slice(&t.col_totals);
+        values.push(t.grand_total);
+        let hidden = vec![false; values.len()];
+        Self {
+            rows: t.rows,
+            cols: t.cols,
+            values,
+            hidden,
+        }
+    }
+
+    fn nodes(&self) -> usize {
+        self.rows + self.cols + 2
+    }
+
+    /// The (row node, column node) an entry joins.
+    fn ends(&self, e: usize) -> (usize, usize) {
+        (e / (self.cols + 1), self.rows + 1 + e % (self.cols + 1))
+    }
+
+    /// (neighbour node, entry) pairs of a node.
+    fn edges(&self, u: usize) -> Vec<(usize, usize)> {
+        let w = self.cols + 1;
+        if u <= self.rows {
+            (0..w).map(|j| (self.rows + 1 + j, u * w + j)).collect()
+        } else {
+            let j = u - self.rows - 1;
+            (0..=self.rows).map(|i| (i, i * w + j)).collect()
+        }
+    }
+
+    fn is_total(&self, e: usize) -> bool {
+        let (i, j) = (e / (self.cols + 1), e % (self.cols + 1));
+        i == self.rows || j == self.cols
+    }
+
+    fn step_cost(&self, e: usize) -> Cost {
+        match (self.hidden[e], self.is_total(e)) {
+            (true, _) => (0, 0),
+            (false, total) => (u32::from(total), u128::from(self.values[e])),
+        }
+    }
+
+    fn hide_all_positive(&mut self) {
+        for (h, &v) in self.hidden.iter_mut().zip(&self.values) {
+            *h = v > 0;
+        }
+    }
+
+    fn into_suppressed(self, t: &Table) -> Suppressed {
+        let w = self.cols + 1;
+        let at = |i: usize, j: usize| self.hidden[i * w + j];
+        Suppressed {
+            table: t.clone(),
+            cells: (0..t.rows * t.cols)
+                .map(|k| at(k / t.cols, k % t.cols))
+                .collect(),
+            row_totals: (0..t.rows).map(|r| at(r, t.cols)).collect(),
+            col_totals: (0..t.cols).map(|c| at(t.rows, c)).collect(),
+            grand_total: at(t.rows, t.cols),
+        }
+    }
+}
+
+/// Hides the cheapest cycle through hidden entry `e`; false if there is none.
+fn protect(grid: &mut Grid, e: usize) -> bool {
+    let (row, col) = grid.ends(e);
+    let Some(path) = cheapest_path(grid, col, row, e) else {
+        return false;
+    };
+    path.into_iter().for_each(|f| grid.hidden[f] = true);
+    true
+}
+
+/// Cheapest path `from → to` over positive entries other than `skip`, as its entries.
+/// Ties go to the lowest node number, so the result is deterministic.
+fn cheapest_path(grid: &Grid, from: usize, to: usize, skip: usize) -> Option<Vec<usize>> {
+    let n = grid.nodes();
+    let mut best: Vec<Option<Cost>> = vec![None; n];
+    let mut via: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut done = vec![false; n];
+    best[from] = Some((0, 0));
+    while let Some((cost, u)) = (0..n)
+        .filter(|&u| !done[u])
+        .filter_map(|u| best[u].map(|c| (c, u)))
+        .min()
+    {
+        if u == to {
+            break;
+        }
+        done[u] = true;
+        for (v, f) in grid.edges(u) {
+            if f == skip || grid.values[f] == 0 || done[v] {
+                continue;
+            }
+            let step = grid.step_cost(f);
+            let c = (cost.0 + step.0, cost.1 + step.1);
+            if best[v].is_none_or(|b| c < b) {
+                best[v] = Some(c);
+                via[v] = Some((u, f));
+            }
+        }
+    }
+    let mut path = Vec::new();
+    let mut u = to;
+    while u != from {
+        let (prev, f) = via[u]?;
+        path.push(f);
+        u = prev;
+    }
+    Some(path)
+}
+
+// The checker: what an attacker can compute from a published table.
+
+/// Suppressed cells whose value can be computed exactly from what `s` publishes.
+/// `t` is the truth; if `s` is not a suppression of `t`, every suppressed cell is
+/// reported (fail safe).
+pub fn derivable(t: &Table, s: &Suppressed) -> Vec<(usize, usize)> {
+    disclosed(t, s)
+        .into_iter()
+        .filter_map(|(pos, _, _)| match pos {
+            Pos::Cell(r, c) => Some((r, c)),
+            Pos::Total(_) => None,
+        })
+        .collect()
+}
+
+/// Suppressed totals whose value can be computed exactly; as [`derivable`].
+pub fn derivable_totals(t: &Table, s: &Suppressed) -> Vec<Total> {
+    disclosed(t, s)
+        .into_iter()
+        .filter_map(|(pos, _, _)| match pos {
+            Pos::Total(total) => Some(total),
+            Pos::Cell(..) => None,
+        })
+        .collect()
+}
+
+/// A suppressed quantity of a published table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pos {
+    Cell(usize, usize),
+    Total(Total),
+}
+
+/// The smallest value and the largest (None: unbounded) an attacker finds possible.
+type Range = (u128, Option<u128>);
+
+fn disclosed(t: &Table, s: &Suppressed) -> Vec<(Pos, u128, Option<u128>)> {
+    let p = s.published();
+    match attacker_ranges(&p, t) {
+        Some(ranges) => ranges
+            .into_iter()
+            .filter(|&(_, lo, hi)| hi == Some(lo))
+            .collect(),
+        None => unknowns(&p, t)
+            .into_iter()
+            .map(|(pos, u)| (pos, u128::from(u.value), None))
+            .collect(),
+    }
+}
+
+/// Exact range of every suppressed quantity of `p` given everything `p` shows and that
+/// counts are `≥ 0`; None if `p` does not agree with the truth `t`.
+///
+/// Method. The unknowns are the suppressed cells and totals; the equations are the
+/// identities "row i: Σ cells = R_i", "column j: Σ cells = C_j", "Σ C_j = G", "Σ R_i = G".
+/// Each unknown appears in exactly two identities, one of the first and last kind
+/// ("left": row i, or Σ C_j = G) and one of the others ("right"), with the same sign
+/// in both once the last two are written `G − Σ = 0`. So a change of the unknowns that
+/// keeps every identity is a circulation on the left/right graph whose edges are the
+/// unknowns, with flow `+change` on cells and G and `−change` on R_i and C_j; `≥ 0`
+/// bounds the flow one way by the true value and leaves the other way unbounded.
+/// Raising (lowering) unknown e by k is then possible iff k units can flow back from
+/// e's far end to its near end through the other unknowns: a max-flow (Edmonds–Karp,
+/// exact integer arithmetic). Network matrices are totally unimodular, so the integer
+/// range is the real one. Derivable iff neither way can move: `lo == hi`.
+fn attacker_ranges(p: &Published, t: &Table) -> Option<Vec<(Pos, u128, Option<u128>)>> {
+    if !agrees(p, t) {
+        return None;
+    }
+    let unknowns = unknowns(p, t);
+    let nodes = p.rows + p.cols + 2;
+    let ranges = (0..unknowns.len()).map(|k| {
+        let (lo, hi) = range(&unknowns, k, nodes);
+        (unknowns[k].0, lo, hi)
+    });
+    Some(ranges.collect())
+}
+
+/// An unknown as an edge from left identity `left` to right identity `right`; `plus`:
+/// its flow is `+change` (a cell or G), else `−change` (a row or column total).
+struct Unknown {
+    left: usize,
+    right: usize,
+    value: u64,
+    plus: bool,
+}
+
+/// Left identities: row i → node i, "Σ C_j = G" → node `rows`. Right: column j → node
+/// `rows + 1 + j`, "Σ R_i = G" → node `rows + 1 + cols`.
+fn unknowns(p: &Published, t: &Table) -> Vec<(Pos, Unknown)> {
+    let (rows, cols) = (p.rows, p.cols);
+    let right = |j: usize| rows + 1 + j;
+    let mut out = Vec::new();
+    let mut push = |hidden: bool, pos, left, right, value, plus| {
+        if hidden {
+            out.push((
+                pos,
+                Unknown {
+                    left,
+                    right,
+                    value,
+                    plus,
+                },
+            ));
+        }
+    };
+    for (k, cell) in p.cells.iter().enumerate() {
+        let (r, c) = (k / cols, k % cols);
+        let v = t.cells.get(k).copied().unwrap_or(0);
+        push(
+            *cell == Cell::Suppressed,
+            Pos::Cell(r, c),
+            r,
+            right(c),
+            v,
+            true,
+        );
+    }
+    for (r, total) in p.row_totals.iter().enumerate() {
+        let v = t.row_total(r).unwrap_or(0);
+        let pos = Pos::Total(Total::Row(r));
+        push(*total == Cell::Suppressed, pos, r, right(cols), v, false);
+    }
+    for (c, total) in p.col_totals.iter().enumerate() {
+        let v = t.col_total(c).unwrap_or(0);
+        let pos = Pos::Total(Total::Col(c));
+        push(*total == Cell::Suppressed, pos, rows, right(c), v, false);
+    }
+    let hidden = p.grand_total == Cell::Suppressed;
+    let pos = Pos::Total(Total::Grand);
+    push(hidden, pos, rows, right(cols), t.grand_total, true);
+    out
+}
+
+/// Whether `p` has `t`'s shape and every shown number is the true one.
+fn agrees(p: &Published, t: &Table) -> bool {
+    let same = |shown: &[Cell], truth: &[u64]| {
+        shown.len() == truth.len()
+            && shown.iter().zip(truth).all(|(s, &v)| match s {
+                Cell::Shown(x) => *x == v,
+                Cell::Suppressed => true,
+            })
+    };
+    p.rows == t.rows
+        && p.cols == t.cols
+        && same(&p.cells, &t.cells)
+        && same(&p.row_totals, &t.row_totals)
+        && same(&p.col_totals, &t.col_totals)
+        && same(&[p.grand_total], &[t.grand_total])
+}
+
+/// Stands for "no bound"; above any sum of real capacities (< 2^71).
+const INF: i128 = 1 << 100;
+
+fn range(unknowns: &[(Pos, Unknown)], k: usize, nodes: usize) -> Range {
+    let mut cap = vec![vec![0i128; nodes]; nodes];
+    for (i, (_, u)) in unknowns.iter().enumerate() {
+        if i == k {
+            continue;
+        }
+        let v = i128::from(u.value);
+        let (forward, back) = if u.plus { (INF, v) } else { (v, INF) };
+        cap[u.left][u.right] += forward;
+        cap[u.right][u.left] += back;
+    }
+    let u = &unknowns[k].1;
+    let v = i128::from(u.value);
+    // Raising a `plus` unknown sends its flow left → right, so it must come back
+    // right → left; lowering it is the opposite, and `−change` unknowns swap both.
+    let (near, far) = if u.plus {
+        (u.left, u.right)
+    } else {
+        (u.right, u.left)
+    };
+    let up = max_flow(cap.clone(), far, near, INF);
+    let down = max_flow(cap, near, far, v);
+    let lo = u128::try_from(v - down).unwrap_or(0);
+    let hi = (up < INF).then(|| u128::try_from(v + up).unwrap_or(u128::MAX));
+    (lo, hi)
+}
+
+/// Max flow `s → t` on capacity matrix `cap`, stopping at `limit`; `INF` if unbounded.
+fn max_flow(mut cap: Vec<Vec<i128>>, s: usize, t: usize, limit: i128) -> i128 {
+    let n = cap.len();
+    let mut flow = 0;
+    while flow < limit {
+        let mut prev = vec![usize::MAX; n];
+        prev[s] = s;
+        let mut queue = std::collections::VecDeque::from([s]);
+        while let Some(u) = queue.pop_front() {
+            for v in 0..n {
+                if prev[v] == usize::MAX && cap[u][v] > 0 {
+                    prev[v] = u;
+                    queue.push_back(v);
+                }
+            }
+        }
+        if prev[t] == usize::MAX {
+            break;
+        }
+        let mut push = limit - flow;
+        let mut v = t;
+        while v != s {
+            push = push.min(cap[prev[v]][v]);
+            v = prev[v];
+        }
+        if push >= INF {
+            return INF;
+        }
+        let mut v = t;
+        while v != s {
+            cap[prev[v]][v] -= push;
+            cap[v][prev[v]] += push;
+            v = prev[v];
+        }
+        flow += push;
+    }
+    flow.min(limit)
+}
+
+#[cfg(test)]
+#[path = "suppress_tests.rs"]
+mod tests;
