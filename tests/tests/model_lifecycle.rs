@@ -5,7 +5,8 @@
 //! refused by the device with a named reason, the running model untouched and the hub told;
 //! a shadow release reads new scans beside the active one (its readings reach the hub
 //! tagged as shadow, never flag and are never listed as the case) and waits for
-//! `model promote`.
+//! `model promote`. The active reading's findings (A-lines, B-lines, consolidation,
+//! effusion, pleural line) reach the hub as `edge-agent analyze` reads them.
 
 use std::time::Duration;
 
@@ -125,6 +126,30 @@ fn a_release_reaches_its_cohort_only_survives_a_kill_and_a_tampered_one_is_refus
     );
     let active = shadowed[0];
     assert!(!active.shadow && active.model_release == 1, "{active:?}");
+    // The findings the model read travel with the result (#14): the hub holds what
+    // `edge-agent analyze` gives for the same file with the same model.
+    let out = std::process::Command::new(bin("edge-agent"))
+        .args(["analyze", "--json"])
+        .arg(repo_root().join("fixtures/scans/cb_patient29_L2.mp4"))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let read: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let names = [
+        "a_lines",
+        "b_lines",
+        "consolidation",
+        "effusion",
+        "pleural_irregularity",
+    ];
+    assert_eq!(active.finding_probs.len(), names.len(), "{active:?}");
+    for (name, got) in names.iter().zip(&active.finding_probs) {
+        let want = read["findings"][name].as_f64().unwrap();
+        assert!(
+            (f64::from(*got) - want).abs() < 1e-4,
+            "{name}: hub {got}, analyze {want}"
+        );
+    }
     assert!(
         cases
             .iter()
