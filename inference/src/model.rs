@@ -305,7 +305,9 @@ fn probabilities(name: &'static str, values: Vec<f32>) -> Result<Vec<f32>, Model
         .find(|v| !(-PROBABILITY_SLACK..=1.0 + PROBABILITY_SLACK).contains(*v))
     {
         Some(&value) => Err(ModelError::OutOfRange { name, value }),
-        None => Ok(values),
+        // Within the slack: clamped, so every consumer (the hub checks 0..1) sees a
+        // probability.
+        None => Ok(values.into_iter().map(|v| v.clamp(0.0, 1.0)).collect()),
     }
 }
 

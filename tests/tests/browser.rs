@@ -89,12 +89,13 @@ fn specialist_reviews_in_a_browser_and_the_clinic_sees_the_verdict() {
     agent.start().unwrap();
 
     // Two patients, each with a flagged scan (the model scores the MP4 severity 3; the still
-    // is flagged COVID-suspected at severity 0), and an unflagged one.
+    // is flagged COVID-suspected at severity 1), and an unflagged one (the A-lines clip,
+    // read normal).
     let scans = repo_root().join("fixtures/scans");
     for (patient, name, fixture) in [
         ("P-7001", "L1.jpg", "pocus_cov_oliviera_fig4a.jpg"),
         ("P-7002", "L2.mp4", "cb_patient29_L2.mp4"),
-        ("P-7002", "R1.mp4", "cb_patient16_R1.mp4"),
+        ("P-7002", "R1.mov", "pocus_reg_alines.mov"),
     ] {
         export(&agent, patient, name, &scans.join(fixture));
     }

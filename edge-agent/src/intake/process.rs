@@ -34,9 +34,8 @@ struct Ready {
 /// What came of handing a scan to the pool.
 enum Finished {
     Done(Box<Result<Readings, JobError>>),
-    /// Given up after `intake.max_analysis_s`: why, for the attempts' reason, and the
-    /// release the job ran on.
-    TimedOut(String, u64),
+    /// Given up after `intake.max_analysis_s`: why, for the attempts' reason.
+    TimedOut(String),
 }
 
 /// A scan's active reading, and what the candidate in shadow needs to read it too.
@@ -148,7 +147,7 @@ impl Intake {
                 Ok(Readings { record, shadow }) => shadow.take().map(|w| (w, record.clone())),
                 Err(_) => None,
             },
-            Finished::TimedOut(..) => None,
+            Finished::TimedOut(_) => None,
         };
         let (me, p, key, a) = (
             self.clone(),
@@ -243,7 +242,6 @@ impl Intake {
     /// Hands the scan to the pool and waits at most `intake.max_analysis_s`, showing
     /// it in status meanwhile.
     async fn analyse(&self, r: &str, bytes: Vec<u8>, facts: ScanFacts) -> Finished {
-        let release = self.pool.version();
         let job = self.pool_job(bytes, facts, true);
         let max_s = self.cfg.intake.max_analysis_s;
         self.show_analysing(r, Some(Duration::ZERO));
@@ -264,12 +262,9 @@ impl Intake {
                     held.fetch_sub(1, Ordering::SeqCst);
                 });
                 self.status.update(|s| s.intake.analyses_timed_out += 1);
-                Finished::TimedOut(
-                    format!(
-                        "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
-                    ),
-                    release,
-                )
+                Finished::TimedOut(format!(
+                    "analysis took longer than {max_s} s (intake.max_analysis_s) and was given up"
+                ))
             }
         }
     }
@@ -289,14 +284,9 @@ impl Intake {
         let zone = zone.as_deref().unwrap_or("-");
         let done = match analysed {
             Finished::Done(done) => *done,
-            // A pushed release that hangs is at fault, as when it crashes (below).
-            Finished::TimedOut(why, release) if release > 0 => {
-                self.pool.observe_hang(release, pleura_shared::now_ms());
-                attempts.undo(r);
-                tracing::warn!(scan = %r, zone, release, "{why}; retried without using an attempt");
-                return Outcome::Failed(why);
-            }
-            Finished::TimedOut(why, _) => return self.failed_counted(at, path, r, &why, attempts),
+            // Counted against the file even on a pushed release: the deadline covers the
+            // queue and the decoding too, so a timeout is no proof that the model hung.
+            Finished::TimedOut(why) => return self.failed_counted(at, path, r, &why, attempts),
         };
         let Readings { record, .. } = match done.map_err(|e| (e.error, e.release)) {
             Ok(readings) => readings,

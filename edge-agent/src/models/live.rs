@@ -25,6 +25,9 @@ pub struct LivePool {
     faults: Mutex<FaultWindow>,
     /// Woken when the fault window trips: the worker rolls back.
     pub tripped: Notify,
+    /// The release that tripped: a wake-up stored while the worker was busy (switching,
+    /// or already rolling back) must not roll back the release that replaced it.
+    tripped_version: Mutex<Option<u64>>,
     last_fault: Mutex<Option<String>>,
     /// Woken when the shadow release faults: the worker drops it and reports.
     pub shadow_tripped: Notify,
@@ -38,6 +41,7 @@ impl LivePool {
             shadow: RwLock::new(None),
             faults: Mutex::new(FaultWindow::default()),
             tripped: Notify::new(),
+            tripped_version: Mutex::new(None),
             last_fault: Mutex::new(None),
             shadow_tripped: Notify::new(),
             shadow_fault: Mutex::new(None),
@@ -87,29 +91,13 @@ impl LivePool {
         *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow;
     }
 
-    /// Looks at an analysis's outcome on release `version`: a crash or non-finite
-    /// output counts as a fault of that release while it is still the active one (a
-    /// file that cannot be decoded does not).
+    /// Looks at an analysis's outcome on release `version`: a crash, non-finite or
+    /// out-of-range output counts as a fault of that release while it is still the
+    /// active one (a file that cannot be decoded does not).
     pub fn observe<T>(&self, res: &Result<T, AnalyzeError>, version: u64, now_ms: u64) {
         let Some((why, at_once)) = fault_of(res) else {
             return;
         };
-        self.fault_of_release(version, why, at_once, now_ms);
-    }
-
-    /// An analysis on release `version` was given up after `intake.max_analysis_s`: a
-    /// hung model counts as a fault like a crash (a hostile file hangs the built-in model
-    /// too, and is set aside by its attempts there).
-    pub fn observe_hang(&self, version: u64, now_ms: u64) {
-        self.fault_of_release(
-            version,
-            "an analysis hung past intake.max_analysis_s",
-            false,
-            now_ms,
-        );
-    }
-
-    fn fault_of_release(&self, version: u64, why: &str, at_once: bool, now_ms: u64) {
         if version != self.version() {
             tracing::debug!(version, reason = why, "fault of a model no longer active");
             return;
@@ -157,8 +145,23 @@ impl LivePool {
             "model fault in service"
         );
         if trip || at_once {
+            *self
+                .tripped_version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(self.version());
             self.tripped.notify_one();
         }
+    }
+
+    /// Whether the release that tripped the guard is still the active one (taken: one
+    /// trip, one rollback).
+    pub fn take_trip(&self) -> bool {
+        let tripped = self
+            .tripped_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        tripped == Some(self.version())
     }
 
     pub fn last_fault(&self) -> Option<String> {

@@ -150,7 +150,9 @@ impl ModelWorker {
             }
             _ => None,
         };
-        self.apply_command().await;
+        if self.apply_command().await {
+            active = None;
+        }
         loop {
             self.flush();
             let now = Instant::now();
@@ -286,6 +288,25 @@ impl ModelWorker {
         let store = self.store.clone();
         let pend = p.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<_, InstallError> {
+            // Killed after the switch (or the shadow's record) but before the download
+            // was dropped: it is done; installing again would overwrite the previous slot.
+            let done = {
+                let _g = store.guard();
+                let cur = store.layout.read_current().unwrap_or_default();
+                let holds = |s: Option<Slot>| {
+                    s.and_then(|s| store.layout.check_slot(s).ok())
+                        .map(|m| m.version)
+                };
+                if pend.shadow {
+                    holds(cur.shadow) == Some(pend.version)
+                } else {
+                    holds(Some(cur.active)) >= Some(pend.version)
+                }
+            };
+            if done {
+                store.drop_download(pend.version)?;
+                return Ok(None);
+            }
             let trust = store
                 .trust()
                 .map_err(|e| InstallError::Refused(super::refusal(&e)))?;
@@ -309,18 +330,30 @@ impl ModelWorker {
                 &store.part_file(pend.version),
                 slot,
             )?;
-            store.drop_download(pend.version)?;
+            // The download is dropped only once the release is recorded as the shadow or
+            // has been switched to (`activate`): killed before, the next start installs it
+            // again from the complete download rather than forgetting it in its slot.
             if pend.shadow {
-                let _g = store.guard();
-                let mut c = store.layout.read_current().unwrap_or_default();
-                c.shadow = Some(slot);
-                store.layout.write_current(&c)?;
+                {
+                    let _g = store.guard();
+                    let mut c = store.layout.read_current().unwrap_or_default();
+                    c.shadow = Some(slot);
+                    store.layout.write_current(&c)?;
+                }
+                store.drop_download(pend.version)?;
             }
-            Ok(m)
+            Ok(Some(m))
         })
         .await;
         let model = match res {
-            Ok(Ok(m)) => m,
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                tracing::info!(
+                    version = p.version,
+                    "model release already in place; download dropped"
+                );
+                return;
+            }
             Ok(Err(InstallError::Refused(reason))) => {
                 tracing::warn!(version = p.version, %reason, "model release refused at install");
                 let store = self.store.clone();
@@ -350,6 +383,10 @@ impl ModelWorker {
             self.apply_command().await;
         } else {
             self.activate(model.slot, p.version).await;
+            let (store, v) = (self.store.clone(), p.version);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.drop_download(v)).await {
+                tracing::error!(version = v, error = %e, "dropping the installed download");
+            }
         }
     }
 
@@ -495,6 +532,10 @@ impl ModelWorker {
     }
 
     async fn roll_back(&mut self) {
+        if !self.live.take_trip() {
+            tracing::debug!("a guard trip of a release no longer active; nothing to roll back");
+            return;
+        }
         let reason = self
             .live
             .last_fault()

@@ -154,7 +154,16 @@ impl ModelControl {
             }
             *at = Some(Instant::now());
         }
-        match super::shadow::refresh(&**store, &self.store.shadow_path(), now_ms()) {
+        let offered: std::collections::BTreeSet<String> = locked(&self.inner)
+            .delivered
+            .entries
+            .iter()
+            .filter(|(_, d)| d.offered == Some(true))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let offered =
+            |v: u64, clinic: &str, device: &str| offered.contains(&key(v, clinic, device));
+        match super::shadow::refresh(&**store, &self.store.shadow_path(), &offered, now_ms()) {
             Ok(r) => tracing::debug!(candidates = r.candidates.len(), "shadow comparison written"),
             Err(e) => tracing::warn!(error = %e, "shadow comparison not written"),
         }

@@ -9,6 +9,9 @@
 //! COVID-compatible or other pneumonia is positive, normal negative, non-diagnostic left
 //! out. An examination counts as flagged by the active model when a compared scan's
 //! active reading is flagged, by the candidate when its shadow reading would flag.
+//! Only shadow readings from devices the hub offered V in shadow count: a device that
+//! sends shadow results it was never asked for (a faulty or hostile one) cannot steer
+//! the promotion gate; they are counted apart (`unoffered`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,10 +27,18 @@ use crate::store::HubStore;
 /// How often the running hub recomputes `shadow.json`.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
+/// Whether the hub offered release `v` in shadow to `clinic`'s `device`.
+pub type ShadowOffered<'a> = &'a dyn Fn(u64, &str, &str) -> bool;
+
 /// Recomputes the comparison from the store and replaces `path` atomically. Blocking.
-pub fn refresh(store: &dyn HubStore, path: &Path, now_ms: u64) -> Result<ShadowReport, String> {
+pub fn refresh(
+    store: &dyn HubStore,
+    path: &Path,
+    offered: ShadowOffered<'_>,
+    now_ms: u64,
+) -> Result<ShadowReport, String> {
     let reviewed = store.reviewed_exams().map_err(|e| e.to_string())?;
-    let report = compare(&reviewed, now_ms);
+    let report = compare(&reviewed, offered, now_ms);
     write_json(path, &report, 0o600).map_err(|e: ModelsError| e.to_string())?;
     Ok(report)
 }
@@ -98,6 +109,8 @@ pub struct Comparison {
     pub flag_agreement: Rate,
     /// Scans where both gave the same severity score.
     pub severity_agreement: Rate,
+    /// Shadow readings left out: from devices the hub never offered this release in shadow.
+    pub unoffered: u64,
     /// Quadratic-weighted kappa of candidate vs active severity.
     pub severity_kappa_vs_active: Option<f64>,
 }
@@ -162,7 +175,11 @@ struct Acc {
 }
 
 /// Compares every candidate release that has shadow results in `exams`.
-pub fn compare(reviewed: &[(Exam, Reads)], now_ms: u64) -> ShadowReport {
+pub fn compare(
+    reviewed: &[(Exam, Reads)],
+    offered: ShadowOffered<'_>,
+    now_ms: u64,
+) -> ShadowReport {
     let mut accs: BTreeMap<u64, Acc> = BTreeMap::new();
     for (exam, reads) in reviewed {
         let truth = truth(reads);
@@ -170,6 +187,10 @@ pub fn compare(reviewed: &[(Exam, Reads)], now_ms: u64) -> ShadowReport {
         let mut pairs: BTreeMap<u64, Vec<(&ExamResult, &ExamResult)>> = BTreeMap::new();
         for s in exam.results.iter().filter(|r| r.shadow && !r.retracted) {
             let acc = accs.entry(s.release).or_default();
+            if !offered(s.release, &exam.clinic, &s.device) {
+                acc.cmp.unoffered += 1;
+                continue;
+            }
             if !s.model_version.is_empty() && !acc.cmp.model_versions.contains(&s.model_version) {
                 acc.cmp.model_versions.push(s.model_version.clone());
             }
@@ -238,7 +259,8 @@ pub fn render(c: &Comparison) -> String {
          \x20 sensitivity   active {}   candidate {}\n\
          \x20 specificity   active {}   candidate {}\n\
          \x20 severity kappa vs specialist   active {} ({} scans)   candidate {} ({} scans)\n\
-         \x20 candidate vs active   flag agreement {}   same severity {}   severity kappa {}\n",
+         \x20   (leans toward the active model: the review form preselects its zone scores)\n\
+         \x20 candidate vs active   flag agreement {}   same severity {}   severity kappa {}\n{}",
         c.release,
         if c.model_versions.is_empty() {
             "-".to_string()
@@ -258,6 +280,14 @@ pub fn render(c: &Comparison) -> String {
         c.flag_agreement,
         c.severity_agreement,
         kappa(c.severity_kappa_vs_active),
+        if c.unoffered > 0 {
+            format!(
+                "  left out: {} shadow reading(s) from devices not offered this release in shadow\n",
+                c.unoffered
+            )
+        } else {
+            String::new()
+        },
     )
 }
 

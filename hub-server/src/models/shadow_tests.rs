@@ -117,7 +117,7 @@ fn candidates_are_compared_with_the_active_model_on_the_same_reviewed_scans() {
     let mut all = exams.clone();
     all.push(orphan);
 
-    let report = compare(&all, 99);
+    let report = compare(&all, &|_, _, _| true, 99);
     assert_eq!(report.generated_at_ms, 99);
     assert_eq!(
         report.candidates.keys().copied().collect::<Vec<_>>(),
@@ -172,6 +172,7 @@ fn the_comparison_uses_the_current_reading_of_a_reanalysed_scan() {
             Impression::CovidCompatible,
             &[3],
         )],
+        &|_, _, _| true,
         0,
     );
     let c = &report.candidates[&5];
@@ -217,6 +218,7 @@ fn the_promotion_gate_names_the_numbers_it_refuses_on() {
                 &[2],
             ),
         ],
+        &|_, _, _| true,
         0,
     );
     let c = report.candidates.get(&5);
@@ -258,6 +260,7 @@ fn the_promotion_gate_names_the_numbers_it_refuses_on() {
             Impression::CovidCompatible,
             &[3],
         )],
+        &|_, _, _| true,
         0,
     );
     let gate = Gate {
@@ -273,8 +276,45 @@ fn the_promotion_gate_names_the_numbers_it_refuses_on() {
             Impression::Normal,
             &[0],
         )],
+        &|_, _, _| true,
         0,
     );
     let e = gate.check(5, report.candidates.get(&5)).unwrap_err();
     assert!(e.contains("sensitivity unknown"), "{e}");
+}
+
+#[test]
+fn shadow_readings_the_hub_never_asked_for_do_not_count() {
+    // d1 was offered release 5 in shadow; a second device of the clinic sends release 5
+    // shadow readings it was never offered (faulty or hostile), all "would flag".
+    let a = active(3, true);
+    let other = sample_record("c1", "d2", 3, false);
+    let exams = [
+        reviewed(
+            &[a.clone(), shadow_of(&a, 5, 3, true)],
+            Impression::CovidCompatible,
+            &[3],
+        ),
+        reviewed(
+            &[other.clone(), shadow_of(&other, 5, 3, true)],
+            Impression::CovidCompatible,
+            &[3],
+        ),
+    ];
+    let only_d1 = |v: u64, clinic: &str, device: &str| v == 5 && clinic == "c1" && device == "d1";
+    let report = compare(&exams, &only_d1, 0);
+    let c = &report.candidates[&5];
+    assert_eq!((c.exams_compared, c.scans_compared, c.unoffered), (1, 1, 1));
+    assert_eq!(c.candidate.sensitivity, Rate { hits: 1, of: 1 });
+    // Counted, the unasked readings would have made the candidate look better.
+    let all = compare(&exams, &|_, _, _| true, 0);
+    assert_eq!(
+        all.candidates[&5].candidate.sensitivity,
+        Rate { hits: 2, of: 2 }
+    );
+    assert_eq!(
+        all.candidates[&5].active.sensitivity,
+        Rate { hits: 1, of: 2 }
+    );
+    assert!(super::shadow::render(c).contains("1 shadow reading(s) from devices not offered"));
 }

@@ -52,7 +52,7 @@ fn row(b: &mut String, c: &Comparison) {
         "<tr class=\"candidate\" data-release=\"{}\"><td>{}</td><td>{}</td><td>{} / {}</td>\
          <td class=\"sensitivity\">{} → {}</td><td class=\"specificity\">{} → {}</td>\
          <td class=\"kappa\">{} ({}) → {} ({})</td><td class=\"agreement\">{}</td>\
-         <td>{} · κ {}</td></tr>",
+         <td>{} · κ {}</td></tr>{}",
         c.release,
         c.release,
         esc(&versions),
@@ -69,6 +69,15 @@ fn row(b: &mut String, c: &Comparison) {
         rate(&c.flag_agreement),
         rate(&c.severity_agreement),
         kappa(c.severity_kappa_vs_active),
+        if c.unoffered > 0 {
+            format!(
+                "<tr class=\"unoffered\"><td colspan=\"8\">{} shadow reading(s) of release {} \
+                 left out: from devices the hub never offered it in shadow</td></tr>",
+                c.unoffered, c.release
+            )
+        } else {
+            String::new()
+        },
     );
 }
 
@@ -96,6 +105,11 @@ pub(super) fn render(report: Option<&ShadowReport>) -> String {
         row(&mut b, c);
     }
     b.push_str("</tbody></table>");
+    b.push_str(
+        "<p id=\"kappa-caveat\">The specialist's score per zone starts at the active model's, \
+         so the severity κ leans toward the active model; sensitivity and specificity rest on \
+         the impression, which the form never preselects.</p>",
+    );
     b
 }
 
@@ -125,5 +139,9 @@ mod tests {
         assert!(page.contains("&lt;script&gt;x"), "{page}");
         assert!(page.contains("data-release=\"4\""));
         assert!(page.contains("100.0% (2/2) → n/a (0/0)"), "{page}");
+        assert!(
+            page.contains("id=\"kappa-caveat\""),
+            "the κ's anchoring is said"
+        );
     }
 }
