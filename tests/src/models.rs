@@ -136,19 +136,21 @@ pub fn candidate(dir: &Path) -> PathBuf {
     dir.join("pleura-lite.onnx")
 }
 
-/// A candidate that is faulty in service only (tests/models/nan_when_dark.py): the shipped
-/// model, except that its outputs are NaN on dark frames, which every scan is. Returns
-/// the model and self-test vectors on a white frame, which it passes.
-pub fn nan_when_dark(dir: &Path) -> (PathBuf, PathBuf) {
+/// A candidate that is faulty in service only (tests/models/faulty_when_dark.py): the
+/// shipped model, except that `poison` ("nan", or e.g. "2": probabilities out of 0..1) is
+/// added to its outputs on dark frames, which every scan is. Returns the model and
+/// self-test vectors on a white frame, which it passes.
+pub fn faulty_when_dark(dir: &Path, poison: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let model = dir.join("pleura-lite.onnx");
     let white = dir.join("white.png");
     let py = repo_root().join(".venv-test/bin/python");
     let st = Command::new(&py)
-        .arg(repo_root().join("tests/models/nan_when_dark.py"))
+        .arg(repo_root().join("tests/models/faulty_when_dark.py"))
         .arg(repo_root().join("models/pleura-lite.onnx"))
         .arg(&model)
         .arg(&white)
+        .arg(poison)
         .output()
         .unwrap_or_else(|e| {
             panic!(

@@ -7,7 +7,8 @@
 //!   untouched, the hub told;
 //! - a release that passes its self-test but returns NaN in service is rolled back by the
 //!   agent itself, the scan it failed on is analysed again by the previous model (nothing
-//!   lost), with an alarm and a report; one that returns NaN on its self-test never runs;
+//!   lost), with an alarm and a report; so is one whose probabilities leave 0..1; one that
+//!   returns NaN on its self-test never runs;
 //! - `model abort` stops a download under way; a device offline at rollout catches up when
 //!   it reconnects; an agent killed the moment it has verified a release (the switch
 //!   under way) comes back on exactly one verified model: the new release, the old one
@@ -39,6 +40,34 @@ fn current_json(agent: &Agent) -> Option<serde_json::Value> {
 
 fn log_text(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Publishes `trap` as `version`, rolls it out to clinic-a, waits until it runs, drops
+/// the fixture `scan` into the inbox and waits until the hub hears the release was rolled
+/// back; returns the reason.
+fn faulty_in_service(
+    hub: &Hub,
+    a: &Agent,
+    (trap, vectors): (&std::path::Path, &std::path::Path),
+    version: u64,
+    scan: &str,
+) -> String {
+    publish(hub, trap, version, vectors);
+    rollout(hub, version, "clinic-a");
+    becomes_active(hub, a, version, A);
+    a.drop_scan(
+        &repo_root().join("fixtures/scans").join(scan),
+        &format!("fault_{scan}"),
+    )
+    .unwrap();
+    eventually(
+        &format!("release {version} rolled back"),
+        Duration::from_secs(120),
+        || {
+            let (state, reason) = hub_state(hub, version, A)?;
+            (state == "rolled_back").then_some(reason)
+        },
+    )
 }
 
 fn becomes_active(hub: &Hub, agent: &Agent, version: u64, device: &str) {
@@ -173,20 +202,9 @@ fn faulty_releases_roll_back_abort_stops_and_offline_devices_catch_up() {
     // NaN in service: release 3 passes its self-test (a white frame) and goes active;
     // the first real scan makes it return NaN. The agent rolls back to release 1 by
     // itself and analyses that scan again: its result reaches the hub from release 1.
-    let (trap, white_vectors) = nan_when_dark(&tmp.path().join("trap"));
-    publish(&hub, &trap, 3, &white_vectors);
-    rollout(&hub, 3, "clinic-a");
-    becomes_active(&hub, &a, 3, A);
+    let (trap, white_vectors) = faulty_when_dark(&tmp.path().join("trap"), "nan");
     let before = results_from(&hub, A);
-    a.drop_scan(
-        &repo_root().join("fixtures/scans/cb_patient29_L2.mp4"),
-        "fault_L2.mp4",
-    )
-    .unwrap();
-    let reason = eventually("release 3 rolled back", Duration::from_secs(120), || {
-        let (state, reason) = hub_state(&hub, 3, A)?;
-        (state == "rolled_back").then_some(reason)
-    });
+    let reason = faulty_in_service(&hub, &a, (&trap, &white_vectors), 3, "cb_patient29_L2.mp4");
     assert!(
         reason.contains("non-finite") || reason.contains("NaN"),
         "{reason}"
@@ -216,7 +234,7 @@ fn faulty_releases_roll_back_abort_stops_and_offline_devices_catch_up() {
         "read again by the release rolled back to"
     );
     assert!(
-        !a.inbox.join("fault_L2.mp4").exists(),
+        !a.inbox.join("fault_cb_patient29_L2.mp4").exists(),
         "the scan left the inbox"
     );
 
@@ -227,30 +245,59 @@ fn faulty_releases_roll_back_abort_stops_and_offline_devices_catch_up() {
     assert!(r.starts_with("self_test_failed:"), "{r}");
     assert_eq!(active_version(&a), Some(1));
 
-    // Killed the moment it has verified release 5 (install and self-test done, the
+    // Out-of-range in service: release 5 adds 2 to its outputs on dark frames, so its
+    // class probabilities leave 0..1 (finite, so only the range check sees it). Rolled
+    // back at once; the scan is read again by release 1.
+    let (range_trap, range_vectors) = faulty_when_dark(&tmp.path().join("range-trap"), "2");
+    let before = results_from(&hub, A);
+    let reason = faulty_in_service(
+        &hub,
+        &a,
+        (&range_trap, &range_vectors),
+        5,
+        "cb_patient16_R1.mp4",
+    );
+    assert!(reason.contains("out-of-range"), "{reason}");
+    assert_eq!(active_version(&a), Some(1));
+    eventually(
+        "the second scan's result at the hub",
+        Duration::from_secs(120),
+        || (results_from(&hub, A) == before + 1).then_some(()),
+    );
+    let releases: Vec<u64> = hub
+        .cases()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.result.as_ref())
+        .filter(|r| r.clinic_id == "clinic-a")
+        .map(|r| r.model_release)
+        .collect();
+    assert_eq!(releases, vec![1, 1], "both scans read by release 1");
+
+    // Killed the moment it has verified release 6 (install and self-test done, the
     // switch under way or just done): the restart finishes the job from the complete
-    // download (or finds it done); it ends on exactly one verified model, release 5,
+    // download (or finds it done); it ends on exactly one verified model, release 6,
     // with release 1 as its previous one and no download left.
     let log = a.dir.join("agent.log");
     let verified = || log_text(&log).matches("model release verified").count();
     let before = verified();
-    publish(&hub, &model, 5, &vectors);
-    rollout(&hub, 5, "clinic-a");
+    publish(&hub, &model, 6, &vectors);
+    rollout(&hub, 6, "clinic-a");
     let t0 = std::time::Instant::now();
     while verified() == before {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
-            "release 5 never verified"
+            "release 6 never verified"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
     a.kill9();
-    eprintln!("killed as release 5 was verified: {:?}", current_json(&a));
+    eprintln!("killed as release 6 was verified: {:?}", current_json(&a));
     a.start().unwrap();
-    becomes_active(&hub, &a, 5, A);
+    becomes_active(&hub, &a, 6, A);
     let s = models_status(&a).unwrap();
     assert!(
-        s["alarm"].is_null() || !s["alarm"].as_str().unwrap().contains(" 5 "),
+        s["alarm"].is_null() || !s["alarm"].as_str().unwrap().contains(" 6 "),
         "{s}"
     );
     let current = current_json(&a).expect("current.json");
@@ -264,7 +311,7 @@ fn faulty_releases_roll_back_abort_stops_and_offline_devices_catch_up() {
         let manifest: serde_json::Value = serde_json::from_str(env["manifest"].as_str()?).ok()?;
         manifest["version"].as_u64()
     };
-    assert_eq!(slot_version(&current["active"]), Some(5), "{current}");
+    assert_eq!(slot_version(&current["active"]), Some(6), "{current}");
     assert_eq!(slot_version(&current["previous"]), Some(1), "{current}");
     let left = std::fs::read_dir(a.dir.join("data/models/download"))
         .map(|d| d.count())

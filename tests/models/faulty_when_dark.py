@@ -1,10 +1,11 @@
-"""A model release that is faulty in service only: it is the given model, except that every
-output turns NaN when the frames' mean brightness is below THRESHOLD. Its self-test (a white
+"""A model release that is faulty in service only: it is the given model, except that
+`POISON` (NaN, or a number such as 2, which pushes probabilities out of 0..1) is added to
+every output when the frames' mean brightness is below THRESHOLD. Its self-test (a white
 frame, which this script also writes) passes; a real scan (dark, like every ultrasound
-frame) makes it return NaN. tests/tests/model_faults.rs publishes it to test the agent's
+frame) gets wrong outputs. tests/tests/model_faults.rs publishes it to test the agent's
 rollback in service.
 
-    python nan_when_dark.py <model.onnx> <out.onnx> <white.png>
+    python faulty_when_dark.py <model.onnx> <out.onnx> <white.png> [POISON, default nan]
 
 The sidecar beside <model.onnx> is copied beside <out.onnx> with the new file's SHA-256.
 """
@@ -34,20 +35,21 @@ def white_png(path: str, size: int = 192) -> None:
 
 def main() -> None:
     src, out, png = sys.argv[1:4]
+    poison = float(sys.argv[4]) if len(sys.argv) > 4 else float("nan")
     m = onnx.load(src)
     g = m.graph
     frames = g.input[0].name
     g.initializer.extend([
         helper.make_tensor("trap_threshold", TensorProto.FLOAT, [], [THRESHOLD]),
-        helper.make_tensor("trap_nan", TensorProto.FLOAT, [], [float("nan")]),
+        helper.make_tensor("trap_value", TensorProto.FLOAT, [], [poison]),
         helper.make_tensor("trap_zero", TensorProto.FLOAT, [], [0.0]),
     ])
-    # NaN below the threshold, 0 above: a Where on the input, which no engine can fold
+    # The poison below the threshold, 0 above: a Where on the input, which no engine can fold
     # away (x * 0 can be).
     g.node.extend([
         helper.make_node("ReduceMean", [frames], ["trap_mean"], keepdims=0),
         helper.make_node("Less", ["trap_mean", "trap_threshold"], ["trap_dark"]),
-        helper.make_node("Where", ["trap_dark", "trap_nan", "trap_zero"], ["trap_poison"]),
+        helper.make_node("Where", ["trap_dark", "trap_value", "trap_zero"], ["trap_poison"]),
     ])
     for o in g.output:
         raw = o.name + "_before_trap"
