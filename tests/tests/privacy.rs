@@ -30,10 +30,42 @@ fn find_phi(hay: &[u8]) -> Vec<&'static str> {
     PHI.iter()
         .copied()
         .filter(|p| {
-            hay.windows(p.len())
-                .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+            hay.windows(p.len()).enumerate().any(|(at, w)| {
+                w.eq_ignore_ascii_case(p.as_bytes()) && !inside_an_id(hay, at, p.len())
+            })
         })
         .collect()
+}
+
+/// A match made only of hex digits inside a run of 16 or more of them: part of a hash or
+/// an id written in hex ("1947" turns up in one of them by chance), not a date or a
+/// record number, which PHI strings stand apart from.
+fn inside_an_id(hay: &[u8], at: usize, len: usize) -> bool {
+    let hex = |b: &u8| b.is_ascii_hexdigit();
+    if !hay[at..at + len].iter().all(hex) {
+        return false;
+    }
+    let start = hay[..at].iter().rev().take_while(|b| hex(b)).count();
+    let end = hay[at + len..].iter().take_while(|b| hex(b)).count();
+    start + len + end >= 16
+}
+
+/// What of a file is searched: a PEM file by its DER sections, since base64 text is
+/// random letters and digits in which "DOE" or "1947" turn up by chance (seen: a freshly
+/// generated hub certificate held "DOE"); names in a certificate are plain bytes in DER.
+fn searchable(bytes: &[u8]) -> Vec<u8> {
+    if !bytes.starts_with(b"-----BEGIN ") {
+        return bytes.to_vec();
+    }
+    let mut rd = bytes;
+    let mut der = Vec::new();
+    while let Some((_, section)) =
+        rustls::pki_types::pem::from_buf(&mut rd).expect("a PEM file the hub wrote parses")
+    {
+        der.extend(section);
+    }
+    assert!(!der.is_empty(), "a PEM file without a section");
+    der
 }
 
 fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -52,7 +84,7 @@ fn no_phi_in_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     files_under(dir, &mut files);
     for f in &files {
-        let bytes = std::fs::read(f).unwrap();
+        let bytes = searchable(&std::fs::read(f).unwrap());
         assert_eq!(
             find_phi(&bytes),
             Vec::<&str>::new(),
