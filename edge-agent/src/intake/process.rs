@@ -297,10 +297,11 @@ impl Intake {
             Err((e @ AnalyzeError::Decode(_), _)) => {
                 return self.reject(at, path, r, &format!("{e}"), attempts)
             }
-            // A pushed model release faulting (crash, non-finite or out-of-range output) is the model's
-            // fault, not the file's: no attempt is used, and the scan is analysed again
-            // once the guard has rolled the release back (`models::guard`). The built-in
-            // model's faults count as before, so a hostile file is still set aside.
+            // A pushed model release faulting (crash, non-finite or out-of-range output)
+            // is the model's fault, not the file's: no attempt is used, and the scan is
+            // analysed again once the guard has rolled the release back (`models::guard`).
+            // The built-in model's faults count as before, so a hostile file is still set
+            // aside.
             Err((
                 e @ (AnalyzeError::Panicked
                 | AnalyzeError::Model(

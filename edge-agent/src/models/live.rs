@@ -1,9 +1,9 @@
 //! The inference pools analyses run on, swappable between analyses: callers take the
 //! current pool for one job (`current`), so a job in progress finishes on the pool it
 //! started on while the next one gets the new model. A candidate release in shadow mode
-//! has its own pool beside it (`shadow`). Faults of a running model (crashed or hung
-//! jobs, non-finite or out-of-range outputs) are counted here for the guard, against the release that ran
-//! them: a late fault of a model already replaced counts for nothing.
+//! has its own pool beside it (`shadow`). Faults of a running model (crashed jobs,
+//! non-finite or out-of-range outputs) are counted here for the guard, against the
+//! release that ran them: a late fault of a model already replaced counts for nothing.
 
 use std::sync::{Arc, Mutex, RwLock};
 
