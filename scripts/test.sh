@@ -11,11 +11,14 @@ ORT_VERSION=1.31.1
 GRPCIO_VERSION=1.76.0
 SELENIUM_VERSION=4.51.0
 ONNX_VERSION=1.23.2
+FHIR_RESOURCES_VERSION=6.4.0 # the last FHIR R4 (4.0.1) series; 6.5+ is R4B, 7+ R5
+PYDANTIC_VERSION=1.10.26   # fhir.resources 6.x needs pydantic 1
 venv=.venv-test
-if ! "$venv/bin/python" -c "import onnxruntime, grpc, selenium, onnx" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import onnxruntime, grpc, selenium, onnx, fhir.resources" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" \
-    "grpcio==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION" "onnx==$ONNX_VERSION"
+    "grpcio==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION" "onnx==$ONNX_VERSION" \
+    "fhir.resources==$FHIR_RESOURCES_VERSION" "pydantic[email]==$PYDANTIC_VERSION"
 fi
 ORT_DYLIB_PATH=$(ls "$PWD/$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 export ORT_DYLIB_PATH PLEURA_REQUIRE_ORT=1

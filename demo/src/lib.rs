@@ -7,6 +7,7 @@
 //! verdict reaches the clinic's page. Both pages stay up until Ctrl-C
 //! (`PLEURA_DEMO_EXIT=1`: end at once).
 
+mod ministry;
 mod report;
 mod review;
 pub mod scenario;

@@ -104,12 +104,29 @@ pub async fn show(ca: &Path, grpc: u16, clinics: &[&EdgeConfig], root: &Path) ->
         .aggregates(bearer(AggregatesRequest::default(), &tokens[2])?)
         .await?
         .into_inner();
-    println!("  the ministry viewer's case list is refused ({denied}); its aggregates:");
-    for r in &agg.rows {
-        println!(
-            "  region {:<6} day {}: {} scan(s), {} flagged, severity 0-3 {:?}",
-            r.region, r.day, r.scans, r.flagged, r.by_severity
-        );
+    println!("  the ministry viewer's case list is refused ({denied}); over gRPC it gets no");
+    println!(
+        "  exact counts, only the report's {} tables with counts under {} suppressed:",
+        agg.tables.len(),
+        agg.suppression_threshold
+    );
+    if let Some(t) = agg.tables.iter().find(|t| t.id == "curve.scans.regions") {
+        let show = |c: &pleura_proto::v1::Count| {
+            if c.suppressed {
+                "suppressed".to_string()
+            } else {
+                c.value.to_string()
+            }
+        };
+        for (i, region) in t.rows.iter().enumerate() {
+            println!(
+                "  scans, region {region:<6} (last 12 weeks): {}",
+                show(&t.row_totals[i])
+            );
+        }
+        if let Some(g) = &t.grand_total {
+            println!("  scans, all regions: {}", show(g));
+        }
     }
     println!(
         "  every access above, refused ones included, is in the keyed audit log {} \

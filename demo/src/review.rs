@@ -15,25 +15,33 @@ pub struct Specialist {
     web: Client,
 }
 
+/// Signs in to the hub's web application as a person would; the client carries the
+/// session cookie.
+pub async fn sign_in(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> Result<Client> {
+    let tls = pleura_shared::pki::client_config(ca, None)?;
+    let mut web = Client::new(addr, Arc::new(tls));
+    let form = web.get("/login").await?;
+    let nonce = form.cookie("pleura_login").context("login form cookie")?;
+    web.set_cookie("pleura_login", &nonce);
+    let csrf = form.field("csrf").context("login form token")?;
+    let r = web
+        .post(
+            "/login",
+            &[("username", user), ("password", password), ("csrf", &csrf)],
+        )
+        .await?;
+    let session = r
+        .cookie("pleura_session")
+        .with_context(|| format!("login refused ({}): {}", r.status, r.text()))?;
+    web.set_cookie("pleura_session", &session);
+    Ok(web)
+}
+
 impl Specialist {
     pub async fn login(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> Result<Self> {
-        let tls = pleura_shared::pki::client_config(ca, None)?;
-        let mut web = Client::new(addr, Arc::new(tls));
-        let form = web.get("/login").await?;
-        let nonce = form.cookie("pleura_login").context("login form cookie")?;
-        web.set_cookie("pleura_login", &nonce);
-        let csrf = form.field("csrf").context("login form token")?;
-        let r = web
-            .post(
-                "/login",
-                &[("username", user), ("password", password), ("csrf", &csrf)],
-            )
-            .await?;
-        let session = r
-            .cookie("pleura_session")
-            .with_context(|| format!("login refused ({}): {}", r.status, r.text()))?;
-        web.set_cookie("pleura_session", &session);
-        Ok(Self { web })
+        Ok(Self {
+            web: sign_in(addr, ca, user, password).await?,
+        })
     }
 
     /// Waits for the top examination of the worklist to show its key frames; returns its

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use hub_server::config::{HubConfig, MqttConfig, SecurityConfig};
+use hub_server::config::{HubConfig, MinistryConfig, MqttConfig, SecurityConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::ministry::{self, Dhis2Stand};
 use crate::report;
 use crate::review::Specialist;
 use crate::setup::{self, agent_config, export, port, status, wait_for, PEOPLE};
@@ -61,6 +62,7 @@ pub async fn run() -> Result<()> {
     );
 
     println!("2. The hub starts (MQTT over mTLS on 127.0.0.1:{mqtt}, gRPC over TLS on {grpc}).");
+    let dhis2 = Dhis2Stand::default().start().await?;
     let hub_cfg = HubConfig {
         data_dir: root.join("hub"),
         mqtt: MqttConfig {
@@ -73,6 +75,10 @@ pub async fn run() -> Result<()> {
             pki_dir: pki_dir.clone(),
             accounts_file: accounts.clone(),
             ..SecurityConfig::default()
+        },
+        ministry: MinistryConfig {
+            dhis2: Some(Dhis2Stand::config(&dhis2, &root)?),
+            ..MinistryConfig::default()
         },
     };
     hub_cfg.validate()?;
@@ -129,6 +135,12 @@ pub async fn run() -> Result<()> {
     .await?;
     println!("5. The verdict, signed by the hub, is held by clinic-north and shown on its page.\n");
 
+    let (user_m, _, _, password_m) = PEOPLE[2];
+    println!("6. The ministry viewer ({user_m}) signs in to the same web application:");
+    ministry::visit(web, &pki.ca_cert(), user_m, password_m).await?;
+    println!("   (the DHIS2 here is a local stand-in at {dhis2}; a real one is configured in");
+    println!("   hub.toml's [ministry.dhis2]).\n");
+
     if std::env::var_os("PLEURA_DEMO_EXIT").is_none() {
         println!("Both web pages stay up until Ctrl-C (the browser will warn about the demo's own");
         println!(
@@ -139,6 +151,9 @@ pub async fn run() -> Result<()> {
             "  specialist  https://127.0.0.1:{metrics}/  user {user}, password \"{password}\""
         );
         println!("  clinic      https://127.0.0.1:{clinic_page}/  PIN {CLINIC_PIN}");
+        println!(
+            "  ministry    https://127.0.0.1:{metrics}/ministry  user {user_m}, password \"{password_m}\""
+        );
         println!(
             "To push a model release to clinic-north: README, \"Model updates\", with D={}",
             root.display()

@@ -1,7 +1,8 @@
 //! Clinic vitals: `inbox/<patient>/vitals.json`, written by the clinic next to a
-//! patient's scans (README "Clinic vitals"). They feed only the local patient summary
-//! (the v2 model's vitals combiner); nothing of them goes into a result or any message
-//! that leaves the clinic. The file is not a scan: intake leaves it where it is.
+//! patient's scans (README "Clinic vitals"). They feed the local patient summary (the
+//! v2 model's vitals combiner); of them only the coarse age band and sex go into a
+//! result (`coarse`, issue #16), never the age itself or a vital sign. The file is not
+//! a scan: intake leaves it where it is.
 //!
 //! A bad file (unreadable, too large, not JSON of the documented form, a value out of
 //! range) is an error in the log, and the patient is summarised from the images alone;
@@ -19,7 +20,7 @@ use std::path::{Component, Path};
 use pleura_inference::aggregate::summarize_patient_with;
 use pleura_inference::patient::{Sex, Symptom, VitalsError};
 use pleura_inference::{ModelInfo, Vitals};
-use pleura_shared::{PatientSummary, ScanAnalysis};
+use pleura_shared::{AgeBand, Demographics, PatientSummary, ScanAnalysis};
 
 /// The vitals file's name in a patient folder.
 pub const VITALS_FILE: &str = "vitals.json";
@@ -59,29 +60,50 @@ pub fn is_plain_name(patient: &str) -> bool {
 }
 
 /// The vitals of the patient whose inbox folder is `patient`: `Ok(None)` when there is
-/// no such file (or `patient` is not a plain folder name). Links are never followed.
+/// no such file (or `patient` is not a plain folder name, or not a folder). Links are
+/// never followed, neither the folder nor the file. Blocking.
 pub fn read_vitals(inbox: &Path, patient: &str) -> Result<Option<Vitals>, VitalsFileError> {
     if !is_plain_name(patient) {
         return Ok(None);
     }
-    let folder = inbox.join(patient);
-    match std::fs::symlink_metadata(&folder) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let file = match std::fs::OpenOptions::new()
+    // The folder is opened without following a link, and the file through its
+    // descriptor: a folder swapped for a link meanwhile is never read through.
+    let dir = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(folder.join(VITALS_FILE))
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(inbox.join(patient))
     {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        // O_NOFOLLOW on a link.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(VitalsFileError::NotAFile),
+        Ok(d) => d,
+        // No such folder, or not a folder (a link is not one).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(e.into()),
     };
+    let name = CString::new(VITALS_FILE).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is
+    // checked before it is owned.
+    let raw = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )
+    };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            // O_NOFOLLOW on a link.
+            Some(libc::ELOOP) => Err(VitalsFileError::NotAFile),
+            _ => Err(e.into()),
+        };
+    }
+    // SAFETY: a descriptor just opened and owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(raw) };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(VitalsFileError::NotAFile);
@@ -95,6 +117,18 @@ pub fn read_vitals(inbox: &Path, patient: &str) -> Result<Option<Vitals>, Vitals
         return Err(VitalsFileError::TooLarge);
     }
     Ok(Some(Vitals::from_json(&bytes)?))
+}
+
+/// What of `v` a result may carry: the age band of the recorded age, and the sex. The
+/// exact age never leaves this function.
+pub fn coarse(v: &Vitals) -> Demographics {
+    Demographics {
+        age_band: v.age_years.and_then(AgeBand::of_years),
+        sex: v.sex.map(|s| match s {
+            Sex::Female => pleura_shared::Sex::Female,
+            Sex::Male => pleura_shared::Sex::Male,
+        }),
+    }
 }
 
 /// Whether the inbox holds a patient folder `patient` that the vitals form may write
@@ -303,6 +337,33 @@ mod tests {
             read_vitals(dir.path(), "P"),
             Err(VitalsFileError::NotAFile)
         ));
+    }
+
+    #[test]
+    fn a_patient_folder_that_is_a_link_is_never_read_through() {
+        let elsewhere = inbox_with("Q", br#"{"age_years": 57, "sex": "f"}"#);
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("Q"), dir.path().join("P")).unwrap();
+        std::fs::write(dir.path().join("F"), b"{}").unwrap();
+        assert!(read_vitals(dir.path(), "P").unwrap().is_none());
+        assert!(read_vitals(dir.path(), "F").unwrap().is_none());
+    }
+
+    #[test]
+    fn only_the_age_band_and_sex_are_kept() {
+        let v = Vitals::from_json(br#"{"age_years": 57, "sex": "f", "spo2": 93}"#).unwrap();
+        let d = coarse(&v);
+        assert_eq!(d.age_band, Some(AgeBand::From50To64));
+        assert_eq!(d.sex, Some(pleura_shared::Sex::Female));
+        let v = Vitals::from_json(br#"{"age_years": 4.5, "sex": "m"}"#).unwrap();
+        assert_eq!(
+            coarse(&v),
+            Demographics {
+                age_band: Some(AgeBand::Under5),
+                sex: Some(pleura_shared::Sex::Male),
+            }
+        );
+        assert_eq!(coarse(&Vitals::default()), Demographics::default());
     }
 
     #[test]

@@ -20,6 +20,75 @@ pub struct HubConfig {
     pub metrics_listen: SocketAddr,
     #[serde(default)]
     pub security: SecurityConfig,
+    #[serde(default)]
+    pub ministry: MinistryConfig,
+}
+
+/// `[ministry]`: what the ministry's dashboard and exports publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinistryConfig {
+    /// Counts from 1 to this minus one are suppressed everywhere a ministry sees numbers.
+    #[serde(default = "default_threshold")]
+    pub suppression_threshold: u64,
+    /// Devices not heard from for longer are marked silent.
+    #[serde(default = "default_silent_days")]
+    pub silent_days: u32,
+    /// Canonical base of the FHIR `Measure` the MeasureReports name.
+    #[serde(default = "default_fhir_base")]
+    pub fhir_base: String,
+    /// Where `hub-server` pushes weekly data values (absent: download only).
+    #[serde(default, skip_serializing)]
+    pub dhis2: Option<crate::ministry::export::dhis2::Dhis2Config>,
+}
+
+impl Default for MinistryConfig {
+    fn default() -> Self {
+        Self {
+            suppression_threshold: default_threshold(),
+            silent_days: default_silent_days(),
+            fhir_base: default_fhir_base(),
+            dhis2: None,
+        }
+    }
+}
+
+fn default_threshold() -> u64 {
+    crate::ministry::suppress::DEFAULT_THRESHOLD
+}
+fn default_silent_days() -> u32 {
+    3
+}
+fn default_fhir_base() -> String {
+    "https://pleura.invalid/fhir".into()
+}
+
+impl MinistryConfig {
+    pub fn settings(&self) -> crate::cases::ministry::MinistrySettings {
+        crate::cases::ministry::MinistrySettings {
+            threshold: self.suppression_threshold,
+            silent_days: self.silent_days,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(2..=100).contains(&self.suppression_threshold) {
+            return Err(ConfigError::Invalid(
+                "ministry.suppression_threshold must be 2 to 100 (1 would publish every small count)"
+                    .into(),
+            ));
+        }
+        if !(1..=365).contains(&self.silent_days) {
+            return Err(ConfigError::Invalid(
+                "ministry.silent_days must be 1 to 365".into(),
+            ));
+        }
+        if let Some(d) = &self.dhis2 {
+            d.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,7 +273,7 @@ impl HubConfig {
                 "mqtt.client_id must be 1-64 characters".into(),
             ));
         }
-        Ok(())
+        self.ministry.validate()
     }
 
     fn internal_listen_is_loopback(&self) -> bool {
@@ -247,7 +316,16 @@ impl HubConfig {
              share_group = \"pleura-hubs\"\n\
              client_id = \"pleura-hub-1\"\n\
              # Largest result batch, bytes, over MQTT and gRPC alike.\n\
-             max_payload = {}\n",
+             max_payload = {}\n\n\
+             [ministry]\n\
+             # Counts 1-4 are suppressed on the dashboard, in the API and in every export.\n\
+             suppression_threshold = 5\n\
+             silent_days = 3\n\
+             # [ministry.dhis2]   # weekly data values to DHIS2 (docs/ministry.md)\n\
+             # url = \"https://dhis2.example.org\"\n\
+             # token_file = \"/etc/pleura/dhis2.token\"\n\
+             # org_units = {{ \"clinic-a\" = \"DiszpKrYNg8\" }}\n\
+             # data_elements = {{ scans = \"FTRrcoaog83\", flagged = \"eY5ehpbEsB7\" }}\n",
             default_grpc(),
             default_metrics(),
             default_mqtt_listen(),
@@ -279,6 +357,11 @@ mod tests {
         cfg.mqtt.broker = BrokerKind::External;
         assert!(cfg.validate().unwrap_err().to_string().contains("mqtt.url"));
         assert!(toml::from_str::<HubConfig>("data_dir='x'\nbogus=1").is_err());
+        let mut cfg: HubConfig = toml::from_str(&HubConfig::example()).unwrap();
+        assert_eq!(cfg.ministry.suppression_threshold, 5);
+        cfg.ministry.suppression_threshold = 1;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("ministry.suppression_threshold"), "{e}");
         assert_eq!(parse_mqtt_url("mqtt://h:1884").unwrap(), ("h".into(), 1884));
         assert_eq!(parse_mqtt_url("mqtt://h").unwrap(), ("h".into(), 1883));
         assert!(parse_mqtt_url("http://h").is_err());

@@ -7,17 +7,22 @@ use std::sync::Arc;
 
 use pleura_proto::v1::hub_server::Hub;
 use pleura_proto::v1::{
-    Aggregate, AggregatesRequest, AggregatesResponse, Case, DeviceStatus, GetCaseRequest,
+    Aggregate, AggregatesRequest, AggregatesResponse, Case, Count, DeviceStatus, GetCaseRequest,
     ListCasesRequest, ListCasesResponse, LoginRequest, LoginResponse, ResultAck, SignedBatch,
-    SyncStatusRequest, SyncStatusResponse,
+    SyncStatusRequest, SyncStatusResponse, Table,
 };
 use pleura_shared::ResultId;
 use tonic::{Request, Response, Status};
 
+use crate::cases::ministry::ReportRequest;
 use crate::cases::{Action, CaseQuery, CaseService, DayRange, RegionDay, SyncStatus, Who};
 use crate::error::HubError;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::ministry::period::IsoWeek;
+use crate::ministry::query::ClinicDetail;
+use crate::ministry::report::NamedTable;
+use crate::ministry::suppress::Cell;
 use crate::store::StoredCase;
 use crate::tls::peer_device;
 
@@ -67,6 +72,33 @@ fn to_aggregate(r: RegionDay) -> Aggregate {
     }
 }
 
+fn to_count(c: &Cell) -> Count {
+    match c {
+        Cell::Shown(v) => Count {
+            value: *v,
+            suppressed: false,
+        },
+        Cell::Suppressed => Count {
+            value: 0,
+            suppressed: true,
+        },
+    }
+}
+
+fn to_table(t: &NamedTable) -> Table {
+    let p = &t.published;
+    Table {
+        id: t.id.clone(),
+        title: t.title.clone(),
+        rows: t.rows.clone(),
+        cols: t.cols.clone(),
+        cells: p.cells.iter().map(to_count).collect(),
+        row_totals: p.row_totals.iter().map(to_count).collect(),
+        col_totals: p.col_totals.iter().map(to_count).collect(),
+        grand_total: Some(to_count(&p.grand_total)),
+    }
+}
+
 fn to_sync_status(s: SyncStatus) -> SyncStatusResponse {
     SyncStatusResponse {
         devices: s
@@ -79,6 +111,10 @@ fn to_sync_status(s: SyncStatus) -> SyncStatusResponse {
                 duplicates: d.stats.duplicates,
                 last_received_ms: d.stats.last_received_ms,
                 missing: d.missing,
+                last_seen_ms: d.stats.last_seen_ms,
+                queue_pending: d.stats.queue_pending,
+                oldest_pending_ms: d.stats.oldest_pending_ms,
+                queue_reported_ms: d.stats.queue_reported_ms,
             })
             .collect(),
         missing: s.missing,
@@ -193,9 +229,31 @@ impl Hub for HubService {
             to_day: day(r.to_day),
         };
         let rows = self.cases.aggregates(&who, days).await?;
-        Ok(Response::new(AggregatesResponse {
+        let mut reply = AggregatesResponse {
             rows: rows.into_iter().map(to_aggregate).collect(),
-        }))
+            ..Default::default()
+        };
+        if crate::cases::policy::ministry_report(&who.caller).is_ok() {
+            let week = |name: &str, v: &str| {
+                (!v.is_empty())
+                    .then(|| IsoWeek::parse(v))
+                    .transpose()
+                    .map_err(|e| HubError::Invalid(format!("{name}: {e}")))
+            };
+            let req = ReportRequest {
+                from: week("from_week", &r.from_week)?,
+                to: week("to_week", &r.to_week)?,
+                clinics_of: Some(ClinicDetail::All),
+                disaggregate: false,
+            };
+            let report = self.cases.ministry_report(&who, req).await?;
+            reply.tables = crate::ministry::export::csv::tables(&report)
+                .into_iter()
+                .map(to_table)
+                .collect();
+            reply.suppression_threshold = report.threshold;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn sync_status(

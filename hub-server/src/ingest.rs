@@ -2,8 +2,10 @@
 //! here except through the store, its journal and the audit log, so every rejection
 //! path has a plain unit test. A batch carries results, retractions (`retraction`)
 //! and/or the device's holdings (`antientropy`); one with none of the three is refused.
+//! Every batch that passes is also a contact (fleet health, `store::fleet`): its
+//! sender's last-seen time and queue report are recorded before the commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +20,7 @@ use crate::audit::AuditLog;
 use crate::ca::{Registry, TrustError};
 use crate::metrics::Metrics;
 use crate::recovery::Recovered;
-use crate::store::{Commit, HubStore, Integrity, Retraction, StoreError};
+use crate::store::{Commit, Contact, HubStore, Integrity, QueueState, Retraction, StoreError};
 
 /// Why a whole message was refused. `label` is the metrics reason.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,8 @@ pub struct Prepared {
     pub rejected: Vec<Rejection>,
     pub retractions: Vec<Retraction>,
     pub holdings: Option<Holdings>,
+    /// The queue the device reported with the batch (None from agents before #16).
+    pub queue: Option<QueueState>,
 }
 
 impl Ingest {
@@ -217,6 +221,7 @@ impl Ingest {
             .as_ref()
             .map(Holdings::from_wire)
             .transpose()?;
+        let queue = batch.queue.as_ref().map(QueueState::from_wire);
         let mut retractions = Vec::with_capacity(batch.retractions.len());
         let mut good = Vec::with_capacity(batch.results.len());
         let mut rejected = Vec::new();
@@ -254,11 +259,14 @@ impl Ingest {
             rejected,
             retractions,
             holdings,
+            queue,
         })
     }
 
     /// Commits every prepared message in one durable write; one ack per message.
     pub fn commit(&self, prepared: Vec<Prepared>) -> Result<Vec<Outcome>, IngestError> {
+        // First, so that the commit's flush takes them to disk too.
+        self.note_contacts(&prepared);
         let all: Vec<ScanRecord> = prepared
             .iter()
             .flat_map(|p| p.good.iter().cloned())
@@ -334,6 +342,28 @@ impl Ingest {
                 }
             })
             .collect())
+    }
+
+    /// Records each sender's contact and queue report, one store write per device (the
+    /// latest report of its messages). Advisory: a failure is logged, never the batch's.
+    fn note_contacts(&self, prepared: &[Prepared]) {
+        let at_ms = now_ms();
+        let mut by_device: BTreeMap<(&str, &str), Contact> = BTreeMap::new();
+        for p in prepared {
+            let c = Contact {
+                at_ms,
+                queue: p.queue,
+            };
+            by_device
+                .entry((p.clinic.as_str(), p.device.as_str()))
+                .and_modify(|held| held.merge(&c))
+                .or_insert(c);
+        }
+        for ((clinic, device), c) in by_device {
+            if let Err(e) = self.store.note_contact(clinic, device, &c) {
+                tracing::warn!(clinic, device, error = %e, "could not record the device's contact (fleet health)");
+            }
+        }
     }
 
     /// Days whose results the hub lacks, for the ack: those where the hub's holdings

@@ -232,7 +232,8 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
         .with_review(cases::ReviewParts {
             media: media_store.clone(),
             downlink: downlink.clone(),
-        }),
+        })
+        .with_ministry(cfg.ministry.settings()),
     );
     // Verdicts stored but not yet queued to every device: at start, then every minute.
     tokio::spawn(cases.clone().sweep_verdicts_periodically(shutdown.clone()));
@@ -267,6 +268,7 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> anyhow::Result<
             cases,
             secure: registry.is_some(),
             shadow_report: Some(models::ModelStore::new(&cfg.data_dir).shadow_path()),
+            ministry: Arc::new(cfg.ministry.clone()),
         }),
     })
     // The web application audits each caller's address.

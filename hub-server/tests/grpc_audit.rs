@@ -61,6 +61,12 @@ fn signed(clinic: &str, device: &str, records: &[ScanRecord], bundle: &Path) -> 
             clinic_id: clinic.into(),
             device_id: device.into(),
             results: records.iter().map(ScanRecord::to_wire).collect(),
+            // Fleet health: the queue as the device saw it when it sent these.
+            queue: Some(pleura_shared::wire::QueueReport {
+                pending: records.len() as u64,
+                oldest_pending_ms: 1_000,
+                reported_at_ms: 2_000,
+            }),
             ..Default::default()
         })
 }
@@ -152,15 +158,66 @@ async fn aggregates_and_sync_status_are_scoped_and_every_call_is_audited() {
     };
     let (ana, min, op) = (token("ana").await, token("min").await, token("op").await);
 
-    // The ministry counts every region; a specialist only their own.
+    // An operator counts every region exactly; a specialist only their own; the
+    // ministry gets no exact rows, only the report's tables with small cells
+    // suppressed (the sample records' scan day is in 2024-W40).
     let all = c
-        .aggregates(bearer(AggregatesRequest::default(), &min))
+        .aggregates(bearer(AggregatesRequest::default(), &op))
         .await
         .unwrap()
         .into_inner()
         .rows;
     let scans: Vec<_> = all.iter().map(|r| (r.region.as_str(), r.scans)).collect();
     assert_eq!(scans, vec![("north", 2), ("south", 1)]);
+    let week = AggregatesRequest {
+        from_week: "2024-W40".into(),
+        to_week: "2024-W40".into(),
+        ..Default::default()
+    };
+    let ministry = c
+        .aggregates(bearer(week.clone(), &min))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ministry.rows.is_empty(), "no exact counts for the ministry");
+    assert_eq!(ministry.suppression_threshold, 5);
+    let curve = ministry
+        .tables
+        .iter()
+        .find(|t| t.id == "curve.scans.regions")
+        .expect("the scans curve");
+    assert_eq!(curve.rows, ["north", "south"]);
+    assert_eq!(curve.cols, ["2024-W40"]);
+    assert!(curve.cells.iter().all(|c| c.suppressed && c.value == 0));
+    let shown: Vec<u64> = ministry
+        .tables
+        .iter()
+        .flat_map(|t| t.cells.iter().chain(&t.row_totals).chain(&t.col_totals))
+        .filter(|c| !c.suppressed)
+        .map(|c| c.value)
+        .collect();
+    assert!(shown.iter().all(|v| *v == 0 || *v >= 5), "{shown:?}");
+    // A bad week is named.
+    let e = c
+        .aggregates(bearer(
+            AggregatesRequest {
+                from_week: "2024-48".into(),
+                ..Default::default()
+            },
+            &min,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("from_week"), "{}", e.message());
+    // A specialist gets no national tables.
+    let ana_tables = c
+        .aggregates(bearer(week, &ana))
+        .await
+        .unwrap()
+        .into_inner()
+        .tables;
+    assert!(ana_tables.is_empty());
     let north = c
         .aggregates(bearer(AggregatesRequest::default(), &ana))
         .await
@@ -177,6 +234,15 @@ async fn aggregates_and_sync_status_are_scoped_and_every_call_is_audited() {
         .unwrap()
         .into_inner();
     assert_eq!(status.devices.len(), 2);
+    for d in &status.devices {
+        // Each device's last contact and queue report, as its upload carried it.
+        assert!(d.last_seen_ms > 0, "{d:?}");
+        assert_eq!(
+            (d.queue_pending, d.oldest_pending_ms, d.queue_reported_ms),
+            (d.results, 1_000, 2_000),
+            "{d:?}"
+        );
+    }
     for t in [&min, &ana] {
         let e = c
             .sync_status(bearer(SyncStatusRequest {}, t))

@@ -2,6 +2,7 @@
 //! analysis says, how a result is identified, pseudonymised and carried.
 
 pub mod analysis;
+pub mod demographics;
 pub mod exam;
 pub mod fsutil;
 pub mod holdings;
@@ -20,6 +21,7 @@ pub use analysis::{
     ClassProbs, Findings, FlagReason, LungClass, PatientSummary, ScanAnalysis, Severity,
     SeverityError,
 };
+pub use demographics::{AgeBand, Demographics, Sex};
 pub use exam::ExamId;
 pub use ids::{validate_name, IdError, ResultId};
 pub use pleura_proto::{v1 as wire, SCHEMA_VERSION};

@@ -38,6 +38,7 @@ fn signed(
         results: results.iter().map(ScanRecord::to_wire).collect(),
         retractions,
         holdings: holdings.map(Holdings::to_wire),
+        queue: None,
     }
     .encode_to_vec();
     let signature = BatchSigner::from_pem_file(&bundle.join("device.key"))

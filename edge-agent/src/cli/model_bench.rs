@@ -344,6 +344,7 @@ fn shadow(args: &BenchArgs) -> Result<ShadowResult> {
         device: "bench".into(),
         key: Arc::new(pleura_shared::PseudonymKey::new(vec![7; 32])?),
         folder_patient: None,
+        demographics: Default::default(),
         zone: None,
         modified: SystemTime::now(),
     };

@@ -1,14 +1,14 @@
 //! Who and what a scan is: its result id (content, clinic, device, patient, zone),
-//! the facts known of it before it is read (folder pseudonym, zone), and the keyed
-//! digest that names its inbox entry in logs. The record itself is built by the pool
-//! job (`job`).
+//! the facts known of it before it is read (folder pseudonym, zone, the coarse
+//! demographics of the folder's `vitals.json`), and the keyed digest that names its
+//! inbox entry in logs. The record itself is built by the pool job (`job`).
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
 use pleura_shared::record::is_zone;
-use pleura_shared::{PseudonymKey, ResultId};
+use pleura_shared::{Demographics, PseudonymKey, ResultId};
 use sha2::{Digest, Sha256};
 
 use super::job::ScanFacts;
@@ -69,30 +69,65 @@ pub fn entry_ref(key: &PseudonymKey, inbox: &Path, path: &Path) -> String {
 
 impl Intake {
     /// What is known of the scan at `path` (its place in the inbox) before it is read.
+    /// Blocking: reads the patient folder's vitals file (`demographics`).
     pub(super) fn facts(&self, path: &Path, modified: SystemTime) -> ScanFacts {
         ScanFacts {
             clinic: self.cfg.clinic.clone(),
             device: self.cfg.device.clone(),
             key: self.key.clone(),
             folder_patient: self.folder_patient(path),
+            demographics: self.demographics(path),
             zone: zone_from_name(path),
             modified,
         }
     }
 
-    /// The pseudonym of the patient folder the scan was exported into
-    /// (`inbox/<patient>/<file>`); a DICOM header's patient comes first (`job`).
-    fn folder_patient(&self, path: &Path) -> Option<[u8; 16]> {
+    /// The age band and sex the clinic recorded in the vitals file of the patient folder
+    /// the scan was exported into (`vitals::coarse`). None for a scan directly in the
+    /// inbox or a patient without the file; a bad file is logged (by the scan's keyed
+    /// digest: the folder's name identifies the patient) and never costs the scan.
+    /// Blocking.
+    fn demographics(&self, path: &Path) -> Demographics {
+        let Some(folder) = self.patient_folder(path) else {
+            return Demographics::default();
+        };
+        // A folder name that is not UTF-8 cannot be named to `read_vitals`: no vitals.
+        let Some(folder) = folder.to_str() else {
+            return Demographics::default();
+        };
+        match crate::vitals::read_vitals(&self.cfg.inbox, folder) {
+            Ok(Some(v)) => crate::vitals::coarse(&v),
+            Ok(None) => Demographics::default(),
+            Err(e) => {
+                tracing::warn!(
+                    scan = %entry_ref(&self.key, &self.cfg.inbox, path),
+                    error = %e,
+                    "the patient's vitals file is unreadable or invalid and was ignored; \
+                     the result carries no age band or sex"
+                );
+                Demographics::default()
+            }
+        }
+    }
+
+    /// The name of the patient folder the scan was exported into, if it was
+    /// (`inbox/<patient>/<file>`).
+    fn patient_folder<'a>(&self, path: &'a Path) -> Option<&'a std::ffi::OsStr> {
         path.parent()
             .filter(|p| *p != self.cfg.inbox)
             .and_then(|p| p.file_name())
-            .map(|n| match n.to_str() {
-                Some(name) => self.key.pseudonym(name),
-                // Not UTF-8 (e.g. Latin-1 from the device): the raw bytes, so two
-                // such folders never share a pseudonym (no lossy U+FFFD merge).
-                None => self
-                    .key
-                    .pseudonym(&format!("\u{1}{}", hex::encode(n.as_encoded_bytes()))),
-            })
+    }
+
+    /// The pseudonym of the patient folder the scan was exported into
+    /// (`inbox/<patient>/<file>`); a DICOM header's patient comes first (`job`).
+    fn folder_patient(&self, path: &Path) -> Option<[u8; 16]> {
+        self.patient_folder(path).map(|n| match n.to_str() {
+            Some(name) => self.key.pseudonym(name),
+            // Not UTF-8 (e.g. Latin-1 from the device): the raw bytes, so two
+            // such folders never share a pseudonym (no lossy U+FFFD merge).
+            None => self
+                .key
+                .pseudonym(&format!("\u{1}{}", hex::encode(n.as_encoded_bytes()))),
+        })
     }
 }

@@ -22,6 +22,8 @@ pub struct ScanFacts {
     /// The pseudonym of the patient folder it was exported into, if any (a DICOM
     /// header's PatientID comes first).
     pub folder_patient: Option<[u8; 16]>,
+    /// The coarse age band and sex the clinic recorded for the patient (vitals.json).
+    pub demographics: pleura_shared::Demographics,
     pub zone: Option<String>,
     /// Its modification time: the scan day when no DICOM header names one.
     pub modified: SystemTime,
@@ -110,6 +112,7 @@ pub fn scan_job(
         scan,
         release,
         shadow: None,
+        demographics: facts.demographics,
     };
     Ok(Analysed { record, again })
 }

@@ -165,7 +165,8 @@ impl Intake {
     }
 
     /// Opens and reads the file, after the checks that let it wait unread (every worker
-    /// held, the outbox at its quota) or set it aside (too many attempts). Blocking.
+    /// held, the outbox at its quota) or set it aside (too many attempts), and gathers
+    /// its facts (the patient's vitals file read among them). Blocking.
     fn prepare(
         &self,
         at: Place,

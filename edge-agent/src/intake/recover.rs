@@ -208,16 +208,20 @@ impl Intake {
 
     /// Analyses a scan in processed/ again (one pool job, as for a new scan) and
     /// queues its result under its own id.
-    async fn rebuild(&self, k: &Kept, id: ResultId) -> Result<(), Rebuild> {
+    async fn rebuild(self: &Arc<Self>, k: &Kept, id: ResultId) -> Result<(), Rebuild> {
         let inbox_path = processed::inbox_path(&self.cfg.processed_dir(), &self.cfg.inbox, &k.path)
             .ok_or("not a processed/ scan name")?;
-        let path = k.path.clone();
+        let (me, path, modified) = (self.clone(), k.path.clone(), k.modified);
         let limit = self.cfg.intake.max_scan_bytes;
-        let bytes = tokio::task::spawn_blocking(move || read_limited(&path, limit))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("reading it: {e}"))?;
-        let job = self.pool_job(bytes, self.facts(&inbox_path, k.modified), false);
+        // The facts read the patient's vitals: on the blocking thread too.
+        let (bytes, facts) = tokio::task::spawn_blocking(move || {
+            let bytes = read_limited(&path, limit);
+            (bytes, me.facts(&inbox_path, modified))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let bytes = bytes.map_err(|e| format!("reading it: {e}"))?;
+        let job = self.pool_job(bytes, facts, false);
         let max = Duration::from_secs(self.cfg.intake.max_analysis_s);
         let record = match wait_with_deadline(job, max, ANALYSIS_TICK, |_| {}).await {
             Waited::Done(r) => r.map_err(|e| e.to_string())?.record,

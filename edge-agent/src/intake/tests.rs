@@ -62,6 +62,20 @@ pub(super) fn place_of(i: &Intake, path: &Path) -> Place {
     }
 }
 
+/// Drops a copy of a PNG scan at `rel` below the inbox (its folder made) and takes it
+/// in as the intake would.
+pub(super) async fn take_in(i: &Arc<Intake>, rel: &str) -> Outcome {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scan = i.cfg.inbox.join(rel);
+    std::fs::create_dir_all(scan.parent().unwrap()).unwrap();
+    std::fs::copy(root.join("fixtures/scans/pocus_pneu_emdocs1.png"), &scan).unwrap();
+    let r = i.scan_ref(&scan);
+    let attempts = Attempts::load(i.cfg.attempts_file());
+    let at = place_of(i, &scan);
+    i.process(at, &scan, None, &r, SystemTime::now(), &attempts)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_never_uses_up_a_good_scans_attempts() {
     let dir = tempfile::tempdir().unwrap();

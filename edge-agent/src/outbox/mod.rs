@@ -65,6 +65,16 @@ pub struct OutboxStats {
     pub damage: Option<String>,
 }
 
+/// What waits for the hub, cheap enough to read for every batch (the hub's fleet view:
+/// each batch carries it as its `QueueReport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Results queued, not yet acknowledged (as `OutboxStats::pending`).
+    pub pending: u64,
+    /// `analysed_at_ms` of the oldest of them (None: nothing queued).
+    pub oldest_pending_ms: Option<u64>,
+}
+
 /// Whether a `put` stored something new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -100,6 +110,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// Moves a result the hub rejected to the parked set, with the reason.
     fn park(&self, id: &ResultId, reason: &str) -> Result<(), OutboxError>;
     fn stats(&self) -> Result<OutboxStats, OutboxError>;
+    /// How many results are queued and when the oldest was analysed, without reading
+    /// the whole queue (the sync worker asks before every batch). Agrees with `stats`.
+    fn queue_depth(&self) -> Result<QueueDepth, OutboxError>;
     /// Whether a result could be stored now without passing the quota (so a scan is not
     /// analysed only to be refused).
     fn has_room(&self) -> bool;

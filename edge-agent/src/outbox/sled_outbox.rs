@@ -1,5 +1,7 @@
 //! sled backend. `queue` is keyed by (255 - priority, analysed-at, id) so that a plain
 //! scan yields the most urgent, then oldest, result first; `index` maps id → queue key.
+//! The oldest queued result is the oldest of each priority's first key (a few seeks),
+//! and the queued count is kept beside the byte count (sled's `len` reads the tree).
 //! Acknowledged results stay in `acked` (day ‖ id → record; `acked_ix` id → day) for
 //! anti-entropy until pruned. Every change is also written to the ledger (journal),
 //! which is compared with the store at open: see `ledger`.
@@ -14,7 +16,7 @@ use pleura_shared::record::MAX_RECORD_BYTES;
 use pleura_shared::{ResultId, ScanRecord};
 
 use super::ledger::{Ledger, Line, State};
-use super::{Held, Outbox, OutboxError, OutboxStats, Put};
+use super::{Held, Outbox, OutboxError, OutboxStats, Put, QueueDepth};
 
 pub struct SledOutbox {
     db: sled::Db,
@@ -27,6 +29,8 @@ pub struct SledOutbox {
     retract: sled::Tree,
     quota_bytes: u64,
     pending_bytes: AtomicU64,
+    /// Entries in `queue`, kept with `pending_bytes` (counted at open).
+    pending_count: AtomicU64,
     /// Serialises writers; holds the journal.
     ledger: Mutex<Ledger>,
     damage: Option<String>,
@@ -132,6 +136,7 @@ impl SledOutbox {
             retract: trees.retract,
             quota_bytes,
             pending_bytes: AtomicU64::new(trees.pending_bytes),
+            pending_count: AtomicU64::new(trees.pending_count),
             ledger: Mutex::new(ledger),
             damage,
         })
@@ -150,21 +155,73 @@ impl SledOutbox {
     fn quarantine(&self, key: &[u8], value: &[u8], why: &str) -> Result<(), OutboxError> {
         tracing::error!(key = %hex::encode(key), reason = why, "corrupt outbox record set aside");
         self.corrupt.insert(key, value).map_err(sled_err)?;
-        self.queue.remove(key).map_err(sled_err)?;
+        // Counted out once, even if an ack took it out meanwhile.
+        if self.queue.remove(key).map_err(sled_err)?.is_some() {
+            self.unqueued(value.len());
+        }
         if let Some(id) = key.get(9..).and_then(|b| ResultId::from_slice(b).ok()) {
             self.index.remove(id.as_bytes()).map_err(sled_err)?;
             self.ledger()?.record(&[Line::Lost(id)]).map_err(io_err)?;
         }
-        self.sub_bytes(value.len());
         Ok(())
     }
 
-    fn sub_bytes(&self, n: usize) {
+    /// One entry of `n` bytes left the queue.
+    fn unqueued(&self, n: usize) {
+        let sub = |by: u64| move |b: u64| Some(b.saturating_sub(by));
+        let _ =
+            self.pending_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub(n as u64));
         let _ = self
-            .pending_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(n as u64))
-            });
+            .pending_count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub(1));
+    }
+
+    /// Counts the queue again (after damage: an entry that was never counted must not
+    /// leave the counts short). Under the writers' lock, so no write is half counted.
+    fn recount(&self) -> Result<(), OutboxError> {
+        let _writers = self.ledger()?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for kv in self.queue.iter() {
+            let (_, v) = kv.map_err(sled_err)?;
+            count += 1;
+            bytes += v.len() as u64;
+        }
+        self.pending_count.store(count, Ordering::Relaxed);
+        self.pending_bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `count` entries of `bytes` in all joined the queue.
+    fn queued(&self, count: usize, bytes: u64) {
+        self.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.pending_count
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// `analysed_at_ms` of the oldest queued result: the queue is ordered by priority,
+    /// then time, so it is the oldest of each priority's first entry, found by one seek
+    /// per priority present (at most 256, in practice 8) rather than a scan.
+    fn oldest_queued(&self) -> Result<Option<u64>, OutboxError> {
+        let mut oldest: Option<u64> = None;
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(kv) = self.queue.range(from.as_slice()..).next() {
+            let (k, _) = kv.map_err(sled_err)?;
+            if k.len() == 25 {
+                let t = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                // The rest of this priority is younger: on to the next one.
+                match k[0].checked_add(1) {
+                    Some(next) => from = vec![next],
+                    None => break,
+                }
+            } else {
+                // A malformed key (the next batch sets it aside): the key after it.
+                from = k.to_vec();
+                from.push(0);
+            }
+        }
+        Ok(oldest)
     }
 
     /// Queues `record` in the trees and flushes; on any failure takes it out again, so
@@ -214,8 +271,7 @@ impl Outbox for SledOutbox {
             let _ = self.db.flush();
             return Err(io_err(e));
         }
-        self.pending_bytes
-            .fetch_add(value.len() as u64, Ordering::Relaxed);
+        self.queued(1, value.len() as u64);
         Ok(Put::Stored)
     }
 
@@ -250,6 +306,7 @@ impl Outbox for SledOutbox {
                 self.quarantine(k, v, why)?;
             }
             self.flush()?;
+            self.recount()?;
         }
         Ok(out)
     }
@@ -262,7 +319,7 @@ impl Outbox for SledOutbox {
                 continue;
             };
             if let Some(v) = self.queue.remove(&key).map_err(sled_err)? {
-                self.sub_bytes(v.len());
+                self.unqueued(v.len());
                 let day = ScanRecord::decode(&v)
                     .map(|r| day_of_ms(r.analysed_at_ms))
                     .unwrap_or_else(|_| day_of_ms(pleura_shared::now_ms()));
@@ -285,7 +342,7 @@ impl Outbox for SledOutbox {
         let mut ledger = self.ledger()?;
         if let Some(key) = self.index.remove(id.as_bytes()).map_err(sled_err)? {
             if let Some(v) = self.queue.remove(&key).map_err(sled_err)? {
-                self.sub_bytes(v.len());
+                self.unqueued(v.len());
                 let mut entry = reason.as_bytes().to_vec();
                 entry.push(0);
                 entry.extend_from_slice(&v);
@@ -298,26 +355,26 @@ impl Outbox for SledOutbox {
     }
 
     fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let mut oldest: Option<u64> = None;
-        for kv in self.queue.iter() {
-            let (k, _) = kv.map_err(sled_err)?;
-            if k.len() == 25 {
-                let t = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
-                oldest = Some(oldest.map_or(t, |o| o.min(t)));
-            }
-        }
+        let q = self.queue_depth()?;
         let lost_pending = self.ledger()?.lost_count() as u64;
         Ok(OutboxStats {
-            pending: self.queue.len() as u64,
+            pending: q.pending,
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
             quota_bytes: self.quota_bytes,
-            oldest_pending_ms: oldest,
+            oldest_pending_ms: q.oldest_pending_ms,
             parked: self.parked.len() as u64,
             corrupt: self.corrupt.len() as u64,
             acked: self.acked_ix.len() as u64,
             retractions_pending: self.retract.len() as u64,
             lost_pending,
             damage: self.damage.clone(),
+        })
+    }
+
+    fn queue_depth(&self) -> Result<QueueDepth, OutboxError> {
+        Ok(QueueDepth {
+            pending: self.pending_count.load(Ordering::Relaxed),
+            oldest_pending_ms: self.oldest_queued()?,
         })
     }
 
@@ -381,9 +438,10 @@ impl Outbox for SledOutbox {
             }
         }
         if !lines.is_empty() {
+            // Counted before the flush: the tree holds them whether or not it succeeds.
+            self.queued(lines.len(), added);
             self.flush()?;
             ledger.record(&lines).map_err(io_err)?;
-            self.pending_bytes.fetch_add(added, Ordering::Relaxed);
         }
         Ok(lines.len())
     }

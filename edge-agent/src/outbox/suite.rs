@@ -3,10 +3,25 @@
 use pleura_shared::record::sample_record;
 use pleura_shared::ResultId;
 
-use super::{Outbox, OutboxError, Put};
+use super::{Outbox, OutboxError, Put, QueueDepth};
+
+/// `queue_depth`, checked against `stats` (which must agree with it).
+fn depth<O: Outbox>(ob: &O) -> (u64, Option<u64>) {
+    let QueueDepth {
+        pending,
+        oldest_pending_ms,
+    } = ob.queue_depth().unwrap();
+    let s = ob.stats().unwrap();
+    assert_eq!(
+        (s.pending, s.oldest_pending_ms),
+        (pending, oldest_pending_ms)
+    );
+    (pending, oldest_pending_ms)
+}
 
 pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
     let ob = open(10_000);
+    assert_eq!(depth(&ob), (0, None), "an empty queue");
     let mut old_mild = sample_record("c", "d", 1, false);
     old_mild.analysed_at_ms = 1_000;
     let mut new_mild = sample_record("c", "d", 1, false);
@@ -41,6 +56,8 @@ pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
     let s = ob.stats().unwrap();
     assert_eq!(s.pending, 4);
     assert_eq!(s.oldest_pending_ms, Some(500));
+    // The oldest is the least urgent, last in the queue's order.
+    assert_eq!(depth(&ob), (4, Some(500)));
 
     assert_eq!(ob.remove(&[severe.id, ResultId::random()]).unwrap(), 1);
     assert_eq!(
@@ -51,12 +68,18 @@ pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
     ob.park(&normal.id, "severity out of range").unwrap();
     let s = ob.stats().unwrap();
     assert_eq!((s.pending, s.parked), (2, 1));
+    assert_eq!(
+        depth(&ob),
+        (2, Some(1_000)),
+        "acked and parked are not queued"
+    );
 
     // Survives a reopen, byte accounting included.
     let before = ob.stats().unwrap();
     drop(ob);
     let ob = open(10_000);
     assert_eq!(ob.stats().unwrap(), before);
+    assert_eq!(depth(&ob), (2, Some(1_000)), "counted again at open");
     assert_eq!(
         ids(ob.next_batch(10, &|_| false).unwrap()),
         vec![old_mild.id, new_mild.id]
@@ -73,6 +96,7 @@ pub fn run<O: Outbox>(open: impl Fn(u64) -> O) {
     assert_eq!(ob.stats().unwrap().pending, 2);
     ob.remove(&[old_mild.id]).unwrap();
     assert_eq!(ob.put(&extra).unwrap(), Put::Stored);
+    assert_eq!(depth(&ob), (2, Some(2_000)));
     acknowledged_results_stay_for_anti_entropy(&ob, &severe, &old_mild);
     drop(ob);
     retractions_wait_for_the_hub(&open);
@@ -101,8 +125,15 @@ fn acknowledged_results_stay_for_anti_entropy<O: Outbox>(
         "both acked results of day 0"
     );
     assert_eq!(ob.held(&old_mild.id).unwrap(), Some(Held::Queued));
+    let (pending, oldest) = depth(ob);
+    assert_eq!(
+        (pending, oldest),
+        (4, Some(1_000)),
+        "requeued results count"
+    );
     assert_eq!(ob.requeue_days(&[day]).unwrap(), 0, "already queued");
     assert_eq!(ob.remove(&[old_mild.id, severe.id]).unwrap(), 2);
+    assert_eq!(depth(ob), (2, Some(2_000)));
     assert_eq!(ob.holdings().unwrap(), h, "re-acked, not counted twice");
     assert_eq!(ob.prune_acked(day + 1).unwrap(), 2);
     assert_eq!(ob.held(&old_mild.id).unwrap(), None);

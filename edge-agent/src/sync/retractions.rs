@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pleura_shared::record::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+use pleura_shared::record::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_QUEUE_REPORT_BYTES};
 use pleura_shared::wire::Retraction;
 use pleura_shared::ResultId;
 use prost::Message;
@@ -66,12 +66,13 @@ impl Pending {
 }
 
 /// How many of `items`, in order, fit in one signed batch from `clinic`/`device`
-/// within the hub's limits (bytes and count), with no results and no holdings. At
-/// least one whenever `items` is not empty (a reason is at most 200 characters).
+/// within the hub's limits (bytes and count), with no results and no holdings (and the
+/// queue report every batch carries). At least one whenever `items` is not empty (a
+/// reason is at most 200 characters).
 pub fn fit(items: &[(ResultId, String)], clinic: &str, device: &str) -> usize {
     use prost::encoding::encoded_len_varint as varint;
     let field = |len: usize| 1 + varint(len as u64) + len;
-    let mut batch_len = 6 + field(clinic.len()) + field(device.len());
+    let mut batch_len = 6 + field(clinic.len()) + field(device.len()) + MAX_QUEUE_REPORT_BYTES;
     let envelope = 6 + field(64);
     let mut n = 0;
     for (id, reason) in items.iter().take(MAX_BATCH_RECORDS) {
@@ -135,6 +136,11 @@ mod tests {
                     reason: r.clone(),
                 })
                 .collect(),
+            queue: Some(pleura_shared::wire::QueueReport {
+                pending: u64::MAX,
+                oldest_pending_ms: u64::MAX,
+                reported_at_ms: u64::MAX,
+            }),
             ..Default::default()
         };
         let signed = SignedBatch {

@@ -76,7 +76,7 @@ impl SyncWorker {
             if batch.is_empty() {
                 break;
             }
-            let msg = self.results_message(&batch);
+            let msg = self.results_message(&batch).await;
             let bytes = match t.send(msg).await {
                 Ok(s) => s.bytes,
                 Err(e) => {
@@ -174,7 +174,7 @@ impl SyncWorker {
             return Ok((None, Carried::Results(0)));
         }
         Ok((
-            Some(self.results_message(&batch)),
+            Some(self.results_message(&batch).await),
             Carried::Results(batch.len()),
         ))
     }

@@ -6,6 +6,7 @@
 
 mod access;
 pub mod delivery;
+pub mod ministry;
 mod models;
 pub mod policy;
 pub mod review;
@@ -98,6 +99,7 @@ pub struct CaseService {
     /// Media and the downlink, for the review loop (examinations work without them;
     /// media, verdicts and clip requests need them).
     review: Option<ReviewParts>,
+    ministry: ministry::MinistrySettings,
 }
 
 /// Runs store (and directory) work off the async workers.
@@ -155,6 +157,7 @@ impl CaseService {
             metrics,
             limiter: LoginLimiter::default(),
             review: None,
+            ministry: ministry::MinistrySettings::default(),
         }
     }
 
@@ -226,7 +229,19 @@ impl CaseService {
     }
 
     /// Counts per region and day of the unretracted scans `who` may count.
+    /// A ministry viewer gets none: small counts reach them only suppressed
+    /// (`ministry_report`).
     pub async fn aggregates(&self, who: &Who, days: DayRange) -> Result<Vec<RegionDay>, HubError> {
+        if !policy::exact_counts(&who.caller) {
+            self.record(
+                who,
+                Action::Aggregates,
+                "0 rows (suppressed report only)",
+                "allowed",
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
         let reach = policy::aggregate_reach(&who.caller);
         let (store, directory) = (self.store.clone(), self.directory.clone());
         let rows = blocking(move || {

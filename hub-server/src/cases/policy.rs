@@ -27,6 +27,7 @@ pub enum Action {
     GetMedia,
     Turnaround,
     ModelComparison,
+    MinistryReport,
 }
 
 impl Action {
@@ -46,6 +47,7 @@ impl Action {
             Action::GetMedia => "get_media",
             Action::Turnaround => "turnaround",
             Action::ModelComparison => "model_comparison",
+            Action::MinistryReport => "ministry_report",
         }
     }
 }
@@ -126,6 +128,13 @@ pub fn aggregate_reach(caller: &Caller) -> Reach {
     }
 }
 
+/// Whether `caller` may see exact per-day counts (small ones included): specialists (of
+/// their region, whose cases they read anyway) and operators. A ministry viewer sees
+/// only the suppressed report.
+pub fn exact_counts(caller: &Caller) -> bool {
+    matches!(caller.role, Role::Specialist | Role::Operator)
+}
+
 pub const READERS_ONLY: &str = "the model comparison is for specialists and operators";
 
 /// The shadow comparison of candidate models (counts only, every clinic): for the people
@@ -134,6 +143,18 @@ pub fn model_comparison(caller: &Caller) -> Result<(), &'static str> {
     match caller.role {
         Role::Operator | Role::Specialist => Ok(()),
         Role::Ministry => Err(READERS_ONLY),
+    }
+}
+
+pub const MINISTRY_ONLY: &str = "the ministry dashboard is for ministry viewers and operators";
+
+/// The ministry's report (dashboard, exports, the suppressed tables of `Aggregates`):
+/// national counts with small cells suppressed, for the ministry and the hub's operators.
+/// A specialist works cases, not national statistics.
+pub fn ministry_report(caller: &Caller) -> Result<(), &'static str> {
+    match caller.role {
+        Role::Ministry | Role::Operator => Ok(()),
+        Role::Specialist => Err(MINISTRY_ONLY),
     }
 }
 

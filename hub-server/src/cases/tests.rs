@@ -188,8 +188,17 @@ async fn a_ministry_viewer_reads_no_case_and_the_refusal_is_audited() {
 #[tokio::test]
 async fn aggregates_are_scoped_by_region_and_always_audited() {
     let h = hub();
+    // Exact rows: operators (every region) and specialists (their own); a ministry
+    // viewer gets none (only the suppressed report).
     let min = h.who("min").await;
-    let rows = h.svc.aggregates(&min, DayRange::default()).await.unwrap();
+    assert!(h
+        .svc
+        .aggregates(&min, DayRange::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let op = h.who("op").await;
+    let rows = h.svc.aggregates(&op, DayRange::default()).await.unwrap();
     let regions: Vec<_> = rows
         .iter()
         .map(|r| (r.region.as_str(), r.counts.scans))
@@ -209,16 +218,17 @@ async fn aggregates_are_scoped_by_region_and_always_audited() {
         from_day: Some(h.north_flagged.scan_day + 1),
         to_day: None,
     };
-    assert!(h.svc.aggregates(&min, later).await.unwrap().is_empty());
+    assert!(h.svc.aggregates(&op, later).await.unwrap().is_empty());
 
     assert!(h.logged("min", "aggregates", "allowed"));
+    assert!(h.logged("op", "aggregates", "allowed"));
     assert!(h.logged("ana", "aggregates", "allowed"));
     let n = h
         .audit()
         .iter()
         .filter(|e| e.action == "aggregates")
         .count();
-    assert_eq!(n, 3, "one line per call");
+    assert_eq!(n, 4, "one line per call");
 
     // Refused for its token: audited too (first from a source at once, then folded).
     let e = h

@@ -451,4 +451,5 @@ fn only_the_sending_device_retracts_and_each_retraction_is_audited_once() {
     );
 }
 
+mod fleet;
 mod repair;

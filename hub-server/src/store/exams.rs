@@ -3,7 +3,7 @@
 //! same transaction), the specialists' claims and their verdicts, and answers the
 //! worklist in clinical priority order from an ordered index rather than a scan.
 
-use pleura_shared::{ExamId, FlagReason, ResultId, ScanRecord};
+use pleura_shared::{Demographics, ExamId, FlagReason, LungClass, ResultId, ScanRecord};
 use serde::{Deserialize, Serialize};
 
 use super::ClinicScope;
@@ -65,6 +65,20 @@ pub struct ExamResult {
     /// Another (later) analysis of the same scan is the current reading.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub superseded: bool,
+    /// Flagged as COVID-19 suspected (the ministry's roll-ups count these).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub covid: bool,
+    /// The most likely class, as its index in `LungClass::ALL` (None in examinations
+    /// indexed before it was kept: counted as unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<u8>,
+    /// The coarse age band and sex the clinic recorded, if any.
+    #[serde(default, skip_serializing_if = "is_unknown")]
+    pub demographics: Demographics,
+}
+
+fn is_unknown(d: &Demographics) -> bool {
+    *d == Demographics::default()
 }
 
 impl ExamResult {
@@ -103,6 +117,10 @@ pub struct Exam {
     pub read_at_ms: Option<u64>,
     /// Verdicts given: 0, 1 (first read) or 2 (second read).
     pub reads: u8,
+    /// The latest verdict's impression (None before one, and in examinations read
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Impression>,
 }
 
 mod exam_hex {
@@ -169,6 +187,7 @@ impl Exam {
             claimed_at_ms: None,
             read_at_ms: None,
             reads: 0,
+            verdict: None,
         }
     }
 
@@ -204,6 +223,15 @@ impl Exam {
             shadow: r.is_shadow(),
             would_flag: r.shadow.as_ref().is_some_and(|f| !f.is_empty()),
             superseded: false,
+            covid: r
+                .analysis
+                .flag_reasons
+                .contains(&FlagReason::CovidSuspected),
+            class: LungClass::ALL
+                .iter()
+                .position(|c| *c == r.analysis.class_probs.most_likely())
+                .map(|i| i as u8),
+            demographics: r.demographics,
         };
         let mut superseded = Vec::new();
         if !new.shadow {
@@ -521,75 +549,4 @@ pub struct Turnaround {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uncertainty_is_the_models_own_flag_with_the_old_cut_for_old_records() {
-        let r = |uncertainty, uncertain| ExamResult {
-            id: ResultId::from_slice(&[1; 16]).unwrap(),
-            device: "d".into(),
-            zone: None,
-            severity: 1,
-            flagged: true,
-            uncertainty,
-            uncertain,
-            received_at_ms: 0,
-            retracted: false,
-            after_read: false,
-            scan: None,
-            release: 0,
-            model_version: String::new(),
-            analysed_at_ms: 0,
-            shadow: false,
-            would_flag: false,
-            superseded: false,
-        };
-        // a v2 model spreads its probabilities: 0.95 entropy is ordinary for it
-        assert!(!r(0.95, Some(false)).is_uncertain());
-        assert!(r(0.2, Some(true)).is_uncertain());
-        // indexed before the flag was kept
-        assert!(r(0.6, None).is_uncertain());
-        assert!(!r(0.4, None).is_uncertain());
-        let old: ExamResult = serde_json::from_value(serde_json::json!({
-            "id": ResultId::from_slice(&[2; 16]).unwrap(), "device": "d", "zone": null,
-            "severity": 0, "flagged": false, "uncertainty": 0.7, "received_at_ms": 5
-        }))
-        .unwrap();
-        assert_eq!(old.uncertain, None);
-        assert!(old.is_uncertain());
-    }
-
-    #[test]
-    fn tiers_follow_severity_flags_and_uncertainty() {
-        let t = |s, f, u: f32| Priority::of(s, f, u >= HIGH_UNCERTAINTY, 1000);
-        assert_eq!(
-            t(3, true, 0.1),
-            Priority {
-                tier: 0,
-                deadline_ms: 1000 + HOUR_MS
-            }
-        );
-        assert_eq!(t(2, false, 0.1).tier, 1);
-        assert_eq!(t(1, true, 0.1).tier, 2);
-        assert_eq!(t(0, false, 0.1).tier, 3);
-        assert_eq!(t(1, true, 0.9).tier, 1, "uncertain: one tier up");
-        assert_eq!(t(3, true, 0.9).tier, 0);
-        assert_eq!(t(0, false, 0.9).deadline_ms, 1000 + 12 * HOUR_MS);
-        assert_eq!(
-            t(3, true, 0.1).time_left_ms(1000 + 2 * HOUR_MS),
-            -(HOUR_MS as i64)
-        );
-    }
-
-    #[test]
-    fn an_exam_whose_results_all_arrived_withdrawn_has_no_overflowing_priority() {
-        let r = pleura_shared::record::sample_record("c1", "d1", 3, true);
-        let mut e = Exam::empty_for(&r);
-        e.add(&r, 10, true);
-        assert_eq!(e.first_received_ms, u64::MAX);
-        assert_eq!(e.priority().deadline_ms, u64::MAX, "saturates");
-        assert_eq!(Priority::of(3, true, false, u64::MAX).deadline_ms, u64::MAX);
-        assert_eq!(e.worklist_key(), None);
-    }
-}
+mod tests;

@@ -4,13 +4,18 @@
 //! caller's clinic scope, so a backend with indexes answers them without a full scan.
 
 pub mod exams;
+pub mod fleet;
 pub mod integrity;
+pub mod rollup;
 mod sled_store;
 #[cfg(test)]
 pub mod suite;
 #[cfg(test)]
 mod suite_exams;
+#[cfg(test)]
+pub mod suite_rollups;
 
+pub use fleet::{Contact, QueueState};
 pub use integrity::Integrity;
 pub use sled_store::{SledStore, STORE_DIR};
 
@@ -244,6 +249,19 @@ pub struct DeviceStats {
     #[serde(default)]
     pub conflicts: u64,
     pub last_received_ms: u64,
+    /// Fleet health (`fleet`, `HubStore::note_contact`): when the hub last received a
+    /// verified batch of any kind from the device (hub clock; 0: none recorded).
+    #[serde(default)]
+    pub last_seen_ms: u64,
+    /// Its last queue report: results waiting at the edge, not yet acknowledged...
+    #[serde(default)]
+    pub queue_pending: u64,
+    /// ...`analysed_at_ms` of the oldest of them (0: none)...
+    #[serde(default)]
+    pub oldest_pending_ms: u64,
+    /// ...and when the device took that report (its clock; 0: never reported).
+    #[serde(default)]
+    pub queue_reported_ms: u64,
 }
 
 /// What a commit did with one record.
@@ -290,7 +308,18 @@ pub trait HubStore: Send + Sync + 'static {
     /// Counts per clinic and scan day of the unretracted cases `query` matches; no
     /// clinic outside its scope appears.
     fn aggregates(&self, query: &AggregateQuery) -> Result<Aggregates, StoreError>;
+    /// The ministry's roll-ups (`rollup`) of the clinics in `query`'s scope and day
+    /// range, by clinic then day: maintained on every write, never a scan of the cases.
+    fn rollups(&self, _query: &AggregateQuery) -> Result<Vec<rollup::RollupRow>, StoreError> {
+        Err(StoreError::Backend("this store keeps no roll-ups".into()))
+    }
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError>;
+    /// Records a verified batch from `clinic`/`device` in its `DeviceStats`
+    /// (`DeviceStats::note`) without losing a concurrent commit's counters. Advisory:
+    /// need not be on disk when this returns. The default records nothing.
+    fn note_contact(&self, _clinic: &str, _device: &str, _c: &Contact) -> Result<(), StoreError> {
+        Ok(())
+    }
     fn count(&self) -> Result<u64, StoreError>;
     /// Records retractions durably (on disk when this returns). Recording one again
     /// keeps the first, unless the stored one no longer decodes.

@@ -7,9 +7,11 @@
 
 mod current;
 mod exams;
+mod fleet;
 mod outbox;
+mod rollups;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use pleura_shared::{ResultId, ScanRecord};
@@ -21,8 +23,9 @@ use super::exams::{
     Claim, ClaimOutcome, Exam, Read, ReadOutcome, Reads, Turnaround, Undelivered, Worklist,
     WorklistQuery,
 };
+use super::rollup::RollupRow;
 use super::{
-    AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, ClinicScope, Commit, Counts,
+    AggregateQuery, Aggregates, CaseFilter, CaseSummary, ClinicDay, ClinicScope, Commit,
     DeviceStats, HubStore, Listing, Retraction, Scan, StoreError, StoredCase,
 };
 use pleura_shared::ExamId;
@@ -47,6 +50,8 @@ pub struct SledStore {
     /// Results another analysis of their scan superseded: result id → empty. Written
     /// in the commit that supersedes them, so listings skip them without the exams.
     superseded: sled::Tree,
+    /// The ministry's roll-ups: `rollup::key(clinic, day)` → JSON `Rollup`.
+    rollups: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -84,13 +89,16 @@ fn open_error(e: sled::Error) -> StoreError {
 
 /// Whether `new` is `held` rebuilt by its device (re-analysed from the same scan after
 /// the edge's store was damaged): byte-identical to the stored record once its
-/// `analysed_at_ms` is set back, which also means the same clinic and device.
+/// `analysed_at_ms` and demographics are set back, which also means the same clinic and
+/// device.
 fn rebuilt(held: &ScanRecord, new: &ScanRecord) -> bool {
     if held.clinic != new.clinic || held.device != new.device {
         return false;
     }
     let mut again = new.clone();
     again.analysed_at_ms = held.analysed_at_ms;
+    // The clinic may record the patient's age or sex after the first analysis.
+    again.demographics = held.demographics;
     again.encode() == held.encode()
 }
 
@@ -131,9 +139,11 @@ impl SledStore {
             reviewed: tree("reviewed")?,
             outbox: tree("outbox")?,
             superseded: tree("superseded")?,
+            rollups: tree("rollups")?,
             db,
         };
         store.index_exams_if_missing()?;
+        store.rollups_if_missing()?;
         Ok(store)
     }
 
@@ -223,15 +233,27 @@ impl HubStore for SledStore {
             &self.patients,
             &self.exam_clinics,
             &self.superseded,
+            &self.rollups,
         );
         let result = trees.transaction(|t| {
-            let (cases, devices, retractions, exams, worklist, patients, clinics, superseded) = t;
+            let (
+                cases,
+                devices,
+                retractions,
+                exams,
+                worklist,
+                patients,
+                clinics,
+                superseded,
+                rollups,
+            ) = t;
             let exam_tx = ExamTx {
                 exams,
                 worklist,
                 patients,
                 clinics,
                 superseded: Some(superseded),
+                rollups,
             };
             let mut outcome = Vec::with_capacity(records.len());
             let mut stats: HashMap<String, DeviceStats> = HashMap::new();
@@ -330,31 +352,21 @@ impl HubStore for SledStore {
     }
 
     fn aggregates(&self, query: &AggregateQuery) -> Result<Aggregates, StoreError> {
-        let (retracted, corrupt) = self.retractions_by_key()?;
-        let superseded = self.superseded_ids()?;
-        let mut acc: BTreeMap<(String, u32), Counts> = BTreeMap::new();
-        let corrupt = corrupt
-            + self.each_case(|case| {
-                let r = &case.record;
-                if query.matches(r, superseded.contains(&r.id))
-                    && !retracted.contains_key(&retraction_key(&r.id, &r.clinic, &r.device))
-                {
-                    acc.entry((r.clinic.clone(), r.scan_day))
-                        .or_default()
-                        .add(r);
-                }
-            });
-        Ok(Aggregates {
-            rows: acc
-                .into_iter()
-                .map(|((clinic, day), counts)| ClinicDay {
-                    clinic,
-                    day,
-                    counts,
-                })
-                .collect(),
-            corrupt,
-        })
+        let rows = self
+            .rollup_rows(query)?
+            .into_iter()
+            .map(|r| ClinicDay {
+                clinic: r.clinic,
+                day: r.day,
+                counts: r.rollup.counts(),
+            })
+            .filter(|r| r.counts.scans > 0)
+            .collect();
+        Ok(Aggregates { rows, corrupt: 0 })
+    }
+
+    fn rollups(&self, query: &AggregateQuery) -> Result<Vec<RollupRow>, StoreError> {
+        self.rollup_rows(query)
     }
 
     fn devices(&self) -> Result<Vec<DeviceStats>, StoreError> {
@@ -368,6 +380,15 @@ impl HubStore for SledStore {
                 })
             })
             .collect()
+    }
+
+    fn note_contact(
+        &self,
+        clinic: &str,
+        device: &str,
+        c: &super::Contact,
+    ) -> Result<(), StoreError> {
+        self.fleet_note_contact(clinic, device, c)
     }
 
     fn count(&self) -> Result<u64, StoreError> {

@@ -1,6 +1,7 @@
 //! The test suite every `HubStore` backend must pass: `run` (commits, retractions,
 //! reopening; `open` reopens the same store) and `queries` (filters, clinic scope,
-//! paging and aggregates, on an empty store) and `exams` (examinations, claims, reads).
+//! paging and aggregates, on an empty store) and `exams` (examinations, claims, reads),
+//! and `fleet` (each device's last contact and queue report).
 
 use std::collections::BTreeSet;
 
@@ -9,7 +10,8 @@ use pleura_shared::ScanRecord;
 
 pub use super::suite_exams::{current_readings, exams};
 use super::{
-    AggregateQuery, CaseFilter, ClinicDay, ClinicScope, Commit, Counts, HubStore, Retraction,
+    AggregateQuery, CaseFilter, ClinicDay, ClinicScope, Commit, Contact, Counts, DeviceStats,
+    HubStore, QueueState, Retraction,
 };
 
 pub fn run<S: HubStore>(open: impl Fn() -> S) {
@@ -217,6 +219,106 @@ pub fn run<S: HubStore>(open: impl Fn() -> S) {
     assert_eq!(kept.record, a);
     assert_eq!(kept.received_at_ms, 10);
     assert_eq!(store.count().unwrap(), 5);
+}
+
+/// Fleet health: `note_contact` stores a device's last contact and queue report, a
+/// device that has sent no result yet included; it and `commit` never lose each other's
+/// update of the same device, one after the other or at the same time; both survive a
+/// reopen.
+pub fn fleet<S: HubStore>(open: impl Fn() -> S) {
+    let store = open();
+    let dev = |s: &S| -> DeviceStats {
+        s.devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| (d.clinic.as_str(), d.device.as_str()) == ("c1", "d1"))
+            .expect("the device is listed")
+    };
+    let contact = |at_ms: u64, pending: u64, oldest: u64| Contact {
+        at_ms,
+        queue: Some(QueueState {
+            pending,
+            oldest_pending_ms: oldest,
+            reported_at_ms: at_ms - 10,
+        }),
+    };
+    let fleet = |d: &DeviceStats| {
+        (
+            d.last_seen_ms,
+            d.queue_pending,
+            d.oldest_pending_ms,
+            d.queue_reported_ms,
+        )
+    };
+
+    // A holdings-only check from a device the store has no result of.
+    store
+        .note_contact("c1", "d1", &contact(1_000, 3, 500))
+        .unwrap();
+    let d = dev(&store);
+    assert_eq!(fleet(&d), (1_000, 3, 500, 990));
+    assert_eq!((d.results, d.last_received_ms), (0, 0));
+
+    // Interleaved with commits: each keeps the other's fields.
+    let a = sample_record("c1", "d1", 3, true);
+    store.commit(std::slice::from_ref(&a), 2_000).unwrap();
+    let d = dev(&store);
+    assert_eq!((d.results, d.last_received_ms), (1, 2_000));
+    assert_eq!(
+        fleet(&d),
+        (1_000, 3, 500, 990),
+        "a commit keeps the contact"
+    );
+    store
+        .note_contact("c1", "d1", &contact(3_000, 2, 600))
+        .unwrap();
+    store.commit(std::slice::from_ref(&a), 3_500).unwrap();
+    let d = dev(&store);
+    assert_eq!(
+        (d.results, d.duplicates),
+        (1, 1),
+        "a contact keeps the counters"
+    );
+    assert_eq!(fleet(&d), (3_000, 2, 600, 2_990));
+    // Without a report (an agent before it): seen, the last report kept.
+    store
+        .note_contact(
+            "c1",
+            "d1",
+            &Contact {
+                at_ms: 4_000,
+                queue: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(fleet(&dev(&store)), (4_000, 2, 600, 2_990));
+
+    // At the same time: no update of either is lost.
+    let n = 40u64;
+    let records: Vec<ScanRecord> = (0..n)
+        .map(|_| sample_record("c1", "d1", 1, false))
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for r in &records {
+                store.commit(std::slice::from_ref(r), 5_000).unwrap();
+            }
+        });
+        s.spawn(|| {
+            for i in 0..n {
+                store
+                    .note_contact("c1", "d1", &contact(5_000 + i, n - i, 700 + i))
+                    .unwrap();
+            }
+        });
+    });
+    let d = dev(&store);
+    assert_eq!((d.results, d.duplicates), (1 + n, 1));
+    assert_eq!(fleet(&d), (5_000 + n - 1, 1, 700 + n - 1, 5_000 + n - 11));
+
+    drop(store);
+    let store = open();
+    assert_eq!(dev(&store), d, "kept across a reopen");
 }
 
 pub(super) fn only(clinics: &[&str]) -> ClinicScope {

@@ -16,6 +16,9 @@
 //!   POST /claim/<exam hex>, POST /release/<exam hex>  (csrf)
 //!   GET  /case/<exam hex>                             examination
 //!   GET  /models                                      candidate models vs the active one
+//!   GET  /ministry?from=&to=&region=                  ministry dashboard (ministry, operators)
+//!   GET  /ministry/export.csv|alerts.csv|fhir.json|dhis2.json   the same report, exported
+//!   POST /ministry/dhis2/push                         (csrf) send to the configured DHIS2
 //!   POST /case/<exam hex>/verdict                     (csrf, zone-<ZONE>, impression,
 //!        recommendation, rescan_reason, comment, second_read)
 //!   POST /case/<exam hex>/clip                        (csrf, result = result id hex)
@@ -26,6 +29,13 @@
 //! Stable element ids and classes for browser tests:
 //!   login: #login-form, input[name=username], input[name=password], #login-submit, #login-error
 //!   every page: #user, #logout
+//!   ministry: #suppression-note, #period-form, #exports (#export-csv, #export-fhir,
+//!     #export-dhis2, #dhis2-push), svg#epicurve (g.series[data-series], circle.point,
+//!     text.suppressed-point), table.counts#curve-<measure>-regions (tr[data-row],
+//!     td.suppressed), #review-share, #severity-regions, #lung_score-regions, #completeness
+//!     (tr.clinic-row[data-clinic], .missing, td.reported), #devices (tr.device-row,
+//!     .silent, td.queue), #alerts (tr.alert[data-region][data-day]) or #no-alerts;
+//!     push result: #dhis2-summary, #dhis2-status, #dhis2-conflicts li.conflict, #dhis2-error
 //!   models: #shadow-comparison (table) with tr.candidate[data-release=<N>] (td.sensitivity,
 //!     td.specificity, td.kappa, td.agreement), #no-candidates, #generated
 //!   worklist: #worklist (table), tr.case-row[data-exam=<hex>] (priority order) with
@@ -50,6 +60,7 @@
 mod case;
 pub mod html;
 mod media;
+mod ministry;
 mod models;
 mod session;
 mod worklist;
@@ -78,6 +89,8 @@ pub struct WebState {
     pub secure: bool,
     /// `<data_dir>/models/shadow.json`, the comparison `/models` shows (None: not served).
     pub shadow_report: Option<PathBuf>,
+    /// `[ministry]`: the FHIR base and the DHIS2 mapping the exports use.
+    pub ministry: Arc<crate::config::MinistryConfig>,
 }
 
 pub fn router(state: WebState) -> Router {
@@ -89,6 +102,12 @@ pub fn router(state: WebState) -> Router {
         .route("/release/{exam}", post(worklist::release))
         .route("/case/{exam}", get(case::page))
         .route("/models", get(models::page))
+        .route("/ministry", get(ministry::page))
+        .route("/ministry/export.csv", get(ministry::tables_csv))
+        .route("/ministry/alerts.csv", get(ministry::alerts_csv))
+        .route("/ministry/fhir.json", get(ministry::fhir_json))
+        .route("/ministry/dhis2.json", get(ministry::dhis2_json))
+        .route("/ministry/dhis2/push", post(ministry::dhis2_push))
         .route("/case/{exam}/verdict", post(case::verdict))
         .route("/case/{exam}/clip", post(case::request_clip))
         .route("/media/{exam}/{sha}", get(media::item))

@@ -58,8 +58,12 @@ pub async fn page_handler(s: &WebState, ctx: &Ctx, p: Params) -> Result<Response
     ))
 }
 
-/// A role with no worklist (ministry) gets a page saying so, with no case data.
+/// A role with no worklist: the ministry goes to its dashboard; others get a page
+/// saying so, with no case data.
 fn denied_page(e: crate::error::HubError, session: &Session) -> Response {
+    if session.who.caller.role == crate::auth::Role::Ministry {
+        return axum::response::Redirect::to("/ministry").into_response();
+    }
     match e {
         crate::error::HubError::Denied(why) => html(
             StatusCode::FORBIDDEN,

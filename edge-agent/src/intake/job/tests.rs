@@ -3,9 +3,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pleura_inference::decode::dicom::parses_on_this_thread;
+use pleura_shared::{AgeBand, Demographics, Sex};
 
 use super::super::attempts::Attempts;
-use super::super::tests::{intake, place_of};
+use super::super::tests::{intake, place_of, take_in};
 use super::super::Outcome;
 use super::*;
 use crate::deid::dicom_identity;
@@ -185,4 +186,80 @@ async fn a_shadow_reading_is_its_own_result_and_never_flags() {
         readings[0], readings[1],
         "frames kept or decoded again: one reading"
     );
+}
+
+/// A result carries the age band and sex of its patient folder's `vitals.json`, and
+/// nothing finer; a scan directly in the inbox, or of a patient without the file, carries
+/// neither (issue #16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_carries_only_the_coarse_demographics_of_its_patients_vitals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
+    let vitals = i.cfg.inbox.join("p1/vitals.json");
+    std::fs::create_dir_all(i.cfg.inbox.join("p1")).unwrap();
+    std::fs::write(&vitals, br#"{"age_years": 57, "sex": "f", "spo2": 93}"#).unwrap();
+    let female_50_64 = Demographics {
+        age_band: Some(AgeBand::From50To64),
+        sex: Some(Sex::Female),
+    };
+    for (rel, patient, want) in [
+        ("p1/scan_R1.png", Some(i.key.pseudonym("p1")), female_50_64),
+        (
+            "p2/scan_R1.png",
+            Some(i.key.pseudonym("p2")),
+            Demographics::default(),
+        ),
+        ("scan_R2.png", None, Demographics::default()),
+    ] {
+        assert!(matches!(take_in(&i, rel).await, Outcome::Done), "{rel}");
+        let batch = outbox.next_batch(10, &|_| false).unwrap();
+        let record = batch
+            .iter()
+            .find(|r| r.patient_key == patient)
+            .expect("queued");
+        assert_eq!(record.demographics, want, "{rel}");
+        // As the hub receives it.
+        let sent = ScanRecord::decode(&record.encode()).unwrap();
+        assert_eq!(sent.demographics, want, "{rel}");
+    }
+    // The vitals stay where the clinic wrote them.
+    assert!(vitals.exists());
+}
+
+/// A vitals file that is invalid (a value out of range, not JSON) or not a file (a link,
+/// never followed) costs neither the scan nor its result: analysed, queued and moved
+/// like any other, without an age band or sex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_vitals_file_never_costs_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, outbox) = intake(dir.path(), 1 << 20);
+    let i = Arc::new(i);
+    let elsewhere = dir.path().join("elsewhere.json");
+    std::fs::write(&elsewhere, br#"{"age_years": 70, "sex": "m"}"#).unwrap();
+    for p in ["p1", "p2", "p3"] {
+        std::fs::create_dir_all(i.cfg.inbox.join(p)).unwrap();
+    }
+    std::fs::write(
+        i.cfg.inbox.join("p1/vitals.json"),
+        br#"{"age_years": 57, "sex": "f", "spo2": 130}"#,
+    )
+    .unwrap();
+    std::fs::write(i.cfg.inbox.join("p2/vitals.json"), b"age 57, female").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, i.cfg.inbox.join("p3/vitals.json")).unwrap();
+    for p in ["p1", "p2", "p3"] {
+        let rel = format!("{p}/scan_R1.png");
+        assert!(matches!(take_in(&i, &rel).await, Outcome::Done), "{rel}");
+        assert!(
+            !i.cfg.inbox.join(&rel).exists(),
+            "{rel} moved to processed/"
+        );
+    }
+    let batch = outbox.next_batch(10, &|_| false).unwrap();
+    assert_eq!(batch.len(), 3);
+    for r in &batch {
+        assert_eq!(r.demographics, Demographics::default());
+    }
+    let s = i.status.snapshot().intake;
+    assert_eq!((s.analysed, s.rejected), (3, 0));
 }

@@ -1,17 +1,12 @@
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use pleura_shared::PseudonymKey;
 
 use super::super::attempts::Attempts;
-use super::super::tests::{intake, place_of};
+use super::super::tests::{intake, place_of, take_in};
 use super::super::{Intake, Outcome};
 use super::*;
 use crate::outbox::{Outbox, SledOutbox};
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scans/pocus_pneu_emdocs1.png")
-}
 
 /// The same intake after its outbox store was lost whole (its folder gone; the journal
 /// beside it kept): the outbox opened afresh on the same folders, with the same key.
@@ -34,17 +29,6 @@ fn with_store_lost(i: Arc<Intake>, outbox: Arc<SledOutbox>) -> (Arc<Intake>, Arc
         media: None,
     };
     (Arc::new(i), outbox)
-}
-
-async fn take_in(i: &Arc<Intake>, rel: &str) -> Outcome {
-    let scan = i.cfg.inbox.join(rel);
-    std::fs::create_dir_all(scan.parent().unwrap()).unwrap();
-    std::fs::copy(fixture(), &scan).unwrap();
-    let r = i.scan_ref(&scan);
-    let attempts = Attempts::load(i.cfg.attempts_file());
-    let at = place_of(i, &scan);
-    i.process(at, &scan, None, &r, SystemTime::now(), &attempts)
-        .await
 }
 
 /// The outside chaos test's finding: 45 byte-identical scans under 5 patient folders
@@ -76,6 +60,15 @@ async fn results_lost_by_the_store_are_rebuilt_from_processed() {
     let dir = tempfile::tempdir().unwrap();
     let (i, outbox) = intake(dir.path(), 1 << 20);
     let i = Arc::new(i);
+    // Each patient's vitals: the rebuilt results carry the same age band and sex.
+    for (p, vitals) in [
+        ("p1", r#"{"age_years": 3, "sex": "m"}"#),
+        ("p2", r#"{"age_years": 57, "sex": "f"}"#),
+        ("p3", r#"{"age_years": 70}"#),
+    ] {
+        std::fs::create_dir_all(i.cfg.inbox.join(p)).unwrap();
+        std::fs::write(i.cfg.inbox.join(p).join("vitals.json"), vitals).unwrap();
+    }
     for rel in ["p1/scan_R1.png", "p2/scan_L3.png", "p3/clip.png"] {
         assert!(matches!(take_in(&i, rel).await, Outcome::Done));
     }
@@ -116,9 +109,10 @@ async fn results_lost_by_the_store_are_rebuilt_from_processed() {
     for r in &before[1..] {
         let a = after.iter().find(|a| a.id == r.id).expect("same id");
         assert_eq!(
-            (a.patient_key, &a.zone, &a.analysis),
-            (r.patient_key, &r.zone, &r.analysis)
+            (a.patient_key, &a.zone, &a.analysis, a.demographics),
+            (r.patient_key, &r.zone, &r.analysis, r.demographics)
         );
+        assert!(r.demographics.age_band.is_some());
     }
 }
 

@@ -18,6 +18,7 @@ pub(super) struct Trees {
     pub retract: sled::Tree,
     pub held: Holding,
     pub pending_bytes: u64,
+    pub pending_count: u64,
 }
 
 /// Opens the store and reads all of it: any corruption sled reports (or panics on)
@@ -28,10 +29,11 @@ fn open_trees(path: &Path) -> Result<Trees, sled::Error> {
     let (queue, index, parked, corrupt) = (t("queue")?, t("index")?, t("parked")?, t("corrupt")?);
     let (acked, acked_ix, retract) = (t("acked")?, t("acked_ix")?, t("retract")?);
     let mut held = Holding::default();
-    let mut pending_bytes = 0;
+    let (mut pending_bytes, mut pending_count) = (0, 0);
     for kv in queue.iter() {
         let (k, v) = kv?;
         pending_bytes += v.len() as u64;
+        pending_count += 1;
         if let Some(id) = k.get(9..).and_then(|b| ResultId::from_slice(b).ok()) {
             held.queued.insert(id);
         }
@@ -84,6 +86,7 @@ fn open_trees(path: &Path) -> Result<Trees, sled::Error> {
         retract,
         held,
         pending_bytes,
+        pending_count,
     })
 }
 

@@ -25,7 +25,7 @@ fn abort(e: impl std::fmt::Display) -> Cte<String> {
     Cte::Abort(e.to_string())
 }
 
-fn decode_exam(key: &[u8], v: &[u8]) -> Option<Exam> {
+pub(super) fn decode_exam(key: &[u8], v: &[u8]) -> Option<Exam> {
     match serde_json::from_slice::<Exam>(v) {
         Ok(e) if e.id.as_bytes() == key => Some(e),
         Ok(_) => None,
@@ -45,6 +45,8 @@ pub(super) struct ExamTx<'a> {
     /// Where a commit marks the results it supersedes (None: a retraction, which
     /// supersedes nothing).
     pub superseded: Option<&'a TransactionalTree>,
+    /// The ministry's roll-ups, moved with every examination written.
+    pub rollups: &'a TransactionalTree,
 }
 
 impl ExamTx<'_> {
@@ -67,6 +69,7 @@ impl ExamTx<'_> {
                 self.worklist.insert(k.as_slice(), &[][..])?;
             }
         }
+        super::rollups::apply(self.rollups, before, e)?;
         self.exams
             .insert(e.id.as_bytes(), serde_json::to_vec(e).map_err(abort)?)?;
         Ok(())
@@ -185,14 +188,16 @@ impl SledStore {
                 &self.worklist,
                 &self.patients,
                 &self.exam_clinics,
+                &self.rollups,
             )
-                .transaction(|(exams, worklist, patients, clinics)| {
+                .transaction(|(exams, worklist, patients, clinics, rollups)| {
                     ExamTx {
                         exams,
                         worklist,
                         patients,
                         clinics,
                         superseded: None,
+                        rollups,
                     }
                     .retract(&case)
                 })
@@ -209,7 +214,7 @@ impl SledStore {
             .and_then(|v| decode_exam(id.as_bytes(), &v)))
     }
 
-    fn clinics_in(&self, scope: &ClinicScope) -> Result<Vec<String>, StoreError> {
+    pub(super) fn clinics_in(&self, scope: &ClinicScope) -> Result<Vec<String>, StoreError> {
         match scope {
             ClinicScope::Only(s) => Ok(s.iter().cloned().collect()),
             ClinicScope::All => self
@@ -396,71 +401,76 @@ impl SledStore {
             &self.claims,
             &self.reviewed,
             &self.outbox,
+            &self.rollups,
         );
-        let res = trees.transaction(|(reads, exams, worklist, claims, reviewed, outbox)| {
-            let Some(before) = exams
-                .get(id.as_bytes())?
-                .and_then(|v| decode_exam(id.as_bytes(), &v))
-            else {
-                return Ok(ReadOutcome::NoSuchExam);
-            };
-            let held: Option<Reads> = reads
-                .get(id.as_bytes())?
-                .and_then(|v| serde_json::from_slice(&v).ok());
-            // Results that arrived after the latest verdict take a new (not a second) one.
-            let fresh = before.reads > 0 && before.new_since_read().next().is_some();
-            let next = match (held, read.second_read) {
-                (None, false) => Reads {
-                    first: read.clone(),
-                    second: None,
-                    later: Vec::new(),
-                },
-                (None, true) => return Ok(ReadOutcome::NoFirstRead),
-                (Some(mut r), false) if fresh => {
-                    r.later.push(read.clone());
-                    r
-                }
-                (Some(r), true) if r.first.reviewer == read.reviewer => {
-                    return Ok(ReadOutcome::OwnRead)
-                }
-                (Some(r), true) if r.second.is_none() => Reads {
-                    second: Some(read.clone()),
-                    ..r
-                },
-                (Some(_), _) => return Ok(ReadOutcome::AlreadyRead),
-            };
-            reads.insert(id.as_bytes(), serde_json::to_vec(&next).map_err(abort)?)?;
-            outbox.insert(Undelivered::of(id, &read).key(), &[][..])?;
-            let mut e = before.clone();
-            e.reads = if next.second.is_some() { 2 } else { 1 };
-            if !read.second_read {
-                e.mark_read();
-            }
-            if e.read_at_ms.is_none() {
-                e.read_at_ms = Some(read.at_ms);
-                let t = Turnaround {
-                    clinic: e.clinic.clone(),
-                    arrived_ms: e.first_received_ms,
-                    claimed_ms: e.claimed_at_ms,
-                    read_ms: read.at_ms,
+        let res = trees.transaction(
+            |(reads, exams, worklist, claims, reviewed, outbox, rollups)| {
+                let Some(before) = exams
+                    .get(id.as_bytes())?
+                    .and_then(|v| decode_exam(id.as_bytes(), &v))
+                else {
+                    return Ok(ReadOutcome::NoSuchExam);
                 };
-                let mut k = read.at_ms.to_be_bytes().to_vec();
-                k.extend_from_slice(id.as_bytes());
-                reviewed.insert(k, serde_json::to_vec(&t).map_err(abort)?)?;
-            }
-            let (old, new) = (before.worklist_key(), e.worklist_key());
-            if old != new {
-                if let Some(k) = old {
-                    worklist.remove(k)?;
+                let held: Option<Reads> = reads
+                    .get(id.as_bytes())?
+                    .and_then(|v| serde_json::from_slice(&v).ok());
+                // Results that arrived after the latest verdict take a new (not a second) one.
+                let fresh = before.reads > 0 && before.new_since_read().next().is_some();
+                let next = match (held, read.second_read) {
+                    (None, false) => Reads {
+                        first: read.clone(),
+                        second: None,
+                        later: Vec::new(),
+                    },
+                    (None, true) => return Ok(ReadOutcome::NoFirstRead),
+                    (Some(mut r), false) if fresh => {
+                        r.later.push(read.clone());
+                        r
+                    }
+                    (Some(r), true) if r.first.reviewer == read.reviewer => {
+                        return Ok(ReadOutcome::OwnRead)
+                    }
+                    (Some(r), true) if r.second.is_none() => Reads {
+                        second: Some(read.clone()),
+                        ..r
+                    },
+                    (Some(_), _) => return Ok(ReadOutcome::AlreadyRead),
+                };
+                reads.insert(id.as_bytes(), serde_json::to_vec(&next).map_err(abort)?)?;
+                outbox.insert(Undelivered::of(id, &read).key(), &[][..])?;
+                let mut e = before.clone();
+                e.reads = if next.second.is_some() { 2 } else { 1 };
+                e.verdict = Some(next.latest().impression);
+                if !read.second_read {
+                    e.mark_read();
                 }
-                if let Some(k) = new {
-                    worklist.insert(k, &[][..])?;
+                if e.read_at_ms.is_none() {
+                    e.read_at_ms = Some(read.at_ms);
+                    let t = Turnaround {
+                        clinic: e.clinic.clone(),
+                        arrived_ms: e.first_received_ms,
+                        claimed_ms: e.claimed_at_ms,
+                        read_ms: read.at_ms,
+                    };
+                    let mut k = read.at_ms.to_be_bytes().to_vec();
+                    k.extend_from_slice(id.as_bytes());
+                    reviewed.insert(k, serde_json::to_vec(&t).map_err(abort)?)?;
                 }
-            }
-            exams.insert(id.as_bytes(), serde_json::to_vec(&e).map_err(abort)?)?;
-            claims.remove(id.as_bytes())?;
-            Ok(ReadOutcome::Recorded)
-        });
+                let (old, new) = (before.worklist_key(), e.worklist_key());
+                if old != new {
+                    if let Some(k) = old {
+                        worklist.remove(k)?;
+                    }
+                    if let Some(k) = new {
+                        worklist.insert(k, &[][..])?;
+                    }
+                }
+                super::rollups::apply(rollups, Some(&before), &e)?;
+                exams.insert(id.as_bytes(), serde_json::to_vec(&e).map_err(abort)?)?;
+                claims.remove(id.as_bytes())?;
+                Ok(ReadOutcome::Recorded)
+            },
+        );
         let out = res.map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(out)
