@@ -176,12 +176,16 @@ pub async fn visit(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> R
     let page = ok(web.get("/ministry").await?, "the dashboard")?.text();
     let scans = between(&page, "id=\"curve-scans-regions\"", "</table>").context("scans table")?;
     let total = between(scans, "<tr class=\"total\"><th>Total</th>", "</tr>").unwrap_or_default();
-    let suppressed = scans.matches("suppressed").count();
+    let grand = total
+        .rsplit("<td class=\"n")
+        .next()
+        .and_then(|c| between(c, ">", "</td>"))
+        .unwrap_or("?");
+    let suppressed = scans.matches("n suppressed").count();
     println!(
         "   the dashboard (https://{addr}/ministry): epidemic curve, review shares, severity,\n   \
-         completeness and alerts; the scans table's national row reads {}, and {suppressed}\n   \
-         region cell(s) are suppressed (counts under 5 never reach a ministry).",
-        total.replace("<td class=\"n\">", " ").replace("</td>", "").replace("<td class=\"n suppressed\" title=\"suppressed: small count, or the complement that protects one\">s", " s")
+         completeness and alerts. Scans in 12 weeks, all regions: {grand}; {suppressed} entries of\n   \
+         the scans-by-region table are suppressed (counts under 5 never reach a ministry)."
     );
     let out = output_dir();
     std::fs::create_dir_all(&out)?;
@@ -210,16 +214,18 @@ pub async fn visit(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> R
         let a = web.post("/ministry/dhis2/push", &[("csrf", &csrf)]).await?;
         let text = a.text();
         let status = between(&text, "id=\"dhis2-status\">", "</dd>").unwrap_or("?");
-        let counts: Vec<&str> = text
-            .match_indices("<dt>")
-            .filter_map(|(i, _)| between(&text[i..], "<dt>", "</dd>"))
-            .collect();
+        let count = |name: &str| {
+            between(&text, &format!("<dt>{name}</dt>"), "</dd>")
+                .and_then(|d| d.rsplit('>').next())
+                .unwrap_or("?")
+                .to_string()
+        };
         println!(
-            "   DHIS2 push {round}: {status}; {}",
-            counts
-                .join(", ")
-                .replace("</dt><dd>", " ")
-                .replace("</dt><dd id=\"dhis2-ignored\">", " ")
+            "   DHIS2 push {round}: {status}; imported {}, updated {}, ignored {}, deleted {}",
+            count("Imported"),
+            count("Updated"),
+            count("Ignored"),
+            count("Deleted")
         );
         if a.status != 200 {
             bail!(

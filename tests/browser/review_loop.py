@@ -221,6 +221,71 @@ def nobody_else_sees(s, case_url, media, log):
             d.quit()
 
 
+def ministry_dashboard(s, log):
+    """The ministry account lands on its dashboard: the curve, the completeness table with
+    the test's clinic, small counts shown as suppressed (the scenario has three scans:
+    every count is small) and no small number anywhere, on the page or in the CSV. A
+    specialist and a logged-out browser do not get the dashboard."""
+    d = browser(s)
+    try:
+        login_hub(d, s, s["ministry"])
+        wait_for("the ministry dashboard after login", 20, lambda: d.find_elements(By.ID, "epicurve"))
+        if "/ministry" not in d.current_url:
+            raise Failed(f"the ministry landed on {d.current_url}")
+        for sel in ["#curve-scans-regions", "#curve-flagged-regions", "#review-share",
+                    "#severity-regions", "#completeness", "#devices", "#suppression-note"]:
+            if not d.find_elements(By.CSS_SELECTOR, sel):
+                raise Failed(f"the dashboard lacks {sel}")
+        clinic = d.find_elements(By.CSS_SELECTOR, f"#completeness tr.clinic-row[data-clinic='{s['clinic_id']}']")
+        if not clinic:
+            raise Failed(f"the completeness table does not list {s['clinic_id']}")
+        reported = clinic[0].find_element(By.CSS_SELECTOR, "td.reported").text
+        if reported != "yes":
+            raise Failed(f"{s['clinic_id']} reported this week: {reported!r}")
+        if not d.find_elements(By.CSS_SELECTOR, "#curve-scans-regions td.suppressed"):
+            raise Failed("three scans are not shown as suppressed")
+        if not d.find_elements(By.CSS_SELECTOR, "#epicurve .suppressed-point"):
+            raise Failed("the curve does not mark its suppressed weeks")
+        for td in d.find_elements(By.CSS_SELECTOR, "table td.n"):
+            t = td.text.strip()
+            if t.isdigit() and 0 < int(t) < 5:
+                raise Failed(f"a small count {t} is shown in {td.find_element(By.XPATH, './ancestor::table').get_attribute('id')}")
+        csv = d.execute_async_script(
+            "const done = arguments[0];"
+            "fetch('/ministry/export.csv').then(r => r.text()).then(done, e => done('ERR ' + e));")
+        if not csv.startswith("table,row,column,value"):
+            raise Failed(f"the CSV export: {csv[:200]!r}")
+        for line in csv.splitlines()[1:]:
+            v = line.rsplit(",", 1)[-1]
+            if v.isdigit() and 0 < int(v) < 5:
+                raise Failed(f"the CSV shows a small count: {line!r}")
+        if ",suppressed" not in csv:
+            raise Failed("the CSV marks nothing suppressed")
+        log("ministry: dashboard with curve, completeness, suppressed cells; CSV suppressed too")
+    except Exception:
+        shoot(d, s, "ministry")
+        raise
+    finally:
+        d.quit()
+    for who in [s["specialist"], None]:
+        d = browser(s)
+        try:
+            if who:
+                login_hub(d, s, who)
+                wait_for("the worklist", 20, lambda: d.find_elements(By.ID, "worklist"))
+            d.get(s["hub_url"] + "/ministry")
+            if d.find_elements(By.ID, "epicurve") or "curve-scans-regions" in d.page_source:
+                raise Failed(f"{who['username'] if who else 'a logged-out browser'} sees the dashboard")
+            if who is None and "/login" not in d.current_url:
+                raise Failed(f"a logged-out browser is at {d.current_url}, not the login page")
+            log(f"{who['username'] if who else 'a logged-out browser'}: no dashboard")
+        except Exception:
+            shoot(d, s, "not-ministry")
+            raise
+        finally:
+            d.quit()
+
+
 def shoot(d, s, name):
     try:
         d.save_screenshot(f"{s['artifacts']}/{name}.png")
@@ -246,6 +311,8 @@ def main():
         clinic_records_vitals(d, s, log)
         step = "outsiders"
         nobody_else_sees(s, case_url, media, log)
+        step = "ministry"
+        ministry_dashboard(s, log)
     except Exception as e:
         shoot(d, s, step)
         print(f"[browser] FAILED at {step}: {e}", file=sys.stderr, flush=True)

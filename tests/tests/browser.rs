@@ -5,7 +5,9 @@
 //! agent then shows that verdict, and clinic staff record a patient's vitals with the
 //! page's form (SpO₂ 88), which that patient's summary then weighs. Another region's
 //! specialist, a ministry account and a logged-out browser get nothing, even with the
-//! exact case and media URLs.
+//! exact case and media URLs. The ministry account lands on its dashboard (curve,
+//! completeness, every small count suppressed, on the page and in the CSV export); the
+//! specialist and a logged-out browser get no dashboard.
 //!
 //! Real hub and agent processes over mTLS; the browser is driven over WebDriver by
 //! tests/browser/review_loop.py (selenium, installed into .venv-test by scripts/test.sh).
@@ -130,6 +132,7 @@ fn specialist_reviews_in_a_browser_and_the_clinic_sees_the_verdict() {
         "other_specialist": {"username": "dr-south", "password": "south-pass-1"},
         "ministry": {"username": "ministry", "password": "ministry-pass-1"},
         "clinic_pin": PIN,
+        "clinic_id": clinic,
         "vitals_spo2": 88,
         "expected_exams": expected,
         "expected_first_exam": expected[0],

@@ -94,6 +94,40 @@ impl SledStore {
         Ok(built.len())
     }
 
+    /// Adds `rows` to the stored roll-ups (merged with what each clinic-day holds, via
+    /// `Rollup::add`), lists their clinics and marks the roll-ups built; one batch per
+    /// tree, then a flush. For benchmarks that need a year of a country's roll-ups
+    /// without committing its examinations (`ministry-bench`): rows loaded here have no
+    /// examinations behind them, so a `rebuild_rollups` drops them.
+    #[doc(hidden)]
+    pub fn load_rollups(&self, rows: &[RollupRow]) -> Result<(), StoreError> {
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Rollup> = Default::default();
+        let mut clinics = std::collections::BTreeSet::new();
+        for row in rows.iter().filter(|r| !r.rollup.is_empty()) {
+            let k = rollup::key(&row.clinic, row.day);
+            if !merged.contains_key(&k) {
+                let held = self.rollups.get(&k).map_err(backend)?;
+                let held = held.and_then(|v| decode(&k, &v)).unwrap_or_default();
+                merged.insert(k.clone(), held);
+            }
+            merged.entry(k).or_default().add(&row.rollup);
+            clinics.insert(row.clinic.as_str());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, r) in &merged {
+            batch.insert(k.as_slice(), serde_json::to_vec(r).map_err(backend)?);
+        }
+        self.rollups.apply_batch(batch).map_err(backend)?;
+        let mut listed = sled::Batch::default();
+        for c in clinics {
+            listed.insert(c.as_bytes(), &[][..]);
+        }
+        self.exam_clinics.apply_batch(listed).map_err(backend)?;
+        self.db.insert(BUILT, &[][..]).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
     /// The roll-ups of the clinics in scope within the day range, by clinic then day.
     /// Each clinic's days are one range read; nothing outside the scope is touched.
     pub(super) fn rollup_rows(&self, q: &AggregateQuery) -> Result<Vec<RollupRow>, StoreError> {

@@ -162,3 +162,61 @@ mod rollups {
         assert_eq!(rows.iter().map(|r| r.rollup.scans).sum::<u64>(), 24);
     }
 }
+
+#[test]
+fn loaded_rollups_equal_the_ones_committed_through_the_real_path() {
+    use super::super::exams::{Exam, Impression, Read, Recommendation};
+    use super::super::rollup::{Rollup, RollupRow};
+    use super::super::suite_rollups::pool;
+    let read = |impression| Read {
+        reviewer: "dr".into(),
+        at_ms: 9_000,
+        zones: Vec::new(),
+        impression,
+        recommendation: Recommendation::Refer,
+        rescan_reason: String::new(),
+        comment: String::new(),
+        second_read: false,
+    };
+    let pool = pool();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let committed = SledStore::open(a.path()).unwrap();
+    committed.commit(&pool, 1_000).unwrap();
+    let mut exams: std::collections::BTreeMap<_, Exam> = Default::default();
+    for r in &pool {
+        let e = exams
+            .entry(Exam::id_of(r))
+            .or_insert_with(|| Exam::empty_for(r));
+        e.add(r, 1_000, false);
+    }
+    for (i, e) in exams.values_mut().enumerate().filter(|(i, _)| i % 3 != 0) {
+        let v = [Impression::CovidCompatible, Impression::Normal][i % 2];
+        committed.record_read(&e.id, read(v)).unwrap();
+        (e.reads, e.verdict) = (1, Some(v));
+    }
+    // One row per examination, in two loads: rows of one clinic-day merge.
+    let rows: Vec<RollupRow> = exams
+        .values()
+        .map(|e| RollupRow {
+            clinic: e.clinic.clone(),
+            day: e.day,
+            rollup: Rollup::of_exam(e),
+        })
+        .collect();
+    let loaded = SledStore::open(b.path()).unwrap();
+    let (first, rest) = rows.split_at(rows.len() / 2);
+    loaded.load_rollups(first).unwrap();
+    loaded.load_rollups(rest).unwrap();
+    let all = AggregateQuery::everything();
+    let want = committed.rollups(&all).unwrap();
+    assert_eq!(want.len(), 4, "two clinics × two days");
+    assert!(want.iter().any(|r| r.rollup.reviewed > 0));
+    assert_eq!(loaded.rollups(&all).unwrap(), want);
+    drop(loaded);
+    let reopened = SledStore::open(b.path()).unwrap();
+    assert_eq!(
+        reopened.rollups(&all).unwrap(),
+        want,
+        "kept, and not rebuilt at open"
+    );
+}
