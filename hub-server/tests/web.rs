@@ -389,9 +389,20 @@ async fn specialists_review_examinations_in_the_browser() {
     let sam = login(&anon, "sam").await;
     assert_eq!(rows(&sam.get("/").await), vec![hexid(&w.south)]);
     let min = login(&anon, "min").await;
+    // The ministry's worklist page sends it to its dashboard, which has no case data.
     let ml = min.get("/").await;
-    assert_eq!(ml.status, 403);
-    no_case_data(&ml, &w);
+    assert_eq!(ml.status, 303);
+    assert_eq!(ml.header("location"), Some("/ministry"));
+    let dashboard = min.get("/ministry").await;
+    assert_eq!(dashboard.status, 200);
+    let t = dashboard.text();
+    assert!(t.contains("id=\"epicurve\""));
+    // Clinics are org units there (completeness), but no examination or result is.
+    for r in [&w.a_r1, &w.b, &w.south] {
+        assert!(!t.contains(&hexid(r)) && !t.contains(&r.id.to_string()));
+    }
+    assert!(!t.contains("data-exam") && !t.contains("/case/"));
+    assert_eq!(sam.get("/ministry").await.status, 404, "not for specialists");
     for who in [&sam, &min] {
         for path in [
             format!("/case/{a}"),
