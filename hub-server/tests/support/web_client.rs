@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 pub use pleura_runtime::web_client::Answer;
 
+/// A loopback address with a port free right now.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 #[derive(Clone)]
 pub struct Client(pleura_runtime::web_client::Client);
 
