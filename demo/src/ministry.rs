@@ -138,7 +138,7 @@ impl Dhis2Stand {
             "token_file": token,
             "org_units": {"clinic-north": "NrthClinic1", "clinic-south": "SthClinic01"},
             "data_elements": {
-                "scans": "LusScans001", "flagged": "LusFlagged1",
+                "examinations": "LusExams001", "flagged": "LusFlagged1",
                 "covid_suspected": "LusCovid001", "severity_2_plus": "LusSevere01"
             },
         }))?;
@@ -174,7 +174,8 @@ fn between<'a>(page: &'a str, start: &str, end: &str) -> Option<&'a str> {
 pub async fn visit(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> Result<()> {
     let web: Client = sign_in(addr, ca, user, password).await?;
     let page = ok(web.get("/ministry").await?, "the dashboard")?.text();
-    let scans = between(&page, "id=\"curve-scans-regions\"", "</table>").context("scans table")?;
+    let scans =
+        between(&page, "id=\"curve-examinations-regions\"", "</table>").context("scans table")?;
     let total = between(scans, "<tr class=\"total\"><th>Total</th>", "</tr>").unwrap_or_default();
     let grand = total
         .rsplit("<td class=\"n")
@@ -184,8 +185,8 @@ pub async fn visit(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> R
     let suppressed = scans.matches("n suppressed").count();
     println!(
         "   the dashboard (https://{addr}/ministry): epidemic curve, review shares, severity,\n   \
-         completeness and alerts. Scans in 12 weeks, all regions: {grand}; {suppressed} entries of\n   \
-         the scans-by-region table are suppressed (counts under 5 never reach a ministry)."
+         completeness and alerts. Patients examined in 12 weeks, all regions: {grand}; {suppressed}\n   \
+         entries of that table are suppressed (counts of people under 5 never reach a ministry)."
     );
     let out = output_dir();
     std::fs::create_dir_all(&out)?;

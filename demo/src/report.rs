@@ -110,7 +110,11 @@ pub async fn show(ca: &Path, grpc: u16, clinics: &[&EdgeConfig], root: &Path) ->
         agg.tables.len(),
         agg.suppression_threshold
     );
-    if let Some(t) = agg.tables.iter().find(|t| t.id == "curve.scans.regions") {
+    if let Some(t) = agg
+        .tables
+        .iter()
+        .find(|t| t.id == "curve.examinations.regions")
+    {
         let show = |c: &pleura_proto::v1::Count| {
             if c.suppressed {
                 "suppressed".to_string()
@@ -120,12 +124,12 @@ pub async fn show(ca: &Path, grpc: u16, clinics: &[&EdgeConfig], root: &Path) ->
         };
         for (i, region) in t.rows.iter().enumerate() {
             println!(
-                "  scans, region {region:<6} (last 12 weeks): {}",
+                "  patients examined, region {region:<6} (last 12 weeks): {}",
                 show(&t.row_totals[i])
             );
         }
         if let Some(g) = &t.grand_total {
-            println!("  scans, all regions: {}", show(g));
+            println!("  patients examined, all regions: {}", show(g));
         }
     }
     println!(

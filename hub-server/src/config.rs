@@ -325,7 +325,7 @@ impl HubConfig {
              # url = \"https://dhis2.example.org\"\n\
              # token_file = \"/etc/pleura/dhis2.token\"\n\
              # org_units = {{ \"clinic-a\" = \"DiszpKrYNg8\" }}\n\
-             # data_elements = {{ scans = \"FTRrcoaog83\", flagged = \"eY5ehpbEsB7\" }}\n",
+             # data_elements = {{ examinations = \"FTRrcoaog83\", flagged = \"eY5ehpbEsB7\" }}\n",
             default_grpc(),
             default_metrics(),
             default_mqtt_listen(),

@@ -245,6 +245,7 @@ impl Hub for HubService {
                 to: week("to_week", &r.to_week)?,
                 clinics_of: Some(ClinicDetail::All),
                 disaggregate: false,
+                purpose: "grpc",
             };
             let report = self.cases.ministry_report(&who, req).await?;
             reply.tables = crate::ministry::export::csv::tables(&report)

@@ -184,7 +184,7 @@ async fn aggregates_and_sync_status_are_scoped_and_every_call_is_audited() {
     let curve = ministry
         .tables
         .iter()
-        .find(|t| t.id == "curve.scans.regions")
+        .find(|t| t.id == "curve.examinations.regions")
         .expect("the scans curve");
     assert_eq!(curve.rows, ["north", "south"]);
     assert_eq!(curve.cols, ["2024-W40"]);

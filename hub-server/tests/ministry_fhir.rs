@@ -37,7 +37,7 @@ fn report() -> Report {
         weeks: weeks.iter().map(|w| IsoWeek::parse(w).unwrap()).collect(),
         regions: regions.iter().map(|s| s.to_string()).collect(),
         curves: vec![
-            curve(Measure::Scans, &[vec![40, 27], vec![3, 16]]),
+            curve(Measure::Examinations, &[vec![40, 27], vec![3, 16]]),
             curve(Measure::Flagged, &[vec![12, 0], vec![0, 6]]),
         ],
         clinics: Vec::<RegionClinics>::new(),

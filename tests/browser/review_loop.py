@@ -232,7 +232,7 @@ def ministry_dashboard(s, log):
         wait_for("the ministry dashboard after login", 20, lambda: d.find_elements(By.ID, "epicurve"))
         if "/ministry" not in d.current_url:
             raise Failed(f"the ministry landed on {d.current_url}")
-        for sel in ["#curve-scans-regions", "#curve-flagged-regions", "#review-share",
+        for sel in ["#curve-examinations-regions", "#curve-flagged-regions", "#review-share",
                     "#severity-regions", "#completeness", "#devices", "#suppression-note"]:
             if not d.find_elements(By.CSS_SELECTOR, sel):
                 raise Failed(f"the dashboard lacks {sel}")
@@ -242,7 +242,7 @@ def ministry_dashboard(s, log):
         reported = clinic[0].find_element(By.CSS_SELECTOR, "td.reported").text
         if reported != "yes":
             raise Failed(f"{s['clinic_id']} reported this week: {reported!r}")
-        if not d.find_elements(By.CSS_SELECTOR, "#curve-scans-regions td.suppressed"):
+        if not d.find_elements(By.CSS_SELECTOR, "#curve-examinations-regions td.suppressed"):
             raise Failed("three scans are not shown as suppressed")
         if not d.find_elements(By.CSS_SELECTOR, "#epicurve .suppressed-point"):
             raise Failed("the curve does not mark its suppressed weeks")
@@ -274,7 +274,7 @@ def ministry_dashboard(s, log):
                 login_hub(d, s, who)
                 wait_for("the worklist", 20, lambda: d.find_elements(By.ID, "worklist"))
             d.get(s["hub_url"] + "/ministry")
-            if d.find_elements(By.ID, "epicurve") or "curve-scans-regions" in d.page_source:
+            if d.find_elements(By.ID, "epicurve") or "curve-examinations-regions" in d.page_source:
                 raise Failed(f"{who['username'] if who else 'a logged-out browser'} sees the dashboard")
             if who is None and "/login" not in d.current_url:
                 raise Failed(f"a logged-out browser is at {d.current_url}, not the login page")

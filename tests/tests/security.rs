@@ -403,7 +403,7 @@ fn specialists_see_their_region_ministries_only_aggregates_and_every_access_is_a
         let scans = agg
             .tables
             .iter()
-            .find(|t| t.id == "curve.scans.regions")
+            .find(|t| t.id == "curve.examinations.regions")
             .expect("scans curve");
         assert!(scans.rows.iter().any(|r| r == "south"));
         assert!(scans.grand_total.as_ref().is_some_and(|g| g.suppressed));

@@ -41,6 +41,8 @@ pub struct ReportRequest {
     pub to: Option<IsoWeek>,
     pub clinics_of: Option<ClinicDetail>,
     pub disaggregate: bool,
+    /// What it is for, as the audit log says: "page", "csv", "fhir", "dhis2", "grpc"…
+    pub purpose: &'static str,
 }
 
 impl CaseService {
@@ -61,15 +63,30 @@ impl CaseService {
             .to
             .unwrap_or_else(|| IsoWeek::of_day((now_ms / 86_400_000) as u32));
         let from = req.from.unwrap_or_else(|| to.minus(DEFAULT_WEEKS - 1));
-        let target = format!("{}..{}", from.label(), to.label());
+        let detail = match &req.clinics_of {
+            Some(ClinicDetail::Region(r)) => format!(" clinics of {r}"),
+            Some(ClinicDetail::All) => " all clinics".into(),
+            Some(ClinicDetail::None) | None => String::new(),
+        };
+        let target = format!(
+            "{} {}..{}{detail}",
+            if req.purpose.is_empty() {
+                "report"
+            } else {
+                req.purpose
+            },
+            from.label(),
+            to.label()
+        );
         if let Err(why) = policy::ministry_report(&who.caller) {
             return Err(self.deny(who, action, &target, why).await);
         }
         let weeks = from.through(to).len();
         if weeks == 0 || weeks > MAX_WEEKS {
-            return Err(HubError::Invalid(format!(
-                "a report covers 1 to {MAX_WEEKS} weeks; {target} is {weeks}"
-            )));
+            let why = format!("a report covers 1 to {MAX_WEEKS} weeks; {target} is {weeks}");
+            self.record(who, action, &target, &format!("invalid: {why}"))
+                .await?;
+            return Err(HubError::Invalid(why));
         }
         let q = ReportQuery {
             from,

@@ -6,7 +6,7 @@
 //! Fixed periods only: tables are by ISO week and by org unit (region, or a region's
 //! clinics), so two queries never differ by a single day or an arbitrary clinic set.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::directory::UNASSIGNED;
 use crate::store::rollup::{slot_parts, Rollup, RollupRow, LUNG_SCORE_BINS};
@@ -62,11 +62,10 @@ impl ReportQuery {
 
 pub fn measure_value(m: Measure, r: &Rollup) -> u64 {
     match m {
-        Measure::Scans => r.scans,
-        Measure::Flagged => r.flagged,
-        Measure::Covid => r.covid,
-        Measure::Severe => r.severe(),
-        Measure::FlaggedExams => r.flagged_exams,
+        Measure::Examinations => r.exams,
+        Measure::Flagged => r.flagged_exams,
+        Measure::Covid => r.covid_exams,
+        Measure::Severe => r.severe_exams,
         Measure::Reviewed => r.reviewed_flagged,
         Measure::Confirmed => r.confirmed,
     }
@@ -192,20 +191,20 @@ pub fn build(
         add(&mut clinic_weeks
             .entry(row.clinic.clone())
             .or_insert_with(|| vec![Weekly::default(); weeks.len()])[w]);
-        for (a, b) in severity[ri].iter_mut().zip(r.by_severity) {
+        for (a, b) in severity[ri].iter_mut().zip(r.exams_by_severity) {
             *a += b;
         }
         for (a, b) in lung[ri].iter_mut().zip(r.lung_score) {
             *a += b;
         }
-        for (model, v) in &r.by_model {
+        for (model, v) in &r.exams_by_model {
             for (a, b) in by_model.entry(model.clone()).or_default().iter_mut().zip(v) {
                 *a += b;
             }
         }
         if q.disaggregate {
             let d = demo.entry((row.clinic.clone(), w)).or_default();
-            for (slot, n) in &r.by_demographic {
+            for (slot, n) in &r.exams_by_demographic {
                 *d.entry(*slot).or_default() += n;
             }
         }
@@ -278,6 +277,29 @@ pub fn build(
             });
         }
     }
+    // A clinic-week's severity × age × sex split is published only where its
+    // examinations and severity 2-3 cells are shown and not small: otherwise its margins
+    // (or its lone non-zero cell) would give away what the clinic table hides.
+    let mut splittable: HashSet<(String, usize)> = HashSet::new();
+    for (ri, curves) in clinic_curves.iter().enumerate() {
+        let shown = |m: Measure, row: usize, w: usize| {
+            curves
+                .iter()
+                .find(|c| c.measure == m)
+                .map(|c| c.table.cell(row, w))
+        };
+        for (row, clinic) in names[ri].iter().enumerate() {
+            for w in 0..weeks.len() {
+                let exams = shown(Measure::Examinations, row, w);
+                let severe = shown(Measure::Severe, row, w);
+                if matches!(exams, Some(Cell::Shown(n)) if n >= t)
+                    && matches!(severe, Some(Cell::Shown(_)))
+                {
+                    splittable.insert((clinic.clone(), w));
+                }
+            }
+        }
+    }
     let clinics = regions
         .iter()
         .zip(clinic_curves)
@@ -294,19 +316,19 @@ pub fn build(
     let sev_cols: Vec<String> = (0..4).map(|s| s.to_string()).collect();
     let severity = table(
         "severity.regions".into(),
-        "Scans by region and severity score".into(),
+        "Examinations by region and worst severity".into(),
         regions.clone(),
         sev_cols.clone(),
         &severity,
         t,
     );
-    let models: Vec<String> = by_model.keys().cloned().collect();
+    let (models, model_cells) = top_models(by_model);
     let severity_by_model = table(
         "severity.models".into(),
-        "Scans by model version and severity score".into(),
+        "Examinations by model version and worst severity".into(),
         models,
         sev_cols.clone(),
-        &by_model.values().map(|v| v.to_vec()).collect::<Vec<_>>(),
+        &model_cells,
         t,
     );
     let lung_score = table(
@@ -328,6 +350,7 @@ pub fn build(
     );
     let disaggregated = demo
         .into_iter()
+        .filter(|(key, _)| splittable.contains(key))
         .map(|((clinic, w), slots)| disaggregated(&region_of(&clinic), clinic, weeks[w], &slots, t))
         .collect();
     let (devices, clinics_reporting) = completeness(q, regions_of, devices, last);
@@ -364,6 +387,34 @@ pub fn demographic_columns() -> Vec<String> {
         .collect()
 }
 
+/// Model versions shown by name, most examinations first; the rest are one row. The
+/// label comes from the device, so a rogue one must not grow the table without bound.
+pub const MAX_MODEL_ROWS: usize = 8;
+
+fn top_models(by_model: BTreeMap<String, [u64; 4]>) -> (Vec<String>, Vec<Vec<u64>>) {
+    let mut all: Vec<(String, [u64; 4])> = by_model.into_iter().collect();
+    all.sort_by(|a, b| {
+        b.1.iter()
+            .sum::<u64>()
+            .cmp(&a.1.iter().sum())
+            .then(a.0.cmp(&b.0))
+    });
+    let rest = all.split_off(all.len().min(MAX_MODEL_ROWS));
+    let mut rows: Vec<(String, [u64; 4])> = all;
+    if !rest.is_empty() {
+        let mut other = [0u64; 4];
+        for (_, v) in &rest {
+            for (a, b) in other.iter_mut().zip(v) {
+                *a += b;
+            }
+        }
+        rows.push((format!("{} other versions", rest.len()), other));
+    }
+    rows.into_iter().map(|(m, v)| (m, v.to_vec())).unzip()
+}
+
+/// A clinic-week's split with its margins withheld: its cells sum to the clinic's
+/// shown examinations, and its severity rows to other tables' cells.
 fn disaggregated(
     region: &str,
     clinic: String,
@@ -376,20 +427,30 @@ fn disaggregated(
         let (sev, _, _) = slot_parts(*slot);
         cells[usize::from(sev)][usize::from(*slot) % 18] += n;
     }
+    let mut table = table(
+        format!("demographics.{clinic}.{}", week.label()),
+        format!(
+            "Examinations by worst severity, age band and sex, {clinic}, {}",
+            week.label()
+        ),
+        (0..4).map(|s| s.to_string()).collect(),
+        demographic_columns(),
+        &cells,
+        t,
+    );
+    let p = &mut table.published;
+    for c in p
+        .row_totals
+        .iter_mut()
+        .chain(p.col_totals.iter_mut())
+        .chain([&mut p.grand_total])
+    {
+        *c = Cell::Suppressed;
+    }
     Disaggregated {
         region: region.to_string(),
         week,
-        table: table(
-            format!("demographics.{clinic}.{}", week.label()),
-            format!(
-                "Scans by severity, age band and sex, {clinic}, {}",
-                week.label()
-            ),
-            (0..4).map(|s| s.to_string()).collect(),
-            demographic_columns(),
-            &cells,
-            t,
-        ),
+        table,
         clinic,
     }
 }
@@ -484,10 +545,7 @@ fn region_alerts(
                 day: a.day,
                 date: date_label(a.day),
                 method: a.method.name(),
-                statistic: a.statistic,
                 threshold: a.threshold,
-                expected: a.expected,
-                count: small(a.count, q.threshold),
             });
         }
     }

@@ -1,21 +1,28 @@
 use super::*;
 use crate::ministry::suppress::Cell;
+use crate::store::rollup::demographic_slot;
 
+/// One scan per examination: `scans` examinations, `flagged` of them flagged (and of
+/// severity 2).
 fn row(clinic: &str, day: u32, scans: u64, flagged: u64) -> RollupRow {
+    let by_severity = [scans - flagged, 0, flagged, 0];
     RollupRow {
         clinic: clinic.into(),
         day,
         rollup: Rollup {
             scans,
             flagged,
-            by_severity: [scans - flagged, 0, flagged, 0],
-            by_model: [("m1".to_string(), [scans - flagged, 0, flagged, 0])].into(),
-            by_demographic: [(
-                crate::store::rollup::demographic_slot(0, Default::default()),
-                scans,
-            )]
-            .into(),
+            by_severity,
             exams: scans,
+            flagged_exams: flagged,
+            severe_exams: flagged,
+            exams_by_severity: by_severity,
+            exams_by_model: [("m1".to_string(), by_severity)].into(),
+            exams_by_demographic: [(0, scans - flagged), (2, flagged)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(sev, n)| (demographic_slot(sev, Default::default()), n))
+                .collect(),
             lung_score: [scans, 0, 0, 0, 0, 0],
             ..Rollup::default()
         },
@@ -62,7 +69,7 @@ fn counts_land_in_their_region_week_and_small_ones_are_suppressed() {
     let r = build(&query(w, w.next()), &rows, &regions(), &[]);
     assert_eq!(r.regions, ["north", "south", "unassigned"]);
     assert_eq!(r.weeks, [w, w.next()]);
-    let scans = r.curve(Measure::Scans).unwrap();
+    let scans = r.curve(Measure::Examinations).unwrap();
     assert_eq!(shown(scans.cell(0, 0)), Some(50));
     assert_eq!(
         scans.cell(2, 1),
@@ -93,9 +100,9 @@ fn counts_land_in_their_region_week_and_small_ones_are_suppressed() {
     // Whole-range tables and DHIS2's disaggregation.
     assert_eq!(r.severity.rows, r.regions);
     assert_eq!(r.severity_by_model.rows, ["m1"]);
-    assert_eq!(r.disaggregated.len(), 4, "one per clinic-week with scans");
-    assert_eq!(r.disaggregated[0].table.cols.len(), 18);
-    assert_eq!(r.disaggregated[0].table.cols[17], "unknown/unknown");
+    // Every clinic-week here has a hidden examinations or severity cell (or is
+    // small): no split is published, not even its zeros.
+    assert!(r.disaggregated.is_empty(), "{:?}", r.disaggregated);
     // Nothing anywhere shows a count between 1 and 4.
     let json = serde_json::to_value(&r).unwrap();
     let mut stack = vec![&json];
@@ -139,7 +146,6 @@ fn a_regions_outbreak_day_raises_an_alert_and_quiet_days_do_not() {
     // for two more days).
     let first = flagged.last().unwrap();
     assert_eq!(first.day, outbreak);
-    assert_eq!(first.count, Cell::Shown(30));
     assert_eq!(first.date, date_label(outbreak));
     assert!(flagged
         .iter()
@@ -186,4 +192,34 @@ fn completeness_names_silent_devices_and_who_reported_last_week() {
         "an enrolled clinic with no device report is listed"
     );
     assert!(!clinic("n2").reported_last_week);
+}
+
+#[test]
+fn a_clinic_week_is_split_by_age_and_sex_only_where_its_own_cells_are_shown() {
+    let w = IsoWeek::parse("2026-W10").unwrap();
+    let d = w.first_day();
+    let rows = vec![
+        row("s1", d, 40, 10),
+        row("n1", d, 20, 6),
+        row("n2", d, 30, 2),
+    ];
+    let r = build(&query(w, w), &rows, &regions(), &[]);
+    let names: Vec<_> = r.disaggregated.iter().map(|d| d.clinic.as_str()).collect();
+    assert_eq!(
+        names,
+        ["s1"],
+        "n2's 2 at severity 2 are hidden, and n1's 6 with them"
+    );
+    let t = &r.disaggregated[0].table;
+    assert_eq!((t.rows.len(), t.cols.len()), (4, 18));
+    assert_eq!(t.cols[17], "unknown/unknown");
+    assert_eq!(t.cell(0, 17), Cell::Shown(30));
+    assert_eq!(t.cell(2, 17), Cell::Shown(10));
+    let p = &t.published;
+    assert!(p
+        .row_totals
+        .iter()
+        .chain(&p.col_totals)
+        .chain([&p.grand_total])
+        .all(|c| *c == Cell::Suppressed));
 }

@@ -7,19 +7,19 @@ use serde::Serialize;
 use super::period::IsoWeek;
 use super::suppress::{Cell, Published};
 
-/// What the epidemic curve counts.
+/// What the epidemic curve counts: examinations (one patient at one clinic on one
+/// day, all zones), never scans, so a small count is a small number of *people* — one
+/// patient's 12 zone clips are one, not 12.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Measure {
-    /// Scans (current readings).
-    Scans,
-    /// Scans the model flagged for a specialist.
+    /// Examinations with at least one current reading.
+    Examinations,
+    /// Examinations with a scan the model flagged for a specialist.
     Flagged,
-    /// Scans flagged as COVID-19 suspected.
+    /// Examinations with a scan flagged as COVID-19 suspected.
     Covid,
-    /// Scans of severity 2 or 3.
+    /// Examinations whose worst scan has severity 2 or 3.
     Severe,
-    /// Examinations (patient-days) with a flagged scan.
-    FlaggedExams,
     /// Flagged examinations a specialist reviewed.
     Reviewed,
     /// Flagged examinations whose verdict found disease.
@@ -27,12 +27,11 @@ pub enum Measure {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 7] = [
-        Measure::Scans,
+    pub const ALL: [Measure; 6] = [
+        Measure::Examinations,
         Measure::Flagged,
         Measure::Covid,
         Measure::Severe,
-        Measure::FlaggedExams,
         Measure::Reviewed,
         Measure::Confirmed,
     ];
@@ -40,11 +39,10 @@ impl Measure {
     /// A stable identifier (CSV, JSON, DHIS2 mapping keys, HTML ids).
     pub fn id(self) -> &'static str {
         match self {
-            Measure::Scans => "scans",
+            Measure::Examinations => "examinations",
             Measure::Flagged => "flagged",
             Measure::Covid => "covid_suspected",
             Measure::Severe => "severity_2_plus",
-            Measure::FlaggedExams => "flagged_exams",
             Measure::Reviewed => "reviewed",
             Measure::Confirmed => "confirmed",
         }
@@ -52,11 +50,10 @@ impl Measure {
 
     pub fn title(self) -> &'static str {
         match self {
-            Measure::Scans => "Scans",
+            Measure::Examinations => "Patients examined",
             Measure::Flagged => "Flagged for review",
             Measure::Covid => "COVID-19 suspected",
             Measure::Severe => "Severity 2-3",
-            Measure::FlaggedExams => "Flagged examinations",
             Measure::Reviewed => "Flagged examinations reviewed",
             Measure::Confirmed => "Flags confirmed by a specialist",
         }
@@ -66,7 +63,7 @@ impl Measure {
 /// One published table: labels for its rows and columns, and its suppressed numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct NamedTable {
-    /// Stable id, e.g. "curve.scans.regions" or "curve.flagged.clinics.north".
+    /// Stable id, e.g. "curve.examinations.regions" or "curve.flagged.clinics.north".
     pub id: String,
     pub title: String,
     pub rows: Vec<String>,
@@ -135,7 +132,10 @@ pub struct ClinicRow {
     pub silent_devices: usize,
 }
 
-/// A rise above the expected level in one region (CDC EARS, `alerts`).
+/// A rise above the expected level in one region (CDC EARS, `alerts`): where, when
+/// and by which method, with no number. The day's count, the baseline mean and the
+/// statistic would each give away counts the weekly tables suppress (the baseline mean
+/// × 7 is a sum of seven days; the count is one day of a week), so none is published.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegionAlert {
     pub region: String,
@@ -144,12 +144,8 @@ pub struct RegionAlert {
     /// "2026-11-30".
     pub date: String,
     pub method: &'static str,
-    pub statistic: f64,
+    /// The statistic exceeded this (3 for C1 and C2, 2 for C3).
     pub threshold: f64,
-    /// Mean of the baseline days.
-    pub expected: f64,
-    /// That day's count (suppressed when small).
-    pub count: Cell,
 }
 
 /// Everything the ministry sees for a range of weeks.

@@ -55,6 +55,21 @@ pub struct Rollup {
     pub confirmed: u64,
     /// Examinations per lung-score bin ([`LUNG_SCORE_BINS`]).
     pub lung_score: [u64; 6],
+    /// Examinations with a COVID-19-suspected scan, and whose worst scan has severity 2-3.
+    #[serde(default)]
+    pub covid_exams: u64,
+    #[serde(default)]
+    pub severe_exams: u64,
+    /// Examinations by their worst severity.
+    #[serde(default)]
+    pub exams_by_severity: [u64; 4],
+    /// Examinations per model version that read any of their scans, by the worst
+    /// severity among that model's readings.
+    #[serde(default)]
+    pub exams_by_model: BTreeMap<String, [u64; 4]>,
+    /// Examinations per worst severity × age band × sex ([`demographic_slot`]).
+    #[serde(default)]
+    pub exams_by_demographic: BTreeMap<u16, u64>,
 }
 
 /// The slot of a severity, age band and sex in `Rollup::by_demographic`.
@@ -95,7 +110,16 @@ impl Rollup {
     pub fn of_exam(e: &Exam) -> Rollup {
         let mut r = Rollup::default();
         let mut zones: BTreeMap<&str, u8> = BTreeMap::new();
+        let mut models: BTreeMap<&str, u8> = BTreeMap::new();
+        let (mut covid, mut worst, mut who) = (false, 0u8, Demographics::default());
         for x in e.live() {
+            covid |= x.covid;
+            worst = worst.max(x.severity.min(3));
+            let m = models.entry(x.model_version.as_str()).or_default();
+            *m = (*m).max(x.severity.min(3));
+            if who == Demographics::default() {
+                who = x.demographics;
+            }
             let sev = x.severity.min(3);
             r.scans += 1;
             r.flagged += u64::from(x.flagged);
@@ -118,6 +142,14 @@ impl Rollup {
         }
         r.exams = 1;
         r.flagged_exams = u64::from(e.flagged);
+        r.covid_exams = u64::from(covid);
+        r.severe_exams = u64::from(worst >= 2);
+        r.exams_by_severity[usize::from(worst)] = 1;
+        for (m, s) in models {
+            r.exams_by_model.entry(m.to_string()).or_default()[usize::from(s)] = 1;
+        }
+        r.exams_by_demographic
+            .insert(demographic_slot(worst, who), 1);
         if e.reads > 0 {
             r.reviewed = 1;
             r.reviewed_flagged = u64::from(e.flagged);
@@ -157,6 +189,8 @@ impl Rollup {
         });
         self.by_model.retain(|_, v| v.iter().any(|n| *n > 0));
         self.by_demographic.retain(|_, n| *n > 0);
+        self.exams_by_model.retain(|_, v| v.iter().any(|n| *n > 0));
+        self.exams_by_demographic.retain(|_, n| *n > 0);
         exact
     }
 
@@ -170,11 +204,14 @@ impl Rollup {
         each(&mut self.reviewed, o.reviewed);
         each(&mut self.reviewed_flagged, o.reviewed_flagged);
         each(&mut self.confirmed, o.confirmed);
+        each(&mut self.covid_exams, o.covid_exams);
+        each(&mut self.severe_exams, o.severe_exams);
         let pairs = [
             (&mut self.by_severity[..], &o.by_severity[..]),
             (&mut self.by_class[..], &o.by_class[..]),
             (&mut self.verdicts[..], &o.verdicts[..]),
             (&mut self.lung_score[..], &o.lung_score[..]),
+            (&mut self.exams_by_severity[..], &o.exams_by_severity[..]),
         ];
         for (mine, theirs) in pairs {
             for (a, b) in mine.iter_mut().zip(theirs) {
@@ -189,6 +226,15 @@ impl Rollup {
         }
         for (slot, n) in &o.by_demographic {
             each(self.by_demographic.entry(*slot).or_default(), *n);
+        }
+        for (model, v) in &o.exams_by_model {
+            let mine = self.exams_by_model.entry(model.clone()).or_default();
+            for (a, b) in mine.iter_mut().zip(v) {
+                each(a, *b);
+            }
+        }
+        for (slot, n) in &o.exams_by_demographic {
+            each(self.exams_by_demographic.entry(*slot).or_default(), *n);
         }
     }
 

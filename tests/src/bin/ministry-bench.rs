@@ -140,6 +140,15 @@ fn main() -> Result<()> {
             anyhow::ensure!(r.regions.len() == REGIONS);
             Ok(())
         })?;
+        // Threshold 1: no count is small, nothing is hidden; the difference is suppression.
+        let plain_q = ReportQuery {
+            threshold: 1,
+            ..q.clone()
+        };
+        let plain = timed(requests.min(10), || {
+            query::build(&plain_q, &rows, &regions, &devices);
+            Ok(())
+        })?;
         println!(
             "rows      [{name}] {}..{}: {} roll-up rows (days {from_day}..{to_day}, alert history included)",
             from.label(),
@@ -149,6 +158,10 @@ fn main() -> Result<()> {
         report_line(&format!("baseline  [{name}] HubStore::rollups"), &read);
         report_line(&format!("in-proc   [{name}] directory regions()"), &dir);
         report_line(&format!("in-proc   [{name}] query::build"), &build);
+        report_line(
+            &format!("in-proc   [{name}] query::build, threshold 1 (nothing suppressed)"),
+            &plain,
+        );
         inproc.push((name, from, read, build));
     }
     drop(store);
@@ -182,7 +195,7 @@ fn main() -> Result<()> {
         let page = timed(requests, || {
             let a = rt.block_on(browser.get(&path))?;
             anyhow::ensure!(
-                a.status == 200 && a.text().contains("curve-scans-regions"),
+                a.status == 200 && a.text().contains("curve-examinations-regions"),
                 "GET {path}: {}",
                 a.status
             );

@@ -12,7 +12,7 @@ use crate::ministry::suppress::Cell;
 /// Header of [`tables_csv`].
 pub const TABLES_HEADER: &str = "table,row,column,value";
 /// Header of [`alerts_csv`].
-pub const ALERTS_HEADER: &str = "region,measure,date,method,statistic,threshold,expected,count";
+pub const ALERTS_HEADER: &str = "region,measure,date,method,threshold";
 /// Header of [`devices_csv`].
 pub const DEVICES_HEADER: &str =
     "region,clinic,device,last_contact,last_result,queue,oldest_pending,silent";
@@ -24,12 +24,19 @@ pub const TOTAL: &str = "total";
 /// What a suppressed number is written as.
 pub const SUPPRESSED: &str = "suppressed";
 
-/// One field, quoted when RFC 4180 requires it.
+/// One field, quoted when RFC 4180 requires it. A label a spreadsheet would run as a
+/// formula (`=`, `+`, `-`, `@`, tab, CR first: a model version comes from a device) gets
+/// a leading `'` (OWASP's CSV-injection rule); numbers are written by [`cell`], not here.
 pub fn field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -99,14 +106,13 @@ fn table_lines(out: &mut String, t: &NamedTable) {
     line(out, &[&t.id, TOTAL, TOTAL, &cell(p.grand_total)]);
 }
 
-/// The report's alerts: `region,measure,date,method,statistic,threshold,expected,count`
-/// (measure as its id; count is the day's published count).
+/// The report's alerts: `region,measure,date,method,threshold` (measure as its id; no
+/// count, baseline or statistic: `RegionAlert`).
 pub fn alerts_csv(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(ALERTS_HEADER);
     out.push_str("\r\n");
     for a in &report.alerts {
-        let nums = [a.statistic, a.threshold, a.expected].map(number);
         line(
             &mut out,
             &[
@@ -114,10 +120,7 @@ pub fn alerts_csv(report: &Report) -> String {
                 a.measure.id(),
                 &a.date,
                 a.method,
-                &nums[0],
-                &nums[1],
-                &nums[2],
-                &cell(a.count),
+                &number(a.threshold),
             ],
         );
     }
@@ -255,13 +258,18 @@ mod tests {
     fn labels_with_commas_and_quotes_are_quoted() {
         let r = sample::report();
         let csv = tables_csv(&r);
-        assert!(csv.contains("curve.scans.regions,\"South, Coast\",2026-W48,"));
-        assert!(csv.contains("curve.scans.clinics.north,\"Clinic \"\"A\"\"\",2026-W49,11\r\n"));
+        assert!(csv.contains("curve.examinations.regions,\"South, Coast\",2026-W48,"));
+        assert!(
+            csv.contains("curve.examinations.clinics.north,\"Clinic \"\"A\"\"\",2026-W49,11\r\n")
+        );
         let lines = rows(&csv);
         assert!(lines.iter().any(|l| l[1] == sample::CLINIC_A));
         assert!(lines.iter().any(|l| l[1] == sample::COAST));
         assert_eq!(field("a\nb"), "\"a\nb\"");
         assert_eq!(field("plain"), "plain");
+        assert_eq!(field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(field("-1+2"), "'-1+2");
+        assert_eq!(field("@SUM(A1)"), "'@SUM(A1)");
     }
 
     #[test]
@@ -271,18 +279,9 @@ mod tests {
         assert_eq!(a[0].join(","), ALERTS_HEADER);
         assert_eq!(
             a[1],
-            [
-                "South, Coast",
-                "scans",
-                "2026-12-01",
-                "C2",
-                "4.5",
-                "3",
-                "1.25",
-                "suppressed"
-            ]
+            ["South, Coast", "examinations", "2026-12-01", "C2", "3"]
         );
-        assert_eq!(a[2][7], "12");
+        assert_eq!(a[2][1], "flagged");
         let d = rows(&devices_csv(&r));
         assert_eq!(d[0].join(","), DEVICES_HEADER);
         assert_eq!(d[1][5], SUPPRESSED);

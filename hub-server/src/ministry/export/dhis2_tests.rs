@@ -19,7 +19,7 @@ timeout_s = 30
 "Coast, Clinic C" = "ouClinicC01"
 
 [data_elements]
-scans = "deScans0001"
+examinations = "deScans0001"
 flagged = "deFlagged01"
 
 [disaggregation]
@@ -198,7 +198,9 @@ fn regions_are_sent_only_where_no_clinic_is() {
     cfg.region_org_units
         .insert(sample::COAST.into(), "ouRegionC01".into());
     let out = data_value_set(&r, &cfg).unwrap();
-    let t = r.curve(crate::ministry::report::Measure::Scans).unwrap();
+    let t = r
+        .curve(crate::ministry::report::Measure::Examinations)
+        .unwrap();
     for (wi, pe) in ["2026W48", "2026W49"].into_iter().enumerate() {
         let v = find(&out.set, "deScans0001", pe, "ouRegionC01");
         assert_eq!(v[0]["value"], published(t.cell(1, wi)), "{pe}");
@@ -259,7 +261,7 @@ fn config_errors_name_the_field() {
     );
     let e = edited("\"deFlagged01\"", "\"deScans0001\"");
     assert!(
-        e.contains("data_elements.scans") && e.contains("is also data_elements.flagged"),
+        e.contains("data_elements.flagged") && e.contains("is also data_elements.examinations"),
         "{e}"
     );
     let e = edited("\"ouClinicB01\"", "\"ouClinicA01\"");

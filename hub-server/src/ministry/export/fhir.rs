@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(first["period"]["end"], "2026-11-29");
         assert_eq!(first["group"].as_array().unwrap().len(), r.curves.len());
         let g = &first["group"][0];
-        assert_eq!(g["code"]["coding"][0]["code"], "scans");
+        assert_eq!(g["code"]["coding"][0]["code"], "examinations");
         assert_eq!(
             g["code"]["coding"][0]["system"],
             "https://fhir.example.org/pleura/CodeSystem/pleura-measure"

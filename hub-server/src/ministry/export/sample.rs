@@ -64,8 +64,8 @@ pub fn report() -> Report {
     let sev = strs(&["0", "1", "2", "3"]);
     let curves = vec![
         curve(
-            Measure::Scans,
-            "curve.scans.regions",
+            Measure::Examinations,
+            "curve.examinations.regions",
             &[NORTH, COAST],
             &[vec![40, 27], vec![LEAK, 16]],
         ),
@@ -81,8 +81,8 @@ pub fn report() -> Report {
             region: NORTH.into(),
             curves: vec![
                 curve(
-                    Measure::Scans,
-                    "curve.scans.clinics.north",
+                    Measure::Examinations,
+                    "curve.examinations.clinics.north",
                     &[CLINIC_A, CLINIC_B, CLINIC_D],
                     &[vec![20, 11], vec![LEAK, 8], vec![17, 8]],
                 ),
@@ -97,8 +97,8 @@ pub fn report() -> Report {
         RegionClinics {
             region: COAST.into(),
             curves: vec![curve(
-                Measure::Scans,
-                "curve.scans.clinics.coast",
+                Measure::Examinations,
+                "curve.examinations.clinics.coast",
                 &[CLINIC_C],
                 &[vec![LEAK, 16]],
             )],
@@ -176,14 +176,11 @@ pub fn report() -> Report {
         alerts: vec![
             RegionAlert {
                 region: COAST.into(),
-                measure: Measure::Scans,
+                measure: Measure::Examinations,
                 day: 20_787,
                 date: "2026-12-01".into(),
                 method: "C2",
-                statistic: 4.5,
                 threshold: 3.0,
-                expected: 1.25,
-                count: Cell::Suppressed,
             },
             RegionAlert {
                 region: NORTH.into(),
@@ -191,10 +188,7 @@ pub fn report() -> Report {
                 day: 20_788,
                 date: "2026-12-02".into(),
                 method: "C1",
-                statistic: 6.0,
                 threshold: 3.0,
-                expected: 2.5,
-                count: Cell::Shown(12),
             },
         ],
     }

@@ -12,7 +12,7 @@ use crate::store::rollup::{self, Rollup, RollupRow};
 use crate::store::{AggregateQuery, StoreError};
 
 /// Set in the default tree once the roll-ups hold every examination.
-const BUILT: &[u8] = b"rollups-built-v1";
+const BUILT: &[u8] = b"rollups-built-v2";
 
 fn decode(k: &[u8], v: &[u8]) -> Option<Rollup> {
     match serde_json::from_slice(v) {

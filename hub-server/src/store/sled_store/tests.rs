@@ -149,7 +149,7 @@ mod rollups {
             let store = SledStore::open(dir.path()).unwrap();
             history(&store, &[Op::Commit(all)], rebuilt);
             store.rollups.clear().unwrap();
-            store.db.remove(b"rollups-built-v1").unwrap();
+            store.db.remove(b"rollups-built-v2").unwrap();
             store.db.flush().unwrap();
             assert!(store
                 .rollups(&AggregateQuery::everything())

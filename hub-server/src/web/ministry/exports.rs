@@ -22,9 +22,16 @@ use crate::web::session::{CsrfOnly, Ctx, Session};
 use crate::web::{error_page, html};
 
 /// The report behind every export: all clinics, disaggregated.
-async fn report(s: &WebState, ctx: &Ctx, p: &Params) -> Result<(Session, Report), Response> {
+async fn report(
+    s: &WebState,
+    ctx: &Ctx,
+    p: &Params,
+    purpose: &'static str,
+) -> Result<(Session, Report), Response> {
     let session = ctx.session(s, Action::MinistryReport).await?;
-    let req = p.request(Some(ClinicDetail::All)).map_err(error_page)?;
+    let req = p
+        .request(Some(ClinicDetail::All), purpose)
+        .map_err(error_page)?;
     let req = crate::cases::ministry::ReportRequest {
         disaggregate: true,
         ..req
@@ -59,7 +66,7 @@ fn stem(r: &Report) -> String {
 }
 
 pub async fn tables_csv(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Params>) -> Response {
-    match report(&s, &ctx, &p).await {
+    match report(&s, &ctx, &p, "csv").await {
         Ok((_, r)) => download(
             csv::tables_csv(&r),
             "text/csv; charset=utf-8",
@@ -70,7 +77,7 @@ pub async fn tables_csv(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Par
 }
 
 pub async fn alerts_csv(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Params>) -> Response {
-    match report(&s, &ctx, &p).await {
+    match report(&s, &ctx, &p, "alerts csv").await {
         Ok((_, r)) => download(
             csv::alerts_csv(&r),
             "text/csv; charset=utf-8",
@@ -81,7 +88,7 @@ pub async fn alerts_csv(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Par
 }
 
 pub async fn fhir_json(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Params>) -> Response {
-    match report(&s, &ctx, &p).await {
+    match report(&s, &ctx, &p, "fhir").await {
         Ok((_, r)) => {
             let bundle = fhir::measure_reports(&r, &s.ministry.fhir_base);
             download(
@@ -107,13 +114,14 @@ fn build(r: &Report, cfg: &dhis2::Dhis2Config) -> Result<dhis2::Dhis2Export, Hub
 }
 
 pub async fn dhis2_json(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Params>) -> Response {
+    // Who asks first: the configuration is nobody else's business.
+    let (_, r) = match report(&s, &ctx, &p, "dhis2").await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
     let cfg = match dhis2_config(&s) {
         Ok(c) => c,
         Err(e) => return error_page(e),
-    };
-    let (_, r) = match report(&s, &ctx, &p).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
     };
     match build(&r, cfg) {
         Ok(x) => download(
@@ -139,7 +147,7 @@ pub async fn dhis2_push(
         Ok(c) => c,
         Err(e) => return error_page(e),
     };
-    let (session, r) = match report(&s, &ctx, &p).await {
+    let (session, r) = match report(&s, &ctx, &p, "dhis2 push").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

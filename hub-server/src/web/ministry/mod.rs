@@ -39,7 +39,11 @@ pub struct Params {
 
 impl Params {
     /// The case service's request, or an error naming the bad parameter.
-    pub fn request(&self, clinics_of: Option<ClinicDetail>) -> Result<ReportRequest, HubError> {
+    pub fn request(
+        &self,
+        clinics_of: Option<ClinicDetail>,
+        purpose: &'static str,
+    ) -> Result<ReportRequest, HubError> {
         let week = |name: &str, v: &str| {
             if v.is_empty() {
                 return Ok(None);
@@ -55,6 +59,7 @@ impl Params {
                 (!self.region.is_empty()).then(|| ClinicDetail::Region(self.region.clone()))
             }),
             disaggregate: false,
+            purpose,
         })
     }
 }
@@ -64,7 +69,7 @@ pub async fn page(State(s): State<WebState>, ctx: Ctx, Query(p): Query<Params>) 
         Ok(x) => x,
         Err(r) => return r,
     };
-    let req = match p.request(None) {
+    let req = match p.request(None, "page") {
         Ok(r) => r,
         Err(e) => return error_page(e),
     };
@@ -189,7 +194,7 @@ pub(super) fn render(r: &Report, p: &Params, csrf: &str) -> String {
     // The curve: national weekly totals (the region tables' column totals).
     b.push_str("<h2>Epidemic curve</h2>");
     let lines = [
-        Measure::Scans,
+        Measure::Examinations,
         Measure::Flagged,
         Measure::Covid,
         Measure::Severe,
@@ -218,7 +223,7 @@ pub(super) fn render(r: &Report, p: &Params, csrf: &str) -> String {
          <th>Confirmed</th><th>Share confirmed</th></tr></thead><tbody>",
     );
     if let (Some(fx), Some(rv), Some(cf)) = (
-        r.curve(Measure::FlaggedExams),
+        r.curve(Measure::Flagged),
         r.curve(Measure::Reviewed),
         r.curve(Measure::Confirmed),
     ) {
@@ -240,7 +245,7 @@ pub(super) fn render(r: &Report, p: &Params, csrf: &str) -> String {
             );
         }
         b.push_str("</tbody></table>");
-        for t in [fx, rv, cf] {
+        for t in [rv, cf] {
             table(&mut b, t);
         }
     } else {
@@ -253,7 +258,7 @@ pub(super) fn render(r: &Report, p: &Params, csrf: &str) -> String {
         for c in rc.curves.iter().filter(|c| {
             matches!(
                 c.measure,
-                Measure::Scans | Measure::Flagged | Measure::Covid
+                Measure::Examinations | Measure::Flagged | Measure::Covid
             )
         }) {
             table(&mut b, &c.table);
@@ -325,32 +330,31 @@ fn completeness(b: &mut String, r: &Report) {
 
 fn alerts(b: &mut String, r: &Report) {
     b.push_str(
-        "<h2>Alerts</h2><p>A region's daily count of flagged or COVID-19-suspected scans \
-         above its expected level (CDC EARS C1-C3: the mean of the 7 baseline days plus 3 \
-         standard deviations, C3 summing the last 3 days' excess over 2; at least 3 cases).</p>",
+        "<h2>Alerts</h2><p>Days on which a region's flagged or COVID-19-suspected \
+         examinations rose above their expected level (CDC EARS C1-C3: more than 3 standard \
+         deviations over the mean of 7 baseline days; C3 sums the last 3 days' excess over \
+         2; at least 3 cases). The counts behind an alert are not shown: they would give \
+         away numbers the tables suppress.</p>",
     );
     if r.alerts.is_empty() {
         b.push_str("<p id=\"no-alerts\">No alert in these weeks.</p>");
         return;
     }
     b.push_str(
-        "<table id=\"alerts\"><thead><tr><th>Date</th><th>Region</th><th>Count</th>\
-         <th>Method</th><th>Statistic</th><th>Expected</th><th>Count that day</th></tr></thead><tbody>",
+        "<table id=\"alerts\"><thead><tr><th>Date</th><th>Region</th><th>What</th>\
+         <th>Method</th></tr></thead><tbody>",
     );
     for a in &r.alerts {
         let _ = write!(
             b,
             "<tr class=\"alert\" data-region=\"{}\" data-day=\"{}\"><td>{}</td><td>{0}</td>\
-             <td>{}</td><td>{}</td><td>{:.1} (&gt; {})</td><td>{:.1}</td>{}</tr>",
+             <td>{}</td><td>{} (statistic &gt; {})</td></tr>",
             esc(&a.region),
             a.day,
             esc(&a.date),
             esc(a.measure.title()),
             a.method,
-            a.statistic,
             a.threshold,
-            a.expected,
-            cell(a.count)
         );
     }
     b.push_str("</tbody></table>");

@@ -10,9 +10,10 @@ fn the_page_shows_suppressed_cells_as_such_and_escapes_names() {
             clinic: "<b>clinic</b>".into(),
             day: w.first_day(),
             rollup: Rollup {
-                scans: 3,
-                flagged: 3,
-                by_severity: [0, 0, 3, 0],
+                exams: 3,
+                flagged_exams: 3,
+                severe_exams: 3,
+                exams_by_severity: [0, 0, 3, 0],
                 ..Rollup::default()
             },
         },
@@ -20,8 +21,8 @@ fn the_page_shows_suppressed_cells_as_such_and_escapes_names() {
             clinic: "c2".into(),
             day: w.first_day() + 1,
             rollup: Rollup {
-                scans: 40,
-                by_severity: [40, 0, 0, 0],
+                exams: 40,
+                exams_by_severity: [40, 0, 0, 0],
                 ..Rollup::default()
             },
         },
@@ -38,7 +39,7 @@ fn the_page_shows_suppressed_cells_as_such_and_escapes_names() {
     let regions = [("<b>clinic</b>".to_string(), "north".to_string())].into();
     let page = render(&build(&q, &rows, &regions, &[]), &Params::default(), "tok");
     assert!(page.contains("id=\"epicurve\""));
-    assert!(page.contains("id=\"curve-scans-regions\""));
+    assert!(page.contains("id=\"curve-examinations-regions\""));
     assert!(page.contains("td class=\"n suppressed\""));
     assert!(!page.contains("<b>clinic"), "names are escaped");
     assert!(page.contains("&lt;b&gt;clinic"));
