@@ -181,6 +181,7 @@ pub async fn visit(addr: SocketAddr, ca: &Path, user: &str, password: &str) -> R
         .rsplit("<td class=\"n")
         .next()
         .and_then(|c| between(c, ">", "</td>"))
+        .map(|v| if v == "s" { "suppressed" } else { v })
         .unwrap_or("?");
     let suppressed = scans.matches("n suppressed").count();
     println!(
