@@ -2,6 +2,7 @@
 //! analysis says, how a result is identified, pseudonymised and carried.
 
 pub mod analysis;
+pub mod calendar;
 pub mod demographics;
 pub mod exam;
 pub mod fsutil;

@@ -12,6 +12,7 @@ mod mosquitto;
 mod mqtt;
 mod net;
 mod proxy;
+pub mod timing;
 mod waits;
 
 pub use admin::*;

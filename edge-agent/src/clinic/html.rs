@@ -49,26 +49,7 @@ pub fn frame(title: &str, csrf: Option<&str>, body: &str) -> String {
     h
 }
 
-/// Days since the epoch → (year, month, day), proleptic Gregorian (H. Hinnant's
-/// civil_from_days).
-pub fn civil(day: u32) -> (i64, u32, u32) {
-    let z = i64::from(day) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// `YYYY-MM-DD` of a day since the epoch.
-pub fn date(day: u32) -> String {
-    let (y, m, d) = civil(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub use pleura_shared::calendar::{civil, date};
 
 /// `YYYY-MM-DD` → days since the epoch.
 pub fn parse_date(s: &str) -> Option<u32> {

@@ -19,36 +19,8 @@ pub enum PeriodError {
     NoSuchWeek { year: i32, week: u32 },
 }
 
-/// The civil date (year, month, day) of a day number (Howard Hinnant's algorithm).
-pub fn civil(day: u32) -> (i32, u32, u32) {
-    let z = i64::from(day) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m, d)
-}
-
-/// The day number of a civil date (inverse of [`civil`]); None before 1970.
-pub fn day_of(y: i32, m: u32, d: u32) -> Option<u32> {
-    let y = i64::from(y) - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    u32::try_from(era * 146_097 + doe - 719_468).ok()
-}
-
-/// "2026-11-30".
-pub fn date_label(day: u32) -> String {
-    let (y, m, d) = civil(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub use pleura_shared::calendar::date as date_label;
+use pleura_shared::calendar::{civil, day_of};
 
 /// Monday = 0 … Sunday = 6 (day 0 was a Thursday).
 fn weekday(day: u32) -> u32 {
@@ -57,7 +29,7 @@ fn weekday(day: u32) -> u32 {
 
 /// Weeks in an ISO year: 53 when it starts on a Thursday, or on a Wednesday in a leap year.
 fn weeks_in(year: i32) -> u32 {
-    let jan1 = |y| day_of(y, 1, 1).map(weekday);
+    let jan1 = |y: i32| day_of(i64::from(y), 1, 1).map(weekday);
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     match jan1(year) {
         Some(3) => 53,
@@ -74,14 +46,14 @@ impl IsoWeek {
         let (year, _, _) = civil(thursday);
         let jan1 = day_of(year, 1, 1).unwrap_or(0);
         IsoWeek {
-            year,
+            year: year as i32,
             week: (thursday - jan1) / 7 + 1,
         }
     }
 
     /// Its Monday as a day number (negative for 1970-W01: 1969-12-29).
     fn monday(self) -> i64 {
-        let jan4 = day_of(self.year, 1, 4).unwrap_or(3);
+        let jan4 = day_of(i64::from(self.year), 1, 4).unwrap_or(3);
         let week1_monday = i64::from(jan4) - i64::from(weekday(jan4));
         week1_monday + i64::from(self.week.max(1) - 1) * 7
     }

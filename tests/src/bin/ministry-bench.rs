@@ -32,6 +32,7 @@ use hub_server::ministry::query::{self, ClinicDetail, ReportQuery};
 use hub_server::store::exams::{Exam, Impression, Read, Recommendation};
 use hub_server::store::rollup::{Rollup, RollupRow};
 use hub_server::store::{AggregateQuery, ClinicScope, HubStore, SledStore};
+use pleura_e2e::timing::{pct, report_line, timed};
 use pleura_e2e::*;
 use pleura_proto::v1::hub_client::HubClient;
 use pleura_proto::v1::AggregatesRequest;
@@ -124,18 +125,18 @@ fn main() -> Result<()> {
             to_day: Some(to_day),
         };
         let mut rows = Vec::new();
-        let read = timed(requests, || {
+        let read = timed(WARMUP, requests, || {
             rows = store.rollups(&aq)?;
             Ok(())
         })?;
         let regions = registry.regions();
         anyhow::ensure!(regions.len() == CLINICS, "{} clinics", regions.len());
-        let dir = timed(requests, || {
+        let dir = timed(WARMUP, requests, || {
             anyhow::ensure!(registry.regions().len() == CLINICS);
             Ok(())
         })?;
         let devices = store.devices()?;
-        let build = timed(requests, || {
+        let build = timed(WARMUP, requests, || {
             let r = query::build(&q, &rows, &regions, &devices);
             anyhow::ensure!(r.regions.len() == REGIONS);
             Ok(())
@@ -145,7 +146,7 @@ fn main() -> Result<()> {
             threshold: 1,
             ..q.clone()
         };
-        let plain = timed(requests.min(10), || {
+        let plain = timed(WARMUP, requests.min(10), || {
             query::build(&plain_q, &rows, &regions, &devices);
             Ok(())
         })?;
@@ -177,7 +178,7 @@ fn main() -> Result<()> {
     let web: std::net::SocketAddr = format!("127.0.0.1:{}", hub.metrics_port).parse()?;
     let cfg = pleura_shared::pki::client_config(&pki_dir.join("ca.pem"), None)?;
     let anon = pleura_runtime::web_client::Client::new(web, Arc::new(cfg));
-    let floor = timed(requests, || {
+    let floor = timed(WARMUP, requests, || {
         anyhow::ensure!(rt.block_on(anon.get("/healthz"))?.status == 200);
         Ok(())
     })?;
@@ -192,7 +193,7 @@ fn main() -> Result<()> {
     for (name, from, read, build) in inproc {
         let path = format!("/ministry?from={}&to={}", from.label(), to.label());
         let mut page_bytes = 0;
-        let page = timed(requests, || {
+        let page = timed(WARMUP, requests, || {
             let a = rt.block_on(browser.get(&path))?;
             anyhow::ensure!(
                 a.status == 200 && a.text().contains("curve-examinations-regions"),
@@ -203,7 +204,7 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         let (mut tables, mut reply_bytes) = (0, 0);
-        let call = timed(requests, || {
+        let call = timed(WARMUP, requests, || {
             let req = AggregatesRequest {
                 from_week: from.label(),
                 to_week: to.label(),
@@ -537,40 +538,11 @@ fn fsync_floor(path: &Path, n: usize) -> Result<Vec<f64>> {
         .create(true)
         .append(true)
         .open(path)?;
-    timed(n, || {
+    timed(WARMUP, n, || {
         f.write_all(b"{\"who\":\"min\",\"action\":\"ministry_report\",\"outcome\":\"allowed\"}\n")?;
         f.sync_data()?;
         Ok(())
     })
-}
-
-/// `n` timed runs of `f` after `WARMUP` untimed ones; milliseconds, sorted.
-fn timed(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    v.sort_by(f64::total_cmp);
-    Ok(v)
-}
-
-fn pct(sorted: &[f64], p: usize) -> f64 {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
-}
-
-fn report_line(what: &str, v: &[f64]) {
-    println!(
-        "{what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} requests)",
-        pct(v, 50),
-        pct(v, 99),
-        v[v.len() - 1],
-        v.len()
-    );
 }
 
 /// Bytes under `dir`.

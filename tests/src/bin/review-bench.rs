@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hub_server::store::exams::WorklistQuery;
 use hub_server::store::{ClinicScope, HubStore, SledStore};
+use pleura_e2e::timing::{pct, report_line, timed};
 use pleura_e2e::*;
 use pleura_shared::record::sample_record;
 use pleura_shared::ScanRecord;
@@ -355,7 +356,7 @@ fn worklist(dir: &Path) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
         for (who, q) in &queries {
-            let times = timed(|| {
+            let times = timed(WARMUP, REQUESTS, || {
                 let rows = store.worklist(q, pleura_shared::now_ms())?.rows.len();
                 anyhow::ensure!(rows == 50, "{rows} rows");
                 Ok(())
@@ -376,7 +377,7 @@ fn worklist(dir: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let floor = timed(|| {
+    let floor = timed(WARMUP, REQUESTS, || {
         let a = rt.block_on(anon.get("/healthz"))?;
         anyhow::ensure!(a.status == 200, "healthz {}", a.status);
         Ok(())
@@ -404,7 +405,7 @@ fn worklist(dir: &Path) -> Result<()> {
             let s = a.cookie("pleura_session").context("session cookie")?;
             anyhow::Ok(anon.with_cookie("pleura_session", &s))
         })?;
-        let page = timed(|| {
+        let page = timed(WARMUP, REQUESTS, || {
             let a = rt.block_on(c.get("/"))?;
             let rows = a.text().matches("class=\"case-row").count();
             anyhow::ensure!(
@@ -431,35 +432,6 @@ fn worklist(dir: &Path) -> Result<()> {
     }
     hub.kill9();
     Ok(())
-}
-
-/// `REQUESTS` timed runs of `f` after `WARMUP` untimed ones; milliseconds, sorted.
-fn timed(mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut v = Vec::with_capacity(REQUESTS);
-    for _ in 0..REQUESTS {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    v.sort_by(f64::total_cmp);
-    Ok(v)
-}
-
-fn pct(sorted: &[f64], p: usize) -> f64 {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
-}
-
-fn report_line(what: &str, v: &[f64]) {
-    println!(
-        "{what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} requests)",
-        pct(v, 50),
-        pct(v, 99),
-        v[v.len() - 1],
-        v.len()
-    );
 }
 
 fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T> {
